@@ -1,0 +1,5 @@
+"""Prometheus exporter for Shoplazza upload-file tasks."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

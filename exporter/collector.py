@@ -1,0 +1,195 @@
+"""Metric families from the poller's memory (contract section 5); it knows no HTTP.
+
+A sample of what it yields::
+
+    # HELP shoplazza_upload_task_files Files in the upload task (the API's total).
+    # TYPE shoplazza_upload_task_files gauge
+    shoplazza_upload_task_files{store="acme",task_id="300b5e33"} 3.0
+    # TYPE shoplazza_upload_task_poll_success gauge
+    shoplazza_upload_task_poll_success{store="acme",task_id="300b5e33"} 1.0
+    # TYPE shoplazza_api_errors_total counter
+    shoplazza_api_errors_total{code="429",store="acme"} 0.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+
+from exporter import __version__
+from exporter.poller import DURATION_BUCKETS, StoreView
+
+
+@dataclass
+class ReloadStatus:
+    """Outcome of the last configuration (re)load."""
+
+    successful: bool = False
+    last_success: float = 0.0
+
+
+# (name, help, value of a snapshot) for the per-task gauges that need data.
+_TASK_GAUGES: tuple[tuple[str, str], ...] = (
+    ("shoplazza_upload_task_files", "Files in the upload task (the API's total)."),
+    ("shoplazza_upload_task_files_finished", "Files of the upload task processed so far."),
+    ("shoplazza_upload_task_files_succeeded", "Files stored successfully (success_list length)."),
+    ("shoplazza_upload_task_files_failed", "Files that failed (failure_list length)."),
+    ("shoplazza_upload_task_status", "Raw task status: 0 completed, 1 in progress."),
+    ("shoplazza_upload_task_completed", "1 when the task is completed (status 0), else 0."),
+    (
+        "shoplazza_upload_task_progress_ratio",
+        "finished/total; when total is 0, 1 if completed else 0.",
+    ),
+    (
+        "shoplazza_upload_task_last_progress_timestamp_seconds",
+        "Unix time when finished or status last changed (first sight counts).",
+    ),
+    (
+        "shoplazza_upload_task_last_success_timestamp_seconds",
+        "Unix time of the last successful poll of the task.",
+    ),
+)
+_POLL_SUCCESS = (
+    "shoplazza_upload_task_poll_success",
+    "1 if the last poll of this task succeeded, else 0.",
+)
+
+
+def _metric(name: str, doc: str, kind: str) -> Metric:
+    return Metric(name, doc, kind)
+
+
+class TaskCollector(Collector):
+    """Yields every contract metric from a fresh :class:`StoreView` list."""
+
+    def __init__(
+        self,
+        views: Callable[[], list[StoreView]],
+        reload_status: ReloadStatus,
+        version: str = __version__,
+    ) -> None:
+        self._views = views
+        self._reload = reload_status
+        self._version = version
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing to describe up front: registering must not call the API."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Render the poller's memory."""
+        views = self._views()
+        yield from self._task_metrics(views)
+        yield from self._store_metrics(views)
+        reload_ok = _metric(
+            "shoplazza_exporter_config_last_reload_successful",
+            "1 if the last configuration reload succeeded, else 0.",
+            "gauge",
+        )
+        reload_ok.add_sample(reload_ok.name, {}, 1.0 if self._reload.successful else 0.0)
+        yield reload_ok
+        reload_ts = _metric(
+            "shoplazza_exporter_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration reload.",
+            "gauge",
+        )
+        reload_ts.add_sample(reload_ts.name, {}, self._reload.last_success)
+        yield reload_ts
+        info = _metric("shoplazza_exporter_build_info", "Build information; always 1.", "gauge")
+        info.add_sample(info.name, {"version": self._version}, 1.0)
+        yield info
+
+    def _task_metrics(self, views: list[StoreView]) -> Iterator[Metric]:
+        families = [_metric(name, doc, "gauge") for name, doc in _TASK_GAUGES]
+        samples = [f.samples for f in families]
+        poll = _metric(*_POLL_SUCCESS, "gauge")
+        poll_samples = poll.samples
+        names = [f.name for f in families]
+        nan = math.nan
+        for view in views:
+            for task in view.tasks:
+                labels = {"store": view.name, "task_id": task.task_id}
+                poll_samples.append(
+                    Sample(poll.name, labels, 1.0 if task.poll_success else 0.0, None, None)
+                )
+                snap = task.snapshot
+                if snap is None:
+                    continue
+                values = (
+                    snap.total,
+                    snap.finished,
+                    snap.succeeded,
+                    snap.failed,
+                    snap.status,
+                    1.0 if snap.completed else 0.0,
+                    snap.progress_ratio,
+                    task.last_progress if task.last_progress is not None else nan,
+                    task.last_success if task.last_success is not None else nan,
+                )
+                for i, value in enumerate(values):
+                    samples[i].append(Sample(names[i], labels, float(value), None, None))
+        yield from families
+        yield poll
+
+    def _store_metrics(self, views: list[StoreView]) -> Iterator[Metric]:
+        requests = _metric(
+            "shoplazza_api_requests",
+            "Requests sent to the Shoplazza API, by HTTP status or failure kind.",
+            "counter",
+        )
+        errors = _metric(
+            "shoplazza_api_errors",
+            "Requests that did not yield valid task data, by HTTP status or failure kind.",
+            "counter",
+        )
+        duration = _metric(
+            "shoplazza_api_request_duration_seconds",
+            "Duration of requests to the Shoplazza API.",
+            "histogram",
+        )
+        skipped = _metric(
+            "shoplazza_exporter_polls_skipped",
+            "Due task polls a scrape answered without, by reason.",
+            "counter",
+        )
+        watched = _metric(
+            "shoplazza_exporter_watched_tasks", "Upload tasks watched per store.", "gauge"
+        )
+        for view in views:
+            store = {"store": view.name}
+            for code, count in view.requests:
+                requests.add_sample("shoplazza_api_requests_total", {**store, "code": code}, count)
+            for code, count in view.errors:
+                errors.add_sample("shoplazza_api_errors_total", {**store, "code": code}, count)
+            for reason, count in view.skipped:
+                skipped.add_sample(
+                    "shoplazza_exporter_polls_skipped_total", {**store, "reason": reason}, count
+                )
+            for bound, count in zip(DURATION_BUCKETS, view.buckets, strict=True):
+                duration.add_sample(
+                    "shoplazza_api_request_duration_seconds_bucket",
+                    {**store, "le": _bound(bound)},
+                    count,
+                )
+            duration.add_sample(
+                "shoplazza_api_request_duration_seconds_bucket",
+                {**store, "le": "+Inf"},
+                view.duration_count,
+            )
+            duration.add_sample(
+                "shoplazza_api_request_duration_seconds_count", store, view.duration_count
+            )
+            duration.add_sample(
+                "shoplazza_api_request_duration_seconds_sum", store, view.duration_sum
+            )
+            watched.add_sample(watched.name, store, len(view.tasks))
+        yield from (requests, errors, duration, skipped, watched)
+
+
+def _bound(value: float) -> str:
+    return repr(float(value))

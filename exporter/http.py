@@ -1,0 +1,119 @@
+"""The WSGI app: /metrics, /, /api/v1/tasks, /-/healthy, /-/ready, /-/reload."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import math
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
+
+from prometheus_client.exposition import choose_encoder
+
+from exporter import __version__
+from exporter.status import render_html, render_json
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from exporter.service import Exporter
+
+log = logging.getLogger("exporter.http")
+
+DEFAULT_SCRAPE_TIMEOUT = 10.0
+DEADLINE_MARGIN = 0.5
+MIN_DEADLINE = 0.1
+
+Handler = Callable[["WSGIEnvironment"], tuple[str, list[tuple[str, str]], bytes]]
+
+
+def scrape_deadline(header: str | None) -> float:
+    """Seconds a scrape may take: the Prometheus timeout header minus 0.5 s, at least 0.1 s."""
+    if header:
+        try:
+            timeout = float(header)
+        except ValueError:
+            timeout = math.nan
+        if math.isfinite(timeout) and timeout > 0:
+            return max(timeout - DEADLINE_MARGIN, MIN_DEADLINE)
+    return DEFAULT_SCRAPE_TIMEOUT
+
+
+def _text(status: str, body: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    return status, [("Content-Type", "text/plain; charset=utf-8")], body.encode()
+
+
+class App:
+    """Routes requests to the exporter's endpoints."""
+
+    def __init__(self, exporter: Exporter) -> None:
+        self.exporter = exporter
+        self.routes: dict[str, tuple[frozenset[str], Handler]] = {
+            "/metrics": (frozenset({"GET", "HEAD"}), self.metrics),
+            "/": (frozenset({"GET", "HEAD"}), self.index),
+            "/api/v1/tasks": (frozenset({"GET", "HEAD"}), self.tasks),
+            "/-/healthy": (frozenset({"GET", "HEAD"}), self.healthy),
+            "/-/ready": (frozenset({"GET", "HEAD"}), self.ready),
+            "/-/reload": (frozenset({"POST", "PUT"}), self.reload),
+        }
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """WSGI entry point."""
+        path = environ.get("PATH_INFO") or "/"
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        route = self.routes.get(path)
+        if route is None:
+            status, headers, body = _text("404 Not Found", "404 page not found\n")
+        elif method not in route[0]:
+            status, headers, body = _text("405 Method Not Allowed", "method not allowed\n")
+            headers.append(("Allow", ", ".join(sorted(route[0]))))
+        else:
+            status, headers, body = route[1](environ)
+        headers.append(("Content-Length", str(len(body))))
+        start_response(status, headers)
+        return [b""] if method == "HEAD" else [body]
+
+    def metrics(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Refresh due tasks within the scrape deadline, then render memory."""
+        deadline = scrape_deadline(environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"))
+        self.exporter.poller.refresh(deadline)
+        params = parse_qs(environ.get("QUERY_STRING", ""))
+        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+        registry = self.exporter.registry
+        if "name[]" in params:
+            body = encoder(registry.restricted_registry(params["name[]"]))
+        else:
+            body = encoder(registry)
+        headers = [("Content-Type", content_type)]
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            body = gzip.compress(body, compresslevel=1)
+            headers.append(("Content-Encoding", "gzip"))
+        return "200 OK", headers, body
+
+    def index(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+        """The status page."""
+        html = render_html(self.exporter.poller.view(), __version__, self.exporter.clock.time())
+        return "200 OK", [("Content-Type", "text/html; charset=utf-8")], html.encode()
+
+    def tasks(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+        """The status page's data as JSON."""
+        body = render_json(self.exporter.poller.view(), __version__, self.exporter.clock.time())
+        return "200 OK", [("Content-Type", "application/json")], body.encode()
+
+    def healthy(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Liveness: 200 while the process serves."""
+        return _text("200 OK", "OK\n")
+
+    def ready(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Readiness: 200 once a valid configuration is loaded."""
+        if self.exporter.ready:
+            return _text("200 OK", "OK\n")
+        return _text("503 Service Unavailable", "no valid configuration loaded\n")
+
+    def reload(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Reload the configuration: 200, or 500 with the errors (the old one stays)."""
+        ok, message = self.exporter.reload()
+        if ok:
+            return _text("200 OK", message + "\n")
+        return _text("500 Internal Server Error", message + "\n")

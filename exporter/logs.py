@@ -1,0 +1,79 @@
+"""Logging to stderr, one event a line, as logfmt or JSON.
+
+Fields travel in ``extra=``: ``log.warning("poll failed", extra={"store": "acme"})`` becomes
+``ts=2026-11-28T16:00:00.000Z level=warn logger=exporter.poller msg="poll failed" store=acme``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
+_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        + f".{int(record.msecs):03d}Z",
+        "level": _NAMES.get(record.levelno, "error"),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    for key, value in vars(record).items():
+        if key not in _STANDARD and not key.startswith("_"):
+            fields[key] = value
+    if record.exc_info and record.exc_info[1] is not None:
+        # The exception's text only: a traceback is a developer's tool, not an operator's.
+        exc = record.exc_info[1]
+        fields["err"] = f"{type(exc).__name__}: {exc}"
+    return fields
+
+
+def _logfmt_value(value: object) -> str:
+    text = str(value)
+    if text and not any(c in text for c in ' ="\\\n\r\t') and text.isprintable():
+        return text
+    escaped = (
+        text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    )
+    return f'"{escaped}"'
+
+
+class LogfmtFormatter(logging.Formatter):
+    """``key=value`` pairs, values quoted when needed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """One line of logfmt."""
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items())
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object a line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """One line of JSON."""
+        return json.dumps(_fields(record), default=str, ensure_ascii=False)
+
+
+def setup_logging(level: str = "info", fmt: str = "logfmt", stream: TextIO | None = None) -> None:
+    """Route every logger to ``stream`` (stderr) with the chosen format and level."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JSONFormatter() if fmt == "json" else LogfmtFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(LEVELS[level])
+    # urllib3 logs every new connection at debug with the full URL; keep it out of debug logs.
+    logging.getLogger("urllib3").setLevel(max(LEVELS[level], logging.INFO))

@@ -1,0 +1,96 @@
+"""The running exporter: configuration, reloads, poller, state file and registry together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+
+from prometheus_client import CollectorRegistry
+
+from exporter.client import StoreClient
+from exporter.collector import ReloadStatus, TaskCollector
+from exporter.config import Config, ConfigError, StoreConfig, load_config
+from exporter.poller import Clock, Poller, SystemClock
+from exporter.state import StateWriter, load_state
+
+log = logging.getLogger("exporter")
+
+
+class Exporter:
+    """Owns the live configuration and everything built from it."""
+
+    def __init__(
+        self,
+        config_path: str,
+        *,
+        environ: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
+        client_factory: Callable[[StoreConfig], StoreClient] | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self._environ = environ
+        self.clock = clock or SystemClock()
+        self.reload_status = ReloadStatus()
+        self._reload_lock = threading.Lock()
+        self.config: Config | None = None
+        self.state_writer: StateWriter | None = None
+        self.poller = Poller(clock=self.clock, client_factory=client_factory, on_change=self._dirty)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(TaskCollector(self.poller.view, self.reload_status))
+
+    def start(self) -> Config:
+        """Load the configuration and the state file; raises ConfigError when invalid."""
+        config = load_config(self.config_path, self._environ)
+        if config.state_file:
+            tasks, forgotten = load_state(config.state_file)
+            self.poller.restore(tasks, forgotten)
+        self._apply(config)
+        return config
+
+    def reload(self) -> tuple[bool, str]:
+        """Re-read the configuration; on error keep the old one. Returns (ok, message)."""
+        with self._reload_lock:
+            try:
+                config = load_config(self.config_path, self._environ)
+            except ConfigError as exc:
+                self.reload_status.successful = False
+                log.error("configuration reload failed, keeping the previous configuration")
+                for line in exc.errors:
+                    log.error("configuration error", extra={"err": line})
+                return False, str(exc)
+            self._apply(config)
+            log.info("configuration reloaded", extra={"stores": len(config.stores)})
+            return True, "configuration reloaded"
+
+    def _apply(self, config: Config) -> None:
+        for warning in config.warnings:
+            log.warning("configuration warning", extra={"err": warning})
+        self.poller.apply_config(config)
+        previous = self.config.state_file if self.config else None
+        if config.state_file != previous:
+            if self.state_writer is not None:
+                self.state_writer.close()
+                self.state_writer = None
+            if config.state_file:
+                self.state_writer = StateWriter(config.state_file, self.poller.persistent_state)
+                self.state_writer.mark_dirty()
+        self.config = config
+        self.reload_status.successful = True
+        self.reload_status.last_success = self.clock.time()
+
+    def _dirty(self) -> None:
+        writer = self.state_writer
+        if writer is not None:
+            writer.mark_dirty()
+
+    @property
+    def ready(self) -> bool:
+        """A valid configuration is loaded."""
+        return self.config is not None
+
+    def close(self) -> None:
+        """Stop polling (requests in flight are abandoned) and flush the state file."""
+        self.poller.stop()
+        if self.state_writer is not None:
+            self.state_writer.close()

@@ -1,0 +1,659 @@
+"""The exporter-toolkit web configuration file (``--web.config.file``): TLS and basic auth.
+
+Format: https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md
+
+Supported::
+
+    tls_server_config:
+      cert_file: server.crt            # relative paths are relative to the web config file
+      key_file: server.key
+      client_auth_type: RequireAndVerifyClientCert
+      client_ca_file: ca.crt
+      client_allowed_sans: [prometheus.example.com]
+      min_version: TLS12               # TLS10 TLS11 TLS12 TLS13
+      max_version: TLS13
+      cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]   # TLS <= 1.2 only
+      prefer_server_cipher_suites: true
+    http_server_config:
+      headers: {X-Content-Type-Options: nosniff}
+    basic_auth_users:
+      prometheus: $2y$10$...           # bcrypt, e.g. htpasswd -nBC 10 "" | tr -d ':\\n'
+
+``client_auth_type``: ``NoClientCert`` (default), ``VerifyClientCertIfGiven`` and
+``RequireAndVerifyClientCert``. ``RequestClientCert`` and ``RequireAnyClientCert`` ask for
+a certificate without verifying it; Python's ``ssl`` cannot do that, so they are rejected
+rather than silently made weaker or stricter. Inline ``cert``/``key``/``client_ca``,
+``curve_preferences`` and ``rate_limit`` are not supported and rejected as well.
+
+Loading is strict: unknown keys, wrong types, unreadable files, certificates or keys that
+do not load and malformed bcrypt hashes are all reported at once in one ``WebConfigError``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+import re
+import ssl
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import bcrypt
+import yaml
+
+__all__ = [
+    "SUPPORTED_CLIENT_AUTH_TYPES",
+    "BasicAuthVerifier",
+    "TLSServerConfig",
+    "WebConfig",
+    "WebConfigError",
+    "WebConfigWatcher",
+    "build_ssl_context",
+    "load_web_config",
+    "parse_basic_auth",
+]
+
+_log = logging.getLogger("exporter.server")
+
+SUPPORTED_CLIENT_AUTH_TYPES: Mapping[str, ssl.VerifyMode] = MappingProxyType(
+    {
+        "NoClientCert": ssl.CERT_NONE,
+        "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+        "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+    }
+)
+_UNSUPPORTED_CLIENT_AUTH_TYPES = ("RequestClientCert", "RequireAnyClientCert", "RequireClientCert")
+_TLS_VERSIONS: Mapping[str, ssl.TLSVersion] = MappingProxyType(
+    {
+        "TLS10": ssl.TLSVersion.TLSv1,
+        "TLS11": ssl.TLSVersion.TLSv1_1,
+        "TLS12": ssl.TLSVersion.TLSv1_2,
+        "TLS13": ssl.TLSVersion.TLSv1_3,
+    }
+)
+# Go's tls.CipherSuites() names -> OpenSSL names. TLS 1.3 suites are accepted and, as in
+# Go, not configurable.
+_CIPHERS: Mapping[str, str | None] = MappingProxyType(
+    {
+        "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+        "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+        "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "TLS_AES_128_GCM_SHA256": None,
+        "TLS_AES_256_GCM_SHA384": None,
+        "TLS_CHACHA20_POLY1305_SHA256": None,
+    }
+)
+# The headers exporter-toolkit allows, with their allowed values (None: any).
+_HEADERS: Mapping[str, tuple[str, ...] | None] = MappingProxyType(
+    {
+        "Content-Security-Policy": None,
+        "X-Frame-Options": ("deny", "sameorigin"),
+        "X-Content-Type-Options": ("nosniff",),
+        "X-XSS-Protection": None,
+        "Strict-Transport-Security": None,
+    }
+)
+_BCRYPT_RE = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
+# Checked against when the user is unknown, so that costs as much as a wrong password.
+_DUMMY_HASH = "$2b$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi"
+
+
+class WebConfigError(Exception):
+    """An invalid web configuration; ``errors`` lists every problem, one line each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = list(errors)
+
+
+@dataclass(frozen=True)
+class TLSServerConfig:
+    """``tls_server_config``: file paths are absolute or relative to the working directory."""
+
+    cert_file: str
+    key_file: str
+    client_auth_type: str = "NoClientCert"
+    client_ca_file: str | None = None
+    client_allowed_sans: tuple[str, ...] = ()
+    min_version: str = "TLS12"
+    max_version: str = "TLS13"
+    cipher_suites: tuple[str, ...] = ()
+    prefer_server_cipher_suites: bool = True
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The files this configuration reads."""
+        return (self.cert_file, self.key_file) + (
+            (self.client_ca_file,) if self.client_ca_file else ()
+        )
+
+
+def _frozen_map() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """A loaded web configuration; the empty one serves plain HTTP without auth."""
+
+    tls: TLSServerConfig | None = None
+    basic_auth_users: Mapping[str, str] = field(default_factory=_frozen_map)
+    headers: Mapping[str, str] = field(default_factory=_frozen_map)
+
+
+# -- loading ---------------------------------------------------------------------------
+
+_FileStat = tuple[int, int, int, int] | None
+
+
+def _stat(path: str) -> _FileStat:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, str | int | float | bool) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+@dataclass
+class _Loaded:
+    config: WebConfig | None
+    context: ssl.SSLContext | None
+    errors: list[str]
+    seen: tuple[tuple[str, _FileStat], ...]
+
+
+class _Parser:
+    """Turns the YAML document into a WebConfig, collecting every error with its key path."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.base = os.path.dirname(path)
+        self.errors: list[str] = []
+        self.seen: list[tuple[str, _FileStat]] = [(path, _stat(path))]
+
+    def err(self, key: str, message: str) -> None:
+        self.errors.append(f"{self.path}: {key}: {message}" if key else f"{self.path}: {message}")
+
+    def mapping(self, value: object, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.err(key, f"must be a mapping, got {_kind(value)}")
+            return {}
+        prefix = f"{key}." if key else ""
+        for name in value:
+            if name not in allowed:
+                self.err(f"{prefix}{name}", f"unknown key (allowed: {', '.join(allowed)})")
+        return {k: v for k, v in value.items() if k in allowed}
+
+    def string(self, value: object, key: str) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.err(key, f"must be a string, got {_kind(value)}")
+            return None
+        return value
+
+    def strings(self, value: object, key: str) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.err(key, f"must be a list of strings, got {_kind(value)}")
+            return ()
+        out = []
+        for i, item in enumerate(value):
+            text = self.string(item, f"{key}[{i}]")
+            if text is not None:
+                out.append(text)
+        return tuple(out)
+
+    def file(self, value: object, key: str) -> str | None:
+        text = self.string(value, key)
+        if text is None or text == "":
+            return None
+        path = os.path.join(self.base, text)
+        self.seen.append((path, _stat(path)))
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            self.err(key, f"cannot read {path}: {exc.strerror or exc}")
+            return None
+        if b"-----BEGIN " not in data:
+            self.err(key, f"{path} holds no PEM data")
+            return None
+        return path
+
+    def parse(self, data: object) -> WebConfig:
+        top = self.mapping(
+            data, "", ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit")
+        )
+        if top.get("rate_limit") is not None:
+            self.err("rate_limit", "not supported by this exporter")
+        return WebConfig(
+            tls=self.tls(top.get("tls_server_config")),
+            basic_auth_users=MappingProxyType(self.users(top.get("basic_auth_users"))),
+            headers=MappingProxyType(self.http(top.get("http_server_config"))),
+        )
+
+    def tls(self, value: object) -> TLSServerConfig | None:
+        key = "tls_server_config"
+        allowed = (
+            "cert_file", "key_file", "client_auth_type", "client_ca_file", "client_allowed_sans",
+            "min_version", "max_version", "cipher_suites", "prefer_server_cipher_suites",
+            "curve_preferences", "cert", "key", "client_ca",
+        )  # fmt: skip
+        raw = self.mapping(value, key, allowed)
+        if not any(v not in (None, "", []) for v in raw.values()):
+            return None  # as in exporter-toolkit: an empty tls_server_config serves plain HTTP
+        for inline in ("cert", "key", "client_ca"):
+            if raw.get(inline) not in (None, ""):
+                self.err(f"{key}.{inline}", f"inline PEM is not supported, use {inline}_file")
+        if raw.get("curve_preferences") not in (None, []):
+            self.err(f"{key}.curve_preferences", "not supported by this exporter")
+        cert = self.file(raw.get("cert_file"), f"{key}.cert_file")
+        tls_key = self.file(raw.get("key_file"), f"{key}.key_file")
+        for name in ("cert_file", "key_file"):
+            if raw.get(name) in (None, ""):
+                self.err(f"{key}.{name}", "required when tls_server_config is set")
+        ca = self.file(raw.get("client_ca_file"), f"{key}.client_ca_file")
+        auth = self.string(raw.get("client_auth_type"), f"{key}.client_auth_type")
+        auth = auth or "NoClientCert"
+        sans = self.strings(raw.get("client_allowed_sans"), f"{key}.client_allowed_sans")
+        self.check_client_auth(auth, raw, sans)
+        versions = []
+        for name, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
+            version = self.string(raw.get(name), f"{key}.{name}") or default
+            if version not in _TLS_VERSIONS:
+                self.err(f"{key}.{name}", f"must be one of {', '.join(_TLS_VERSIONS)}")
+                version = default
+            versions.append(version)
+        if _TLS_VERSIONS[versions[0]] > _TLS_VERSIONS[versions[1]]:
+            self.err(f"{key}.min_version", f"{versions[0]} is above max_version {versions[1]}")
+        ciphers = self.strings(raw.get("cipher_suites"), f"{key}.cipher_suites")
+        for i, name in enumerate(ciphers):
+            if name not in _CIPHERS:
+                self.err(f"{key}.cipher_suites[{i}]", f"unknown or insecure cipher suite {name!r}")
+        prefer = raw.get("prefer_server_cipher_suites", True)
+        if not isinstance(prefer, bool):
+            self.err(
+                f"{key}.prefer_server_cipher_suites", f"must be a boolean, got {_kind(prefer)}"
+            )
+            prefer = True
+        if cert is None or tls_key is None:
+            return None
+        return TLSServerConfig(
+            cert_file=cert,
+            key_file=tls_key,
+            client_auth_type=auth,
+            client_ca_file=ca,
+            client_allowed_sans=sans,
+            min_version=versions[0],
+            max_version=versions[1],
+            cipher_suites=ciphers,
+            prefer_server_cipher_suites=prefer,
+        )
+
+    def check_client_auth(self, auth: str, raw: dict[str, Any], sans: tuple[str, ...]) -> None:
+        key = "tls_server_config.client_auth_type"
+        if auth in _UNSUPPORTED_CLIENT_AUTH_TYPES:
+            self.err(
+                key,
+                f"{auth} is not supported: Python's ssl module cannot request a client "
+                "certificate without verifying it; use RequireAndVerifyClientCert "
+                "(or VerifyClientCertIfGiven) with client_ca_file",
+            )
+            return
+        if auth not in SUPPORTED_CLIENT_AUTH_TYPES:
+            self.err(
+                key, f"unknown value {auth!r} (supported: {', '.join(SUPPORTED_CLIENT_AUTH_TYPES)})"
+            )
+            return
+        has_ca = raw.get("client_ca_file") not in (None, "")
+        if auth == "NoClientCert" and has_ca:
+            self.err(key, "client_ca_file is set but client_auth_type is NoClientCert")
+        if auth != "NoClientCert" and not has_ca:
+            self.err("tls_server_config.client_ca_file", f"required with client_auth_type {auth}")
+        if sans and auth != "RequireAndVerifyClientCert":
+            self.err(
+                "tls_server_config.client_allowed_sans",
+                "requires client_auth_type RequireAndVerifyClientCert",
+            )
+
+    def users(self, value: object) -> dict[str, str]:
+        key = "basic_auth_users"
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.err(key, f"must be a mapping of user names to bcrypt hashes, got {_kind(value)}")
+            return {}
+        users: dict[str, str] = {}
+        for name, hashed in value.items():
+            if isinstance(name, int) and not isinstance(name, bool):
+                name = str(name)
+            if not isinstance(name, str) or not name or ":" in name:
+                self.err(f"{key}.{name}", "user name must be a non-empty string without ':'")
+                continue
+            if not isinstance(hashed, str):
+                self.err(f"{key}.{name}", f"must be a bcrypt hash string, got {_kind(hashed)}")
+                continue
+            match = _BCRYPT_RE.fullmatch(hashed.strip())
+            if match is None or not 4 <= int(match.group(1)) <= 31:
+                self.err(
+                    f"{key}.{name}",
+                    "not a bcrypt hash ($2y$/$2b$/$2a$ and cost 04-31, as made by "
+                    "htpasswd -nBC 10 \"\" | tr -d ':\\n')",
+                )
+                continue
+            users[name] = hashed.strip()
+        return users
+
+    def http(self, value: object) -> dict[str, str]:
+        key = "http_server_config"
+        raw = self.mapping(value, key, ("headers", "http2"))
+        http2 = raw.get("http2")
+        if http2 is not None and not isinstance(http2, bool):
+            self.err(f"{key}.http2", f"must be a boolean, got {_kind(http2)}")
+        headers = self.mapping(raw.get("headers"), f"{key}.headers", tuple(_HEADERS))
+        out: dict[str, str] = {}
+        for name, header_value in headers.items():
+            text = self.string(header_value, f"{key}.headers.{name}")
+            if not text:
+                continue
+            allowed = _HEADERS[name]
+            if "\r" in text or "\n" in text:
+                self.err(f"{key}.headers.{name}", "must be a single line")
+            elif allowed is not None and text.lower() not in allowed:
+                self.err(f"{key}.headers.{name}", f"must be one of {', '.join(allowed)}")
+            else:
+                out[name] = text
+        return out
+
+
+class _EncryptedKeyError(Exception):
+    pass
+
+
+def _no_password() -> bytes:
+    raise _EncryptedKeyError
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc.strerror or exc).replace("_", " ").lower()
+    return str(exc)
+
+
+def _build_context(tls: TLSServerConfig, err: Callable[[str, str], None]) -> ssl.SSLContext:
+    key = "tls_server_config"
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = _TLS_VERSIONS[tls.min_version]
+    ctx.maximum_version = _TLS_VERSIONS[tls.max_version]
+    try:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file, password=_no_password)
+    except _EncryptedKeyError:
+        err(f"{key}.key_file", f"{tls.key_file} is encrypted; a key without passphrase is needed")
+    except (ssl.SSLError, OSError) as exc:
+        reason = _ssl_reason(exc)
+        if "mismatch" in reason:
+            err(f"{key}.key_file", f"{tls.key_file} does not match cert_file {tls.cert_file}")
+        else:
+            err(f"{key}.cert_file", f"cannot load {tls.cert_file} with {tls.key_file}: {reason}")
+    if tls.client_ca_file:
+        try:
+            ctx.load_verify_locations(cafile=tls.client_ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            err(f"{key}.client_ca_file", f"cannot load {tls.client_ca_file}: {_ssl_reason(exc)}")
+    ctx.verify_mode = SUPPORTED_CLIENT_AUTH_TYPES[tls.client_auth_type]
+    openssl_ciphers = [c for c in (_CIPHERS.get(n) for n in tls.cipher_suites) if c]
+    if openssl_ciphers:
+        try:
+            ctx.set_ciphers(":".join(openssl_ciphers))
+        except ssl.SSLError as exc:
+            err(f"{key}.cipher_suites", f"not available here: {_ssl_reason(exc)}")
+    if tls.prefer_server_cipher_suites:
+        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    return ctx
+
+
+def build_ssl_context(tls: TLSServerConfig) -> ssl.SSLContext:
+    """Build the server SSLContext for ``tls``; WebConfigError if files do not load."""
+    errors: list[str] = []
+    ctx = _build_context(tls, lambda key, message: errors.append(f"{key}: {message}"))
+    if errors:
+        raise WebConfigError(errors)
+    return ctx
+
+
+def _load(path: str) -> _Loaded:
+    parser = _Parser(path)
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read()
+    except OSError as exc:
+        parser.err("", f"cannot read web config file: {exc.strerror or exc}")
+        return _Loaded(None, None, parser.errors, tuple(parser.seen))
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})"
+        problem = getattr(exc, "problem", None) or str(exc)
+        parser.err("", f"invalid YAML: {problem}{where}")
+        return _Loaded(None, None, parser.errors, tuple(parser.seen))
+    config = parser.parse(data)
+    context = None
+    if config.tls is not None and not parser.errors:
+        context = _build_context(config.tls, parser.err)
+    if parser.errors:
+        return _Loaded(None, None, parser.errors, tuple(parser.seen))
+    return _Loaded(config, context, [], tuple(parser.seen))
+
+
+def load_web_config(path: str) -> WebConfig:
+    """Load and validate a web configuration file; WebConfigError lists every problem."""
+    loaded = _load(path)
+    if loaded.config is None:
+        raise WebConfigError(loaded.errors)
+    return loaded.config
+
+
+# -- rotation --------------------------------------------------------------------------
+
+
+class WebConfigWatcher:
+    """Holds the current good web configuration and re-reads it when its files change.
+
+    The check (a ``stat`` of the web config file and the certificate, key and CA files it
+    names) runs on demand, at most once per ``check_interval`` seconds. A changed but
+    invalid file is logged and the last good configuration stays in force; it is read
+    again when one of its files changes again.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        logger: logging.Logger | None = None,
+        check_interval: float = 1.0,
+    ) -> None:
+        loaded = _load(path)
+        if loaded.config is None:
+            raise WebConfigError(loaded.errors)
+        self.path = path
+        self._clock = clock
+        self._logger = logger or _log
+        self._interval = check_interval
+        self._lock = threading.Lock()
+        self._state: tuple[WebConfig, ssl.SSLContext | None] = (loaded.config, loaded.context)
+        self._seen = loaded.seen
+        self._next_check = clock() + check_interval
+        self.generation = 1
+
+    def current(self) -> WebConfig:
+        """The configuration in force (re-read first if due and changed)."""
+        return self.snapshot()[0]
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The SSLContext of the configuration in force, None for plain HTTP."""
+        return self.snapshot()[1]
+
+    def snapshot(self) -> tuple[WebConfig, ssl.SSLContext | None]:
+        """The configuration in force and its SSLContext, consistent with each other."""
+        if self._clock() >= self._next_check:
+            self._check(force=False)
+        return self._state
+
+    def check(self) -> bool:
+        """Look for changes now, ignoring the interval; True if a new configuration loaded."""
+        return self._check(force=True)
+
+    def _check(self, *, force: bool) -> bool:
+        if not self._lock.acquire(blocking=force):
+            return False  # another thread is checking; use the current state meanwhile
+        try:
+            now = self._clock()
+            if not force and now < self._next_check:
+                return False
+            self._next_check = now + self._interval
+            if all(_stat(path) == stat for path, stat in self._seen):
+                return False
+            loaded = _load(self.path)
+            self._seen = loaded.seen
+            if loaded.config is None:
+                self._logger.error(
+                    "web config changed but is invalid, keeping the last good one: %s",
+                    "; ".join(loaded.errors),
+                )
+                return False
+            self._state = (loaded.config, loaded.context)
+            self.generation += 1
+            self._logger.info("web config reloaded from %s", self.path)
+            return True
+        finally:
+            self._lock.release()
+
+
+# -- basic auth ------------------------------------------------------------------------
+
+
+def parse_basic_auth(header: str | None) -> tuple[str, bytes] | None:
+    """Split an ``Authorization: Basic ...`` value into user and password, None if invalid."""
+    if not header:
+        return None
+    scheme, _, param = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        raw = base64.b64decode(param.strip().encode("ascii"), validate=True)
+        user, sep, password = raw.partition(b":")
+        if not sep:
+            return None
+        return user.decode("utf-8"), password
+    except (ValueError, binascii.Error):  # UnicodeError is a ValueError
+        return None
+
+
+class BasicAuthVerifier:
+    """Checks basic-auth credentials against bcrypt hashes, caching successes.
+
+    Timing: an unknown user costs a bcrypt check like a wrong password (against a dummy
+    hash of the same cost), and user names are compared with ``hmac.compare_digest``.
+    The cache key is (user, sha256(password), hash), so a changed hash or password misses;
+    only successes are cached, at most ``cache_size`` of them (least recently used out).
+    """
+
+    def __init__(self, cache_size: int = 256) -> None:
+        self._cache: OrderedDict[tuple[str, bytes, str], None] = OrderedDict()
+        self._size = cache_size
+        self._lock = threading.Lock()
+
+    def verify(self, users: Mapping[str, str], authorization: str | None) -> str | None:
+        """The authenticated user name, or None (missing, malformed or wrong credentials)."""
+        creds = parse_basic_auth(authorization)
+        if creds is None:
+            return None
+        user, password = creds
+        wanted = user.encode("utf-8")
+        hashed: str | None = None
+        for name, candidate in users.items():
+            if hmac.compare_digest(name.encode("utf-8"), wanted):
+                hashed = candidate
+        if hashed is None:
+            costs = [h[4:6] for h in users.values()] or ["10"]
+            _checkpw(password, _DUMMY_HASH[:4] + max(costs) + _DUMMY_HASH[6:])
+            return None
+        key = (user, hashlib.sha256(password).digest(), hashed)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return user
+        if not _checkpw(password, hashed):
+            return None
+        with self._lock:
+            self._cache[key] = None
+            while len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        return user
+
+
+def _checkpw(password: bytes, hashed: str) -> bool:
+    try:
+        return bcrypt.checkpw(password, hashed.encode("ascii"))
+    except ValueError:  # bcrypt 5: passwords over 72 bytes; or a hash it cannot use
+        return False

@@ -256,6 +256,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if len(raw) > _MAX_REQUEST_LINE:
             self.send_error(414)
             return
+        if len(raw.split()) == 2:  # "GET /": HTTP/0.9 would wait for headers that never come
+            self.requestline = raw.decode("iso-8859-1").rstrip("\r\n")
+            self.send_error(400, "HTTP/0.9 requests are not supported")
+            return
         if not self.parse_request():
             return
         self._reader.end_head()

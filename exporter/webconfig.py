@@ -456,7 +456,7 @@ def _build_context(tls: TLSServerConfig, err: Callable[[str, str], None]) -> ssl
             ctx.load_verify_locations(cafile=tls.client_ca_file)
         except (ssl.SSLError, OSError) as exc:
             err(f"{key}.client_ca_file", f"cannot load {tls.client_ca_file}: {_ssl_reason(exc)}")
-    ctx.verify_mode = SUPPORTED_CLIENT_AUTH_TYPES[tls.client_auth_type]
+    ctx.verify_mode = SUPPORTED_CLIENT_AUTH_TYPES.get(tls.client_auth_type, ssl.CERT_REQUIRED)
     openssl_ciphers = [c for c in (_CIPHERS.get(n) for n in tls.cipher_suites) if c]
     if openssl_ciphers:
         try:
@@ -497,7 +497,7 @@ def _load(path: str) -> _Loaded:
         return _Loaded(None, None, parser.errors, tuple(parser.seen))
     config = parser.parse(data)
     context = None
-    if config.tls is not None and not parser.errors:
+    if config.tls is not None:  # also with other errors: report them all at once
         context = _build_context(config.tls, parser.err)
     if parser.errors:
         return _Loaded(None, None, parser.errors, tuple(parser.seen))

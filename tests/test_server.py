@@ -1,0 +1,508 @@
+"""Tests for exporter.server: real sockets on loopback, a trivial WSGI app, trustme PKI."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import logging
+import os
+import resource
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+import trustme
+
+from exporter.server import REALM, ExporterServer, parse_listen_address
+from exporter.webconfig import WebConfigError
+
+PASSWORD = b"s3cret"
+HASH = bcrypt.hashpw(PASSWORD, bcrypt.gensalt(rounds=4)).decode()
+
+
+def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """/metrics answers text, /boom raises, anything else 404; non-GET 405."""
+    path = environ["PATH_INFO"]
+    if path == "/boom":
+        raise RuntimeError("kaboom")
+    if environ["REQUEST_METHOD"] != "GET":
+        start_response("405 Method Not Allowed", [("Content-Type", "text/plain")])
+        return [b"method not allowed\n"]
+    if path == "/metrics":
+        start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4")])
+        return [b"up 1\n"]
+    start_response("404 Not Found", [("Content-Type", "text/plain")])
+    return [b"not found\n"]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        pause.wait(0.01)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., ExporterServer]]:
+    servers: list[ExporterServer] = []
+
+    def make(web_config_file: str | None = None, **kwargs: Any) -> ExporterServer:
+        server = ExporterServer(app, "127.0.0.1:0", web_config_file, **kwargs)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.shutdown()
+
+
+def request(
+    server: ExporterServer,
+    path: str = "/metrics",
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    host, port = server.address
+    conn: http.client.HTTPConnection
+    if context is None:
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+    else:
+        conn = http.client.HTTPSConnection("localhost", port, timeout=5, context=context)
+    try:
+        conn.request(method, path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.msg, response.read()
+    finally:
+        conn.close()
+
+
+def raw_exchange(server: ExporterServer, data: bytes) -> bytes:
+    """Send raw bytes, return everything the server answers until it closes."""
+    with socket.create_connection(server.address, timeout=5) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def basic(user: str, password: bytes) -> dict[str, str]:
+    token = base64.b64encode(user.encode() + b":" + password).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+# -- listen address --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (":9877", ("", 9877)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
+        ("[::1]:9877", ("::1", 9877)),
+        ("[::]:80", ("::", 80)),
+        ("localhost:9877", ("localhost", 9877)),
+        ("0.0.0.0:65535", ("0.0.0.0", 65535)),
+    ],
+)
+def test_parse_listen_address(value: str, expected: tuple[str, int]) -> None:
+    assert parse_listen_address(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("9877", "expected [HOST]:PORT"),
+        ("localhost", "expected [HOST]:PORT"),
+        (":", "port must be a number"),
+        (":http", "port must be a number"),
+        (":65536", "port must be a number"),
+        (":-1", "port must be a number"),
+        ("::1:9877", "IPv6 address in brackets"),
+        ("[::1]", "expected [IPV6]:PORT"),
+        ("[nothost]:80", "is not an IPv6 address"),
+        ("bad host:80", "invalid host"),
+    ],
+)
+def test_parse_listen_address_errors(value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_listen_address(value)
+
+
+def test_address_in_use_is_raised_at_construction(
+    make_server: Callable[..., ExporterServer],
+) -> None:
+    server = make_server()
+    with pytest.raises(OSError):
+        ExporterServer(app, f"127.0.0.1:{server.address[1]}")
+
+
+def test_empty_host_listens_on_all_interfaces() -> None:
+    server = ExporterServer(app, ":0")
+    server.start()
+    try:
+        host, port = server.address
+        assert host in ("::", "0.0.0.0")
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        if host == "::":  # dual-stack: IPv6 loopback too
+            with socket.create_connection(("::1", port), timeout=5):
+                pass
+    finally:
+        server.shutdown()
+
+
+def test_invalid_web_config_at_start_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text("basic_auth_users:\n  alice: plaintext\n")
+    with pytest.raises(WebConfigError, match=r"web\.yml: basic_auth_users\.alice: not a bcrypt"):
+        ExporterServer(app, "127.0.0.1:0", str(path))
+
+
+# -- plain HTTP ------------------------------------------------------------------------
+
+
+def test_plain_http(make_server: Callable[..., ExporterServer]) -> None:
+    server = make_server()
+    status, headers, body = request(server)
+    assert (status, body) == (200, b"up 1\n")
+    assert "Python" not in headers.get("Server", "")
+    assert request(server, "/nope")[0] == 404
+    assert request(server, "/metrics", method="POST")[0] == 405
+    assert request(server, "/metrics", method="BREW")[0] == 405  # the app decides, not a 501
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"garbage\r\n\r\n", b"400"),
+        (b"GET\r\n\r\n", b"400"),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", b"414"),
+        (
+            b"GET / HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(200)) + b"\r\n",
+            b"431",
+        ),
+        (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", b"431"),
+        (b"GET / HTTP/9.9\r\n\r\n", b"505"),
+    ],
+    ids=["garbage", "http09-one-word", "long-line", "many-headers", "huge-header", "version"],
+)
+def test_malformed_requests_get_4xx(
+    make_server: Callable[..., ExporterServer], data: bytes, status: bytes
+) -> None:
+    server = make_server()
+    answer = raw_exchange(server, data)
+    assert answer.startswith(b"HTTP/1.0 " + status + b" "), answer[:100]
+    assert b"Python" not in answer
+    assert request(server)[0] == 200
+
+
+def test_http09_request_is_refused_at_once(make_server: Callable[..., ExporterServer]) -> None:
+    answer = raw_exchange(make_server(), b"GET /metrics\r\n")  # no headers will follow
+    assert answer.startswith(b"HTTP/1.0 400 HTTP/0.9 requests are not supported\r\n")
+
+
+def test_handler_error_is_logged_not_printed(
+    make_server: Callable[..., ExporterServer],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.ERROR, logger="exporter.server")
+    server = make_server()
+    assert request(server, "/boom")[0] == 500
+    wait_for(lambda: any("kaboom" in r.getMessage() for r in caplog.records))
+    assert request(server)[0] == 200
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    assert all(r.exc_info is None for r in caplog.records)
+
+
+# -- connection handling ---------------------------------------------------------------
+
+
+def raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"needs {needed} file descriptors, hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def test_idle_connections_do_not_block_metrics(make_server: Callable[..., ExporterServer]) -> None:
+    raise_fd_limit(2048)
+    server = make_server()
+    idle = [socket.create_connection(server.address, timeout=5) for _ in range(300)]
+    try:
+        wait_for(lambda: server.active_connections == 300)
+        for _ in range(5):
+            started = time.monotonic()
+            assert request(server)[0] == 200
+            assert time.monotonic() - started < 1.0
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_idle_and_slow_clients_are_dropped(make_server: Callable[..., ExporterServer]) -> None:
+    server = make_server(request_timeout=0.5)
+    idle = [socket.create_connection(server.address, timeout=5) for _ in range(20)]
+    partial = socket.create_connection(server.address, timeout=5)
+    partial.sendall(b"GET /metrics HTTP/1.1\r\n")
+    # A slowloris: one header byte every 0.1 s never finishes the head; the deadline
+    # (not just the per-read timeout) must drop it.
+    slow = socket.create_connection(server.address, timeout=5)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        with_errors = False
+        while not stop.wait(0.1) and not with_errors:
+            try:
+                slow.send(b"X")
+            except OSError:
+                with_errors = True
+
+    feeder = threading.Thread(target=trickle, daemon=True)
+    feeder.start()
+    try:
+        started = time.monotonic()
+        wait_for(lambda: server.active_connections == 0, timeout=5)
+        assert time.monotonic() - started < 3.0
+        for sock in [*idle, partial]:
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(1024) == b""
+        assert request(server)[0] == 200
+    finally:
+        stop.set()
+        feeder.join(timeout=2)
+        for sock in [*idle, partial, slow]:
+            sock.close()
+
+
+def test_connection_cap_answers_503(make_server: Callable[..., ExporterServer]) -> None:
+    server = make_server(max_connections=5)
+    idle = [socket.create_connection(server.address, timeout=5) for _ in range(5)]
+    try:
+        wait_for(lambda: server.active_connections == 5)
+        answer = raw_exchange(server, b"GET /metrics HTTP/1.0\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.0 503 ")
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_for(lambda: server.active_connections == 0)
+    assert request(server)[0] == 200
+
+
+def test_shutdown_is_prompt_with_idle_clients() -> None:
+    server = ExporterServer(app, "127.0.0.1:0")
+    server.start()
+    idle = [socket.create_connection(server.address, timeout=5) for _ in range(20)]
+    try:
+        wait_for(lambda: server.active_connections == 20)
+        started = time.monotonic()
+        server.shutdown()
+        assert time.monotonic() - started < 1.0
+        with pytest.raises(OSError):
+            socket.create_connection(server.address, timeout=1)
+        wait_for(lambda: server.active_connections == 0, timeout=2)
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_shutdown_without_start_and_twice() -> None:
+    server = ExporterServer(app, "127.0.0.1:0")
+    started = time.monotonic()
+    server.shutdown()
+    server.shutdown()
+    assert time.monotonic() - started < 1.0
+
+
+def test_serve_forever_blocks_until_shutdown() -> None:
+    server = ExporterServer(app, "127.0.0.1:0")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    assert request(server)[0] == 200
+    server.shutdown()
+    thread.join(timeout=2)
+    assert not thread.is_alive()
+
+
+# -- TLS -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_dir(tmp_path: Path, ca: trustme.CA) -> Path:
+    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    leaf.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    return tmp_path
+
+
+def client_context(ca: trustme.CA, cert: trustme.LeafCert | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    if cert is not None:
+        cert.configure_cert(context)
+    return context
+
+
+def web_config(directory: Path, text: str) -> str:
+    path = directory / "web.yml"
+    write_atomic(path, text)
+    return str(path)
+
+
+TLS = "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
+MTLS = TLS + "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n"
+
+
+def test_tls(make_server: Callable[..., ExporterServer], tls_dir: Path, ca: trustme.CA) -> None:
+    server = make_server(web_config(tls_dir, TLS))
+    assert server.tls
+    status, _, body = request(server, context=client_context(ca))
+    assert (status, body) == (200, b"up 1\n")
+    with pytest.raises(ssl.SSLError):  # our CA is not trusted by an empty context
+        request(server, context=ssl.create_default_context(cafile=None, cadata=None, capath=None))
+
+
+def test_tls_handshake_does_not_block_other_clients(
+    make_server: Callable[..., ExporterServer], tls_dir: Path, ca: trustme.CA
+) -> None:
+    server = make_server(web_config(tls_dir, TLS))
+    silent = socket.create_connection(server.address, timeout=5)  # never sends a ClientHello
+    try:
+        answer = raw_exchange(server, b"GET /metrics HTTP/1.0\r\n\r\n")  # plain HTTP on TLS
+        assert not answer.startswith(b"HTTP/1.0 200")
+        assert request(server, context=client_context(ca))[0] == 200
+    finally:
+        silent.close()
+
+
+def test_mutual_tls(
+    make_server: Callable[..., ExporterServer], tls_dir: Path, ca: trustme.CA
+) -> None:
+    server = make_server(web_config(tls_dir, MTLS))
+    good = ca.issue_cert("prometheus.example")
+    assert request(server, context=client_context(ca, good))[0] == 200
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        request(server, context=client_context(ca))  # no client certificate
+    stranger = trustme.CA().issue_cert("prometheus.example")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        request(server, context=client_context(ca, stranger))  # cert from another CA
+    assert request(server, context=client_context(ca, good))[0] == 200
+
+
+def test_client_allowed_sans(
+    make_server: Callable[..., ExporterServer], tls_dir: Path, ca: trustme.CA
+) -> None:
+    config = MTLS + "  client_allowed_sans: [prometheus.example]\n"
+    server = make_server(web_config(tls_dir, config))
+    assert (
+        request(server, context=client_context(ca, ca.issue_cert("prometheus.example")))[0] == 200
+    )
+    with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
+        request(server, context=client_context(ca, ca.issue_cert("other.example")))
+
+
+# -- basic auth and rotation -----------------------------------------------------------
+
+
+def test_basic_auth_protects_every_path(
+    make_server: Callable[..., ExporterServer], tmp_path: Path
+) -> None:
+    config = f"basic_auth_users:\n  alice: {HASH}\nhttp_server_config:\n  headers:\n"
+    config += "    X-Content-Type-Options: nosniff\n"
+    server = make_server(web_config(tmp_path, config))
+    for path in ("/metrics", "/", "/-/healthy", "/nope"):
+        status, headers, _ = request(server, path)
+        assert status == 401
+        assert headers["WWW-Authenticate"] == f'Basic realm="{REALM}"'
+        assert headers["X-Content-Type-Options"] == "nosniff"
+    status, headers, body = request(server, headers=basic("alice", PASSWORD))
+    assert (status, body) == (200, b"up 1\n")
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert request(server, "/nope", headers=basic("alice", PASSWORD))[0] == 404
+    for bad in (
+        basic("alice", b"wrong"),
+        basic("mallory", PASSWORD),
+        basic("alice", b"p" * 100),
+        {"Authorization": "Basic %%%"},
+        {"Authorization": "Bearer token"},
+    ):
+        assert request(server, headers=bad)[0] == 401
+
+
+def test_web_config_rotation_while_running(
+    make_server: Callable[..., ExporterServer],
+    tls_dir: Path,
+    ca: trustme.CA,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    path = web_config(tls_dir, TLS + f"basic_auth_users:\n  alice: {HASH}\n")
+    server = make_server(path, clock=clock)
+    trust = client_context(ca)
+    assert request(server, headers=basic("alice", PASSWORD), context=trust)[0] == 200
+
+    # New user replaces the old one.
+    web_config(tls_dir, TLS + f"basic_auth_users:\n  bob: {HASH}\n")
+    clock.now += 1.5
+    assert request(server, headers=basic("bob", PASSWORD), context=trust)[0] == 200
+    assert request(server, headers=basic("alice", PASSWORD), context=trust)[0] == 401
+
+    # New certificate from another CA is served to new connections.
+    other_ca = trustme.CA()
+    leaf = other_ca.issue_cert("localhost", "127.0.0.1")
+    write_atomic(tls_dir / "cert.pem", leaf.cert_chain_pems[0].bytes())
+    write_atomic(tls_dir / "key.pem", leaf.private_key_pem.bytes())
+    clock.now += 1.5
+    new_trust = client_context(other_ca)
+    assert request(server, headers=basic("bob", PASSWORD), context=new_trust)[0] == 200
+    with pytest.raises(ssl.SSLError):
+        request(server, headers=basic("bob", PASSWORD), context=trust)
+
+    # An invalid rewrite is logged and the last good configuration stays.
+    caplog.set_level(logging.ERROR, logger="exporter.server")
+    web_config(tls_dir, TLS + "basic_auth_users:\n  carol: not-a-hash\n")
+    clock.now += 1.5
+    assert request(server, headers=basic("bob", PASSWORD), context=new_trust)[0] == 200
+    assert any("keeping the last good one" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,306 @@
+"""Polling semantics (contract section 6) against the simulator's own leaky bucket."""
+
+from __future__ import annotations
+
+import email.utils
+import itertools
+import threading
+import time
+from pathlib import Path
+
+from exporter.service import Exporter
+from exporter.simulator import Reply, Simulator
+from tests.helpers import (
+    TOKEN,
+    FakeClock,
+    ScaledClock,
+    config_yaml,
+    make_exporter,
+    store_yaml,
+    wait_until,
+    write,
+)
+
+
+def skipped(exporter: Exporter, reason: str, store: str = "shop") -> float:
+    value = exporter.registry.get_sample_value(
+        "shoplazza_exporter_polls_skipped_total", {"store": store, "reason": reason}
+    )
+    assert value is not None
+    return value
+
+
+def test_completed_task_fetched_exactly_once(sim: Simulator, tmp_path: Path) -> None:
+    sim.add_task("done", total=2, finished=2, status=0)
+    sim.add_task("busy", total=5, finished=1)
+    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["done", "busy"], min_poll_interval=0))
+    exporter = make_exporter(path)
+    for _ in range(20):
+        exporter.poller.refresh(5)
+    assert sim.count("done") == 1
+    assert sim.count("busy") == 20
+    exporter.close()
+
+
+def test_rapid_scrapes_fetch_once_per_min_poll_interval(sim: Simulator, tmp_path: Path) -> None:
+    sim.add_task("busy", total=5, finished=1)
+    clock = FakeClock()
+    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["busy"], min_poll_interval="5s"))
+    exporter = make_exporter(path, clock=clock)
+    for _ in range(10):  # 10 scrapes, one a second: fetches at t=0 and t=5 only
+        exporter.poller.refresh(5)
+        clock.advance(1)
+    assert sim.count("busy") == 2
+    for _ in range(10):  # 10 scrapes within the same instant: none is due again
+        exporter.poller.refresh(5)
+    assert sim.count("busy") == 3
+    exporter.close()
+
+
+def test_parallel_scrapes_share_in_flight_fetches(sim: Simulator, tmp_path: Path) -> None:
+    ids = [f"t{i}" for i in range(6)]
+    for task_id in ids:
+        sim.add_task(task_id, total=5, finished=1)
+    sim.latency = 0.3
+    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ids, min_poll_interval="1m"))
+    exporter = make_exporter(path)
+    threads = [threading.Thread(target=exporter.poller.refresh, args=(5,)) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sim.count() == len(ids)
+    assert all(sim.count(task_id) == 1 for task_id in ids)
+    exporter.close()
+
+
+def test_budget_respected_and_every_task_refreshed(tmp_path: Path) -> None:
+    """40 tasks, 2 req/s, burst 4, a scrape every second: no 429, oldest-first rotation."""
+    clock = ScaledClock(speed=4)
+    with Simulator(tokens=(TOKEN,), rate_limit=2, bucket_capacity=5, clock=clock.monotonic) as sim:
+        ids = [f"task-{i:02d}" for i in range(40)]
+        for task_id in ids:
+            sim.add_task(task_id, total=100, finished=1)
+        text = config_yaml(
+            sim.url, ids, min_poll_interval=0, requests_per_second=2, burst=4, max_concurrency=4
+        )
+        exporter = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
+        start = clock.monotonic()
+        first_seen: dict[str, float] = {}
+        for second in range(1, 31):
+            exporter.poller.refresh(0.5)
+            now = clock.monotonic() - start
+            for r in sim.requests:
+                if r.task_id is not None:
+                    first_seen.setdefault(r.task_id, now)
+            if second == 10:
+                # within 10 s at most burst + rate * t requests, and none throttled
+                assert sim.count() <= 4 + 2 * 10
+                assert sim.throttled == 0
+            clock.sleep_until(start + second)
+        elapsed = clock.monotonic() - start
+        assert sim.count() <= 4 + 2 * elapsed + 1
+        assert sim.throttled == 0
+        assert set(first_seen) == set(ids)
+        # every task was refreshed within active tasks / rate (+ a scrape of slack)
+        assert max(first_seen.values()) <= (40 - 4) / 2 + 2
+        # least recently attempted first: the second round follows the first round's order
+        order = [r.task_id for r in sim.requests]
+        assert len(set(order[:40])) == 40
+        errors = exporter.registry.get_sample_value(
+            "shoplazza_api_errors_total", {"store": "shop", "code": "429"}
+        )
+        assert errors == 0
+        assert skipped(exporter, "rate_limited") > 0
+        exporter.close()
+
+
+def test_background_refresh_continues_and_stops_without_scrapes(tmp_path: Path) -> None:
+    clock = ScaledClock(speed=8)
+    with Simulator(tokens=(TOKEN,), rate_limit=2, bucket_capacity=5, clock=clock.monotonic) as sim:
+        ids = [f"t{i}" for i in range(12)]
+        for task_id in ids:
+            sim.add_task(task_id, total=3, finished=1)
+        text = config_yaml(sim.url, ids, min_poll_interval="1m", requests_per_second=2, burst=2)
+        exporter = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
+        exporter.poller.refresh(0.2)  # answers long before all 12 are fetched
+        assert sim.count() < 12
+        assert sim.wait_for(lambda s: s.count() == 12, timeout=10)
+        assert sim.throttled == 0
+        # nothing is polled when nobody scrapes
+        clock.sleep_until(clock.monotonic() + 10)
+        assert sim.count() == 12
+        exporter.close()
+
+
+def test_retry_after_seconds_pauses_the_store(sim: Simulator, tmp_path: Path) -> None:
+    sim.add_task("t1", total=3, finished=1)
+    sim.add_task("t2", total=3, finished=1)
+    clock = FakeClock()
+    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1", "t2"], min_poll_interval=0))
+    exporter = make_exporter(path, clock=clock)
+    sim.script("t1", Reply(status=429, headers={"Retry-After": "3"}))
+    exporter.poller.refresh(0.05)  # t1 gets 429; t2 started in the same wave
+    count = sim.count()
+    clock.advance(1)
+    exporter.poller.refresh(0.05)  # paused: no request starts
+    assert sim.count() == count
+    assert skipped(exporter, "backoff") == 2
+    clock.advance(1.9)
+    exporter.poller.refresh(0.05)
+    assert sim.count() == count
+    clock.advance(0.2)  # 3.1 s after the 429
+    exporter.poller.refresh(0.05)
+    assert sim.count() == count + 2
+    exporter.close()
+
+
+def test_retry_after_http_date_pauses_the_store(sim: Simulator, tmp_path: Path) -> None:
+    sim.add_task("t1", total=3, finished=1)
+    clock = FakeClock()
+    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"], min_poll_interval=0))
+    exporter = make_exporter(path, clock=clock)
+    date = email.utils.formatdate(time.time() + 4, usegmt=True)  # 3 to 4 s from now
+    sim.script("t1", Reply(status=429, headers={"Retry-After": date}))
+    exporter.poller.refresh(0.05)
+    clock.advance(2)
+    exporter.poller.refresh(0.05)
+    assert sim.count("t1") == 1
+    clock.advance(2.5)
+    exporter.poller.refresh(0.05)
+    assert sim.count("t1") == 2
+    exporter.close()
+
+
+def test_429_without_retry_after_pauses_one_second(sim: Simulator, tmp_path: Path) -> None:
+    sim.add_task("t1", total=3, finished=1)
+    clock = FakeClock()
+    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"], min_poll_interval=0))
+    exporter = make_exporter(path, clock=clock)
+    sim.script("t1", Reply(status=429))
+    exporter.poller.refresh(0.05)
+    clock.advance(0.5)
+    exporter.poller.refresh(0.05)
+    assert sim.count("t1") == 1
+    clock.advance(0.6)
+    exporter.poller.refresh(0.05)
+    assert sim.count("t1") == 2
+    exporter.close()
+
+
+def test_one_store_paused_does_not_pause_another(sim: Simulator, tmp_path: Path) -> None:
+    sim.add_task("a1", total=3, finished=1)
+    sim.add_task("b1", total=3, finished=1)
+    clock = FakeClock()
+    text = (
+        "stores:\n"
+        + store_yaml("a", sim.url, ["a1"], min_poll_interval=0, requests_per_second=1, burst=1)
+        + store_yaml("b", sim.url, ["b1"], min_poll_interval=0)
+    )
+    exporter = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
+    sim.script("a1", Reply(status=429, headers={"Retry-After": "60"}))
+    for _ in range(5):
+        exporter.poller.refresh(0.05)
+        clock.advance(1)
+    assert sim.count("a1") == 1
+    assert sim.count("b1") == 5
+    assert skipped(exporter, "backoff", "a") == 4
+    assert skipped(exporter, "backoff", "b") == 0
+    exporter.close()
+
+
+def test_scrape_deadline_answers_from_memory_and_next_scrape_has_data(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.add_task("slow", total=4, finished=3)
+    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["slow"], min_poll_interval="1m"))
+    exporter = make_exporter(path)
+    sim.script("slow", Reply(latency=3.0))
+    start = time.monotonic()
+    exporter.poller.refresh(1.0 - 0.5)  # what a "1" scrape timeout header gives
+    assert time.monotonic() - start < 1.0
+    assert skipped(exporter, "deadline") == 1
+    assert (
+        exporter.registry.get_sample_value(
+            "shoplazza_upload_task_poll_success", {"store": "shop", "task_id": "slow"}
+        )
+        == 0
+    )
+    wait_until(lambda: sim.count("slow") == 1 and sim.in_flight == 0, timeout=10)
+    wait_until(lambda: exporter.poller.view()[0].tasks[0].snapshot is not None, timeout=5)
+    exporter.poller.refresh(0.5)  # not due again (1m), served from memory
+    assert (
+        exporter.registry.get_sample_value(
+            "shoplazza_upload_task_files_finished", {"store": "shop", "task_id": "slow"}
+        )
+        == 3
+    )
+    assert sim.count("slow") == 1
+    exporter.close()
+
+
+def test_concurrent_scrape_during_slow_fetch_sends_no_second_request(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.add_task("slow", total=4, finished=3)
+    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["slow"], min_poll_interval=0))
+    exporter = make_exporter(path)
+    sim.script("slow", Reply(latency=1.5))
+    exporter.poller.refresh(0.2)
+    exporter.poller.refresh(0.2)  # due (interval 0) but in flight: shared, not re-sent
+    assert sim.count("slow") == 1
+    assert skipped(exporter, "deadline") == 2
+    exporter.close()
+
+
+def test_max_concurrency_gives_waves(sim: Simulator, tmp_path: Path) -> None:
+    ids = [f"t{i:02d}" for i in range(20)]
+    for task_id in ids:
+        sim.add_task(task_id, total=3, finished=1)
+    sim.latency = 0.2
+    text = config_yaml(
+        sim.url, ids, max_concurrency=10, requests_per_second=100, burst=20, timeout="5s"
+    )
+    exporter = make_exporter(write(tmp_path / "c.yaml", text))
+    start = time.monotonic()
+    exporter.poller.refresh(9)
+    elapsed = time.monotonic() - start
+    assert sim.count() == 20
+    assert sim.max_in_flight == 10
+    starts = sorted(r.at for r in sim.requests)
+    waves = 1 + sum(1 for a, b in itertools.pairwise(starts) if b - a > 0.1)
+    assert waves == 2
+    assert elapsed < 2.0  # twenty waves would take 4 s
+    exporter.close()
+
+
+def test_least_recently_attempted_first_including_failing(sim: Simulator, tmp_path: Path) -> None:
+    ids = ["a", "b", "c", "d"]
+    for task_id in ids[:3]:
+        sim.add_task(task_id, total=3, finished=1)
+    # "d" is unknown: it fails with 404 every time, and must still get its turn
+    clock = FakeClock()
+    text = config_yaml(sim.url, ids, min_poll_interval=0, requests_per_second=1, burst=1)
+    exporter = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
+    for _ in range(12):
+        exporter.poller.refresh(0.6)
+        clock.advance(1)
+    order = [r.task_id for r in sim.requests]
+    assert len(order) == 12
+    assert sorted(order[:4]) == ids
+    assert order[4:8] == order[:4] and order[8:12] == order[:4]
+    exporter.close()
+
+
+def test_skip_reason_rate_limited(sim: Simulator, tmp_path: Path) -> None:
+    ids = [f"t{i}" for i in range(5)]
+    for task_id in ids:
+        sim.add_task(task_id, total=3, finished=1)
+    clock = FakeClock()
+    text = config_yaml(sim.url, ids, requests_per_second=1, burst=2)
+    exporter = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
+    exporter.poller.refresh(0.5)
+    assert sim.count() == 2
+    assert skipped(exporter, "rate_limited") == 3
+    assert skipped(exporter, "deadline") == 0
+    exporter.close()

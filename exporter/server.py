@@ -204,6 +204,12 @@ class _WSGIHandler(SimpleHandler):
             exc,
         )
 
+    def cleanup_headers(self) -> None:
+        super().cleanup_headers()
+        headers = getattr(self, "headers", None)  # wsgiref.headers.Headers, untyped here
+        if headers is not None:
+            headers["Connection"] = "close"  # one request per connection
+
     def close(self) -> None:
         try:
             status = str(getattr(self, "status", None) or "").split(" ", 1)[0]
@@ -225,6 +231,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         client_address: tuple[str, int],
         server: ExporterServer,
         reader: _SocketReader,
+        state: _Conn,
     ) -> None:
         # BaseRequestHandler.__init__ would call setup/handle/finish at once; we set up
         # the streams ourselves and the connection thread calls handle().
@@ -236,10 +243,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.logger = server.logger
         self._server = server
         self._reader = reader
+        self._state = state
         self.requestline = ""
         self.request_version = ""
         self.command = ""
-        self.head_complete = False
 
     def version_string(self) -> str:
         return SERVER_SOFTWARE
@@ -263,7 +270,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if not self.parse_request():
             return
         self._reader.end_head()
-        self.head_complete = True
+        self._state.idle = False  # from here on shutdown() lets the response finish
         handler = _WSGIHandler(
             self.rfile,
             cast("Any", self.wfile),
@@ -397,6 +404,7 @@ class ExporterServer:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._last_busy_warning = -1e9
+        self._tls_seen = self._watcher is not None and self._watcher.ssl_context() is not None
         self._address: tuple[str, int] = self._sock.getsockname()[:2]
 
     @property
@@ -513,7 +521,7 @@ class ExporterServer:
         self._warn_busy(f"more than {self.max_connections} connections, refusing new ones")
         try:
             sock.setblocking(False)
-            if self._watcher is None or self._watcher.ssl_context() is None:
+            if not self._tls_seen:  # a TLS client could not read a plain answer
                 sock.send(_BUSY_RESPONSE)
         except OSError:
             pass
@@ -536,6 +544,7 @@ class ExporterServer:
             conn.sock.settimeout(self.request_timeout)
             if self._watcher is not None:
                 config, context = self._watcher.snapshot()
+                self._tls_seen = context is not None
                 if context is not None:
                     tls_sock = context.wrap_socket(
                         conn.sock, server_side=True, do_handshake_on_connect=False
@@ -549,11 +558,7 @@ class ExporterServer:
                         )
                         return
             reader = _SocketReader(conn.sock, self.request_timeout, deadline)
-            handler = _RequestHandler(conn.sock, client, self, reader)
-            try:
-                handler.handle()
-            finally:
-                conn.idle = False
+            _RequestHandler(conn.sock, client, self, reader, conn).handle()
             complete = True
         except TimeoutError as exc:
             self.logger.debug("%s: connection closed: %s", client[0], exc or "timed out")

@@ -487,6 +487,9 @@ def _load(path: str) -> _Loaded:
         return _Loaded(None, None, parser.errors, tuple(parser.seen))
     try:
         data = yaml.load(text, Loader=_StrictLoader)
+    except RecursionError:
+        parser.err("", "invalid YAML: nested too deeply")
+        return _Loaded(None, None, parser.errors, tuple(parser.seen))
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)

@@ -506,3 +506,66 @@ def test_web_config_rotation_while_running(
     clock.now += 1.5
     assert request(server, headers=basic("bob", PASSWORD), context=new_trust)[0] == 200
     assert any("keeping the last good one" in r.getMessage() for r in caplog.records)
+
+
+def test_tls_handshake_has_a_deadline(
+    make_server: Callable[..., ExporterServer], tls_dir: Path, ca: trustme.CA
+) -> None:
+    server = make_server(web_config(tls_dir, TLS), request_timeout=0.5)
+    silent = socket.create_connection(server.address, timeout=5)
+    try:
+        wait_for(lambda: server.active_connections == 1)
+        wait_for(lambda: server.active_connections == 0, timeout=3)
+        assert request(server, context=client_context(ca))[0] == 200
+    finally:
+        silent.close()
+
+
+def test_responses_close_the_connection(make_server: Callable[..., ExporterServer]) -> None:
+    _, headers, _ = request(make_server())
+    assert headers["Connection"] == "close"
+
+
+def test_concurrent_requests(make_server: Callable[..., ExporterServer]) -> None:
+    server = make_server()
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(10):
+            status = request(server)[0]
+            with lock:
+                results.append(status)
+
+    threads = [threading.Thread(target=worker) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert results == [200] * 200
+
+
+def test_shutdown_lets_a_request_in_flight_finish() -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    def slow_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        entered.set()
+        release.wait(5)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"done\n"]
+
+    server = ExporterServer(slow_app, "127.0.0.1:0")
+    server.start()
+    outcome: list[tuple[int, bytes]] = []
+    client = threading.Thread(target=lambda: outcome.append(request(server)[::2]))
+    client.start()
+    try:
+        assert entered.wait(5)
+        started = time.monotonic()
+        server.shutdown()
+        assert time.monotonic() - started < 1.0
+    finally:
+        release.set()
+        client.join(timeout=5)
+    assert outcome == [(200, b"done\n")]

@@ -60,6 +60,11 @@ _BUSY_RESPONSE = (
     b"Content-Length: 20\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
     b"too many connections"
 )
+_PLAIN_ON_TLS_RESPONSE = (
+    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 49\r\nConnection: close\r\n\r\n"
+    b"Client sent an HTTP request to an HTTPS server.\r\n"
+)
 _HOST_RE = re.compile(r"[A-Za-z0-9._-]*")
 
 
@@ -564,6 +569,9 @@ class ExporterServer:
             self.logger.debug("%s: connection closed: %s", client[0], exc or "timed out")
         except ssl.SSLError as exc:
             self.logger.debug("%s: TLS handshake failed: %s", client[0], exc.reason or exc)
+            if exc.reason == "HTTP_REQUEST":  # plain HTTP on the TLS port: say so, in plain
+                with contextlib.suppress(OSError):
+                    socket.socket.sendall(conn.sock, _PLAIN_ON_TLS_RESPONSE)
         except OSError as exc:
             self.logger.debug("%s: connection error: %s", client[0], exc)
         except Exception as exc:

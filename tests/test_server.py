@@ -411,7 +411,8 @@ def test_tls_handshake_does_not_block_other_clients(
     silent = socket.create_connection(server.address, timeout=5)  # never sends a ClientHello
     try:
         answer = raw_exchange(server, b"GET /metrics HTTP/1.0\r\n\r\n")  # plain HTTP on TLS
-        assert not answer.startswith(b"HTTP/1.0 200")
+        assert answer.startswith(b"HTTP/1.0 400 Bad Request\r\n")
+        assert answer.endswith(b"Client sent an HTTP request to an HTTPS server.\r\n")
         assert request(server, context=client_context(ca))[0] == 200
     finally:
         silent.close()

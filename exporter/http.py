@@ -5,11 +5,13 @@ from __future__ import annotations
 import gzip
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
 
 from exporter import __version__
 from exporter.status import render_html, render_json
@@ -42,6 +44,25 @@ def scrape_deadline(header: str | None) -> float:
 
 def _text(status: str, body: str) -> tuple[str, list[tuple[str, str]], bytes]:
     return status, [("Content-Type", "text/plain; charset=utf-8")], body.encode()
+
+
+class _Only:
+    """A registry view keeping the samples named in ``name[]`` (prometheus_client's own
+    ``restricted_registry`` needs names from ``describe()``, which would make the
+    collector call the API at registration)."""
+
+    def __init__(self, registry: CollectorRegistry, names: frozenset[str]) -> None:
+        self._registry = registry
+        self._names = names
+
+    def collect(self) -> Iterator[Metric]:
+        """The families with at least one sample named in the filter."""
+        for metric in self._registry.collect():
+            samples = [s for s in metric.samples if s.name in self._names]
+            if samples or metric.name in self._names:
+                kept = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+                kept.samples = samples or metric.samples
+                yield kept
 
 
 class App:
@@ -82,7 +103,7 @@ class App:
         encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
         registry = self.exporter.registry
         if "name[]" in params:
-            body = encoder(registry.restricted_registry(params["name[]"]))
+            body = encoder(_Only(registry, frozenset(params["name[]"])))
         else:
             body = encoder(registry)
         headers = [("Content-Type", content_type)]

@@ -33,7 +33,8 @@ def skipped(exporter: Exporter, reason: str, store: str = "shop") -> float:
 def test_completed_task_fetched_exactly_once(sim: Simulator, tmp_path: Path) -> None:
     sim.add_task("done", total=2, finished=2, status=0)
     sim.add_task("busy", total=5, finished=1)
-    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["done", "busy"], min_poll_interval=0))
+    text = config_yaml(sim.url, ["done", "busy"], min_poll_interval=0, requests_per_second=1000)
+    path = write(tmp_path / "c.yaml", text)
     exporter = make_exporter(path)
     for _ in range(20):
         exporter.poller.refresh(5)

@@ -1,0 +1,138 @@
+"""The WSGI app's routes, status page and JSON API, called without a socket."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from exporter import __version__
+from exporter.http import App, scrape_deadline
+from exporter.service import Exporter
+from exporter.simulator import Simulator
+from tests.helpers import TOKEN, TOKEN_ENV, config_yaml, make_exporter, scrape, write, wsgi
+
+HOSTILE = '<script>alert("x")</script>'
+
+
+@pytest.fixture
+def app(sim: Simulator, tmp_path: Path) -> App:
+    failures = [{"origin_link": f"http://img/{i}.jpg", "reason": "timeout"} for i in range(25)]
+    failures[0] = {"origin_link": HOSTILE, "reason": f"bad {HOSTILE}"}
+    sim.add_task("t1", total=50, finished=30, failure_list=failures)
+    sim.add_task("done", total=2, finished=2, status=0)
+    text = config_yaml(sim.url, ["t1", "done", "gone"], requests_per_second=100)
+    exporter = make_exporter(write(tmp_path / "c.yaml", text))
+    yield App(exporter)
+    exporter.close()
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        *((None, 10.0), ("", 10.0), ("1", 0.5), ("15", 14.5), ("0.3", 0.1), ("0", 10.0)),
+        *(("-4", 10.0), ("abc", 10.0), ("nan", 10.0), ("inf", 10.0)),
+    ],
+)
+def test_scrape_deadline(header: str | None, expected: float) -> None:
+    assert scrape_deadline(header) == expected
+
+
+def test_health_and_ready(app: App) -> None:
+    assert wsgi(app, "/-/healthy")[0::2] == (200, b"OK\n")
+    assert wsgi(app, "/-/ready")[0] == 200
+
+
+def test_not_ready_without_configuration(tmp_path: Path) -> None:
+    app = App(Exporter(str(tmp_path / "absent.yaml")))
+    assert wsgi(app, "/-/ready")[0] == 503
+    assert wsgi(app, "/-/healthy")[0] == 200
+    assert wsgi(app, "/metrics")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/nope", 404),
+        ("GET", "/metrics/extra", 404),
+        ("POST", "/metrics", 405),
+        ("DELETE", "/", 405),
+        ("GET", "/-/reload", 405),
+        ("PUT", "/-/healthy", 405),
+        ("BREW", "/metrics", 405),
+        ("HEAD", "/metrics", 200),
+    ],
+)
+def test_routes(app: App, method: str, path: str, status: int) -> None:
+    code, headers, body = wsgi(app, path, method=method)
+    assert code == status
+    if status == 405:
+        assert "Allow" in headers
+    if method == "HEAD":
+        assert body == b"" and int(headers["Content-Length"]) > 0
+
+
+def test_reload_ok(app: App) -> None:
+    code, _, body = wsgi(app, "/-/reload", method="POST")
+    assert code == 200 and b"reloaded" in body
+
+
+def test_gzip_when_accepted(app: App) -> None:
+    _, headers, body = wsgi(app, "/metrics", headers={"Accept-Encoding": "gzip"})
+    assert headers["Content-Encoding"] == "gzip"
+    assert b"shoplazza_upload_task_files" in gzip.decompress(body)
+
+
+def test_name_filter(app: App) -> None:
+    _, _, body = wsgi(app, "/metrics?name[]=shoplazza_exporter_watched_tasks")
+    assert b"shoplazza_exporter_watched_tasks{" in body
+    assert b"shoplazza_upload_task_files{" not in body
+
+
+def test_status_page(app: App) -> None:
+    scrape(app)
+    code, headers, body = wsgi(app, "/")
+    assert code == 200 and headers["Content-Type"].startswith("text/html")
+    page = body.decode()
+    assert __version__ in page
+    assert "href='metrics'" in page
+    assert "30/50" in page and "60.0%" in page
+    assert "t1" in page and "done" in page and "gone" in page
+    assert "404" in page  # the unknown task's last error code
+    assert "http://img/19.jpg" in page and "http://img/20.jpg" not in page  # first 20 only
+    assert "and 5 more" in page
+
+
+def test_status_page_escapes_api_strings(app: App) -> None:
+    scrape(app)
+    page = wsgi(app, "/")[2].decode()
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+
+
+def test_json_api(app: App) -> None:
+    scrape(app)
+    code, headers, body = wsgi(app, "/api/v1/tasks")
+    assert code == 200 and headers["Content-Type"] == "application/json"
+    data = json.loads(body)
+    assert data["version"] == __version__
+    [store] = data["stores"]
+    tasks = {t["task_id"]: t for t in store["tasks"]}
+    t1 = tasks["t1"]
+    assert t1["poll_success"] is True and t1["last_code"] == "200"
+    assert t1["data"]["total"] == 50 and t1["data"]["finished"] == 30
+    assert t1["data"]["failed"] == 25 and len(t1["data"]["failed_files"]) == 25
+    assert t1["data"]["failed_files"][0] == {"origin_link": HOSTILE, "reason": f"bad {HOSTILE}"}
+    assert tasks["done"]["data"]["completed"] is True
+    assert tasks["gone"]["data"] is None
+    assert tasks["gone"]["last_error_code"] == "404"
+    assert tasks["gone"]["poll_success"] is False
+
+
+def test_token_never_in_pages(app: App) -> None:
+    scrape(app)
+    for path in ("/", "/api/v1/tasks", "/metrics"):
+        assert TOKEN.encode() not in wsgi(app, path)[2]
+    assert TOKEN_ENV  # the token came from this variable

@@ -1,0 +1,251 @@
+"""Every contract metric with its name, type, labels and value, rendered from memory."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter import __version__
+from exporter.http import App
+from exporter.poller import ERROR_CODES
+from exporter.service import Exporter
+from exporter.simulator import Reply, Simulator
+from tests.helpers import FakeClock, config_yaml, make_exporter, sample, scrape, write, wsgi
+
+TASK_GAUGES = [
+    "shoplazza_upload_task_files",
+    "shoplazza_upload_task_files_finished",
+    "shoplazza_upload_task_files_succeeded",
+    "shoplazza_upload_task_files_failed",
+    "shoplazza_upload_task_status",
+    "shoplazza_upload_task_completed",
+    "shoplazza_upload_task_progress_ratio",
+    "shoplazza_upload_task_last_progress_timestamp_seconds",
+    "shoplazza_upload_task_last_success_timestamp_seconds",
+]
+TYPES = {
+    **dict.fromkeys(TASK_GAUGES, "gauge"),
+    "shoplazza_upload_task_poll_success": "gauge",
+    "shoplazza_api_requests_total": "counter",
+    "shoplazza_api_errors_total": "counter",
+    "shoplazza_api_request_duration_seconds": "histogram",
+    "shoplazza_exporter_polls_skipped_total": "counter",
+    "shoplazza_exporter_watched_tasks": "gauge",
+    "shoplazza_exporter_config_last_reload_successful": "gauge",
+    "shoplazza_exporter_config_last_reload_success_timestamp_seconds": "gauge",
+    "shoplazza_exporter_build_info": "gauge",
+}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def exporter(sim: Simulator, tmp_path: Path, clock: FakeClock) -> Exporter:
+    sim.add_task(
+        "t1",
+        total=4,
+        finished=3,
+        success_list=[{"file_uri": "f", "origin_link": "o", "upload_link": "u"}] * 2,
+        failure_list=[{"origin_link": "http://img/x.jpg", "reason": "bad"}],
+    )
+    sim.add_task("t0", total=0, finished=0, status=0)
+    sim.add_task("empty", total=0, finished=0, status=1)
+    ids = ["t1", "t0", "empty", "missing"]
+    text = config_yaml(sim.url, ids, min_poll_interval="10s", requests_per_second=100)
+    exp = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
+    yield exp
+    exp.close()
+
+
+def types_of(text: str) -> dict[str, str]:
+    return {
+        line.split()[2]: line.split()[3] for line in text.splitlines() if line.startswith("# TYPE")
+    }
+
+
+def test_registering_calls_no_api(sim: Simulator, tmp_path: Path) -> None:
+    sim.add_task("t1", total=1)
+    exporter = make_exporter(write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"])))
+    assert sim.count() == 0
+    exporter.close()
+
+
+def test_every_contract_metric_with_its_type(exporter: Exporter) -> None:
+    text = scrape(App(exporter))
+    found = types_of(text)
+    for name, kind in TYPES.items():
+        assert found.get(name) == kind, name
+
+
+def test_task_values(exporter: Exporter, clock: FakeClock) -> None:
+    text = scrape(App(exporter))
+    labels = {"store": "shop", "task_id": "t1"}
+    expected = {
+        "shoplazza_upload_task_files": 4,
+        "shoplazza_upload_task_files_finished": 3,
+        "shoplazza_upload_task_files_succeeded": 2,
+        "shoplazza_upload_task_files_failed": 1,
+        "shoplazza_upload_task_status": 1,
+        "shoplazza_upload_task_completed": 0,
+        "shoplazza_upload_task_progress_ratio": 0.75,
+        "shoplazza_upload_task_last_progress_timestamp_seconds": clock.time(),
+        "shoplazza_upload_task_last_success_timestamp_seconds": clock.time(),
+        "shoplazza_upload_task_poll_success": 1,
+    }
+    for name, value in expected.items():
+        assert sample(text, name, **labels) == pytest.approx(value), name
+
+
+def test_progress_ratio_for_zero_total(exporter: Exporter) -> None:
+    text = scrape(App(exporter))
+    assert sample(text, "shoplazza_upload_task_progress_ratio", task_id="t0") == 1
+    assert sample(text, "shoplazza_upload_task_completed", task_id="t0") == 1
+    assert sample(text, "shoplazza_upload_task_progress_ratio", task_id="empty") == 0
+
+
+def test_only_poll_success_before_first_success(exporter: Exporter) -> None:
+    text = scrape(App(exporter))
+    assert sample(text, "shoplazza_upload_task_poll_success", task_id="missing") == 0
+    for name in TASK_GAUGES:
+        assert sample(text, name, task_id="missing") is None, name
+
+
+def test_last_values_kept_after_failure(
+    exporter: Exporter, sim: Simulator, clock: FakeClock
+) -> None:
+    app = App(exporter)
+    scrape(app)
+    first = clock.time()
+    sim.behave("t1", Reply(status=503))
+    clock.advance(11)
+    text = scrape(app)
+    assert sample(text, "shoplazza_upload_task_poll_success", task_id="t1") == 0
+    assert sample(text, "shoplazza_upload_task_files_finished", task_id="t1") == 3
+    assert sample(text, "shoplazza_upload_task_last_success_timestamp_seconds", task_id="t1") == (
+        pytest.approx(first)
+    )
+    assert sample(text, "shoplazza_api_errors_total", code="503") == 1
+
+
+def test_progress_timestamp_moves_only_on_change(
+    exporter: Exporter, sim: Simulator, clock: FakeClock
+) -> None:
+    app = App(exporter)
+    scrape(app)
+    first = clock.time()
+    clock.advance(11)
+    text = scrape(app)  # same data: progress time stays, success time moves
+    name = "shoplazza_upload_task_last_progress_timestamp_seconds"
+    assert sample(text, name, task_id="t1") == pytest.approx(first)
+    assert sample(
+        text, "shoplazza_upload_task_last_success_timestamp_seconds", task_id="t1"
+    ) == pytest.approx(first + 11)
+    sim.task("t1").finished = 4
+    clock.advance(11)
+    text = scrape(app)
+    assert sample(text, name, task_id="t1") == pytest.approx(first + 22)
+    clock.advance(11)
+    sim.task("t1").status = 0
+    text = scrape(app)
+    assert sample(text, name, task_id="t1") == pytest.approx(first + 33)
+    assert sample(text, "shoplazza_upload_task_completed", task_id="t1") == 1
+
+
+def test_counters_increase_across_scrapes(
+    exporter: Exporter, sim: Simulator, clock: FakeClock
+) -> None:
+    app = App(exporter)
+    text = scrape(app)
+    assert sample(text, "shoplazza_api_requests_total", store="shop", code="200") == 3
+    assert sample(text, "shoplazza_api_requests_total", store="shop", code="404") == 1
+    assert sample(text, "shoplazza_api_errors_total", store="shop", code="404") == 1
+    assert sample(text, "shoplazza_api_request_duration_seconds_count", store="shop") == 4
+    clock.advance(11)
+    text = scrape(app)  # t0 is completed: not fetched again
+    assert sample(text, "shoplazza_api_requests_total", store="shop", code="200") == 5
+    assert sample(text, "shoplazza_api_errors_total", store="shop", code="404") == 2
+    assert sample(text, "shoplazza_api_request_duration_seconds_count", store="shop") == 7
+    assert sim.count("t0") == 1
+
+
+def test_invalid_200_counts_as_invalid_response_in_both(exporter: Exporter, sim: Simulator) -> None:
+    sim.behave("t1", Reply(status=200, body=b"<html>maintenance</html>"))
+    text = scrape(App(exporter))
+    assert sample(text, "shoplazza_api_requests_total", code="invalid_response") == 1
+    assert sample(text, "shoplazza_api_errors_total", code="invalid_response") == 1
+    assert sample(text, "shoplazza_api_requests_total", code="200") == 2  # t0 and empty
+
+
+def test_error_and_skip_counters_start_at_zero(sim: Simulator, tmp_path: Path) -> None:
+    exporter = make_exporter(write(tmp_path / "c.yaml", config_yaml(sim.url, [])))
+    text = scrape(App(exporter))
+    for code in ERROR_CODES:
+        assert sample(text, "shoplazza_api_errors_total", store="shop", code=code) == 0
+    assert len(ERROR_CODES) == 12
+    for reason in ("rate_limited", "backoff", "deadline"):
+        assert sample(text, "shoplazza_exporter_polls_skipped_total", reason=reason) == 0
+    assert sample(text, "shoplazza_exporter_watched_tasks", store="shop") == 0
+    exporter.close()
+
+
+def test_exporter_wide_gauges(exporter: Exporter, clock: FakeClock) -> None:
+    text = scrape(App(exporter))
+    assert sample(text, "shoplazza_exporter_watched_tasks", store="shop") == 4
+    assert sample(text, "shoplazza_exporter_build_info", version=__version__) == 1
+    assert sample(text, "shoplazza_exporter_config_last_reload_successful") == 1
+    assert sample(
+        text, "shoplazza_exporter_config_last_reload_success_timestamp_seconds"
+    ) == pytest.approx(clock.time())
+
+
+def test_histogram_buckets_are_cumulative(exporter: Exporter) -> None:
+    text = scrape(App(exporter))
+    family = next(
+        f
+        for f in text_string_to_metric_families(text)
+        if f.name == "shoplazza_api_request_duration_seconds"
+    )
+    buckets = [s.value for s in family.samples if s.name.endswith("_bucket")]
+    assert buckets == sorted(buckets)
+    assert buckets[-1] == 4
+
+
+def test_openmetrics_when_asked(exporter: Exporter) -> None:
+    status, headers, body = wsgi(
+        App(exporter), "/metrics", headers={"Accept": "application/openmetrics-text"}
+    )
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    assert body.rstrip().endswith(b"# EOF")
+    assert b"shoplazza_api_requests_total{" in body
+
+
+def test_promtool_check_metrics_clean(exporter: Exporter, sim: Simulator) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is needed: scripts/test.sh installs Debian's prometheus"
+    sim.script("t1", Reply(status=429))
+    text = scrape(App(exporter))
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == b"" and result.stderr.strip() == b""
+
+
+def test_failed_reload_keeps_serving_and_sets_gauge(exporter: Exporter, tmp_path: Path) -> None:
+    app = App(exporter)
+    scrape(app)
+    (tmp_path / "c.yaml").write_text("stores: [oops\n")
+    status, _, body = wsgi(app, "/-/reload", method="POST")
+    assert status == 500
+    assert b"invalid YAML" in body
+    text = scrape(app)
+    assert sample(text, "shoplazza_exporter_config_last_reload_successful") == 0
+    assert sample(text, "shoplazza_exporter_watched_tasks", store="shop") == 4

@@ -247,7 +247,7 @@ def read_task_id_file(path: str) -> tuple[list[str], list[str]]:
     ids: dict[str, None] = {}
     warnings: list[str] = []
     bad = 0
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         task_id = line.split("#", 1)[0].strip()
         if not task_id:
             continue
@@ -307,6 +307,17 @@ class _Loader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            # e.g. "2020-13-45" resolves to an impossible date; the exception's own text
+            # may quote the value (a token, perhaps), so only say which kind failed
+            kind = str(node.tag).rsplit(":", 1)[-1]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"invalid {kind} value (quote it to make it a string)", node.start_mark
+            ) from None
+
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
     assert isinstance(node, yaml.ScalarNode)
@@ -332,7 +343,10 @@ def _yaml_problem(exc: Exception) -> str:
         return text
     if isinstance(exc, RecursionError):
         return "nested too deeply"
-    return " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, yaml.reader.ReaderError):
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character[:1] or "?")
+        return f"unacceptable character #x{code:04x} at position {exc.position}: {exc.reason}"
+    return f"cannot be parsed ({type(exc).__name__})"  # str(exc) might quote a value
 
 
 # --- value helpers -----------------------------------------------------------------------
@@ -390,6 +404,17 @@ def _scalar_text(value: object) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**40:
         return str(value)
     return None
+
+
+def _looks_like_token(value: str) -> bool:
+    """Whether a file or variable name is more likely a pasted token (never echo it)."""
+    kinds = (str.isupper, str.islower, str.isdigit)
+    return (
+        len(value) >= 20
+        and "/" not in value
+        and "." not in value
+        and all(any(kind(char) for char in value) for kind in kinds)
+    )
 
 
 def _suggest(key: str, known: Sequence[str]) -> list[str]:
@@ -484,8 +509,14 @@ class _Parser:
             self.error("defaults", f"set only one of {_TOKEN_HINT}, not {' and '.join(present)}")
             self.default_token_broken = True
         elif present:
-            key = present[0]
-            self.default_token = (key, value[key], f"defaults.{key}")
+            key, token = present[0], value[present[0]]
+            if isinstance(token, str) and token.strip():
+                self.default_token = (key, token, f"defaults.{key}")
+            else:  # checked now even if no store uses it; read only when one does
+                self.error(
+                    f"defaults.{key}", f"expected a non-empty string, got {_show(token, True)}"
+                )
+                self.default_token_broken = True
         return self.parse_settings(value, "defaults")
 
     def parse_stores(self, data: dict[Any, Any], defaults: dict[str, Any]) -> list[StoreConfig]:
@@ -633,13 +664,16 @@ class _Parser:
                 file = self.path(value)
                 return TokenSource("file", file, _read_token_file(file))
             if key == "access_token_env":
-                if not _ENV_NAME_RE.match(value):
-                    self.error(path, f"invalid environment variable name {_quote(value)}")
-                    return None
+                if not _ENV_NAME_RE.match(value) and not _looks_like_token(value):
+                    raise _TokenProblem(f"invalid environment variable name {_quote(value)}")
                 return TokenSource("env", value, _read_token_env(value, self.environ))
             token = _check_token(value.strip(), "access_token", "the inline token")
         except _TokenProblem as exc:
-            self.error(path, str(exc))
+            message = str(exc)
+            if _looks_like_token(value):  # a token where its file or variable name belongs
+                what = "a file holding" if key == "access_token_file" else "a variable holding"
+                message = f"this looks like a token itself; give the name of {what} it"
+            self.error(path, message)
             return None
         self.warn(path, "inline tokens are discouraged; use access_token_file or access_token_env")
         return TokenSource("inline", "", token)

@@ -32,7 +32,7 @@ from exporter.config import (
     read_token,
 )
 
-SECRET = "s3cr3t-T0KEN-value"
+SECRET = "s3cr3t-T0KEN-value-4f9a2c"  # long and mixed, like a real token
 ENV = {"SHOPLAZZA_TOKEN": SECRET, "EMPTY_TOKEN": "   ", "OTHER_TOKEN": "other-token"}
 REPO = Path(__file__).resolve().parent.parent
 
@@ -111,7 +111,20 @@ BAD_CONFIGS: list[tuple[str, str, list[str]]] = [
             "(while constructing a mapping at line 1, column 1)"
         ],
     ),
-    ("bad timestamp", "when: 2020-13-45\n", ["invalid YAML: month must be in 1..12"]),
+    (
+        "impossible date",
+        "when: 2020-13-45\n",
+        ["invalid YAML: line 1, column 7: invalid timestamp value (quote it to make it a string)"],
+    ),
+    (
+        "nul character",
+        "stores: [\0]\n",
+        [
+            "invalid YAML: unacceptable character #x0000 at position 9: "
+            "special characters are not allowed"
+        ],
+    ),
+    ("deep nesting", "[" * 5000 + "]" * 5000, ["invalid YAML: nested too deeply"]),
     (
         "two documents",
         "a: 1\n---\nb: 2\n",
@@ -461,6 +474,22 @@ BAD_CONFIGS: list[tuple[str, str, list[str]]] = [
         ['stores[0].access_token_env: invalid environment variable name "A=B"'],
     ),
     (
+        "token given as the token file",
+        flow("name: a, domain: x.com, access_token_file: AbCdEf1234567890XyZw"),
+        [
+            "stores[0].access_token_file: this looks like a token itself; give the name of a file "
+            "holding it"
+        ],
+    ),
+    (
+        "token given as the token variable",
+        flow("name: a, domain: x.com, access_token_env: AbCdEf-1234567890-XyZw"),
+        [
+            "stores[0].access_token_env: this looks like a token itself; give the name of a "
+            "variable holding it"
+        ],
+    ),
+    (
         "token not a string",
         flow("name: a, domain: x.com, access_token: 12345"),
         ["stores[0].access_token: expected a non-empty string, got integer"],
@@ -476,6 +505,11 @@ BAD_CONFIGS: list[tuple[str, str, list[str]]] = [
         + flow("name: a, domain: x.com")
         + "- {name: b, domain: y.com}\n",
         ["defaults.access_token_env: environment variable NOPE is not set"],
+    ),
+    (
+        "defaults token wrong type, though unused",
+        "defaults: {access_token_file: 5}\n" + MINIMAL,
+        ["defaults.access_token_file: expected a non-empty string, got integer"],
     ),
     (
         "missing ca_file",
@@ -765,6 +799,11 @@ def test_the_token_never_shows(confdir: Path) -> None:
         flow(f"name: a, domain: a.com, acces_token: {SECRET}"),
         f"stores:\n- name: a\n  access_token: '{SECRET}\n",  # the YAML error is at that line
         f"stores:\n- name: a\n  access_token: {SECRET}\n  access_token: {SECRET}\n",
+        f"stores:\n- name: a\n  access_token: !!int {SECRET}\n",
+        f"stores:\n- name: a\n  access_token: !!bool {SECRET}\n",
+        f"stores:\n- name: a\n  access_token: !!float {SECRET}\n",
+        flow(f"name: a, domain: a.com, access_token_file: {SECRET}"),
+        flow(f"name: a, domain: a.com, access_token_env: {SECRET}"),
     ]
     for text in bad_texts:
         with pytest.raises(ConfigError) as info:
@@ -1056,6 +1095,12 @@ _YAMLISH = st.text(
     max_size=200,
 )
 _BASE_DIR = tempfile.gettempdir()
+# CONFIG_FUZZ_EXAMPLES=20000 pytest tests/test_config.py -k structure  searches harder
+_FUZZ = settings(
+    max_examples=int(os.environ.get("CONFIG_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def _parse_or_config_error(text: str) -> None:
@@ -1070,7 +1115,7 @@ def _parse_or_config_error(text: str) -> None:
         assert SECRET not in repr(config)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@_FUZZ
 @given(_YAMLISH)
 @example("a: 2020-13-45")
 @example("[" * 2000)
@@ -1082,13 +1127,13 @@ def test_any_text_gives_a_config_or_a_config_error(text: str) -> None:
     _parse_or_config_error(text)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@_FUZZ
 @given(_VALUES)
 def test_any_structure_gives_a_config_or_a_config_error(data: Any) -> None:
     _parse_or_config_error(yaml.safe_dump(data))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@_FUZZ
 @given(
     st.dictionaries(st.sampled_from(_CONFIG_KEYS), _VALUES, max_size=4),
     st.lists(st.dictionaries(st.sampled_from(_CONFIG_KEYS), _VALUES, max_size=8), max_size=3),

@@ -158,7 +158,10 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack) -> int:
         server = ExporterServer(
             App(exporter), args.listen_address, args.web_config_file, logger=log
         )
-    except (ValueError, OSError, WebConfigError) as exc:
+    except WebConfigError as exc:
+        _print_errors(exc.errors)
+        return 1
+    except (ValueError, OSError) as exc:
         print(f"{PROGRAM}: cannot listen on {args.listen_address}: {exc}", file=sys.stderr)
         return 1
     signals = _Signals()
@@ -167,7 +170,7 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack) -> int:
     signal.signal(signal.SIGHUP, signals.on_hup)
     server.start()
     host, port = server.address
-    scheme = "https" if args.web_config_file and _uses_tls(args.web_config_file) else "http"
+    scheme = "https" if server.tls else "http"
     shown = f"[{host}]" if ":" in host else host or "localhost"
     if host in ("", "0.0.0.0", "::"):
         shown = "localhost"
@@ -185,6 +188,8 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack) -> int:
         if signals.reload:
             signals.reload = False
             exporter.reload()
+            if server.web_config is not None:
+                server.web_config.check()
     log.info("shutting down")
     server.shutdown()
     return 0
@@ -207,10 +212,3 @@ class _Signals:
         """Signal handler: reload."""
         self.reload = True
         self.wake.set()
-
-
-def _uses_tls(path: str) -> bool:
-    try:
-        return load_web_config(path).tls is not None
-    except WebConfigError:
-        return False

@@ -168,6 +168,7 @@ class ExporterProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"exporter-{self.port}.log"
+        self.stdout = ""
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         full_env = {**os.environ, TOKEN_ENV: TOKEN, **(env or {})}
         self.proc = subprocess.Popen(
@@ -192,7 +193,8 @@ class ExporterProcess:
         return requests.get(self.url + path, timeout=kwargs.pop("timeout", 15), **kwargs)
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def stop(self, sig: int | None = None) -> int:
@@ -205,7 +207,8 @@ class ExporterProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stdout:
+        if self.proc.stdout and not self.proc.stdout.closed:
+            self.stdout = self.proc.stdout.read().decode(errors="replace")
             self.proc.stdout.close()
         self._log.close()
         return self.proc.returncode

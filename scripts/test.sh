@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
-# Installs everything the tests need (Debian's prometheus/promtool, a virtualenv with the
-# package and its test extras) and runs linters, type checks and the whole test suite.
+# Installs everything the tests need and runs linters, type checks and the whole test suite:
+# - Debian's prometheus package (the real `prometheus` and `promtool`): installed with
+#   apt-get as root or with sudo; otherwise downloaded and unpacked into .tools/ (no root);
+# - a virtualenv .venv with the package and its test extras.
+# Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+tools="$PWD/.tools/prometheus/usr/bin"
+export PATH="$tools:$PATH"
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
-    echo "scripts/test.sh: prometheus and promtool are missing and cannot be installed without root" >&2
-    echo "  install Debian's 'prometheus' package (apt-get install prometheus) and run again" >&2
-    exit 1
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "scripts/test.sh: no root: unpacking Debian's prometheus package into .tools/" >&2
+    mkdir -p .tools/deb
+    (cd .tools/deb && apt-get download prometheus >/dev/null)
+    dpkg-deb -x .tools/deb/prometheus_*.deb .tools/prometheus
   fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 python3 -m venv .venv

@@ -191,6 +191,7 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack) -> int:
             if server.web_config is not None:
                 server.web_config.check()
     log.info("shutting down")
+    exporter.poller.stop()  # scrapes waiting on the API answer from memory now
     server.shutdown()
     return 0
 

@@ -286,7 +286,12 @@ class Poller:
             while waiting:
                 waiting = [w for w in waiting if w[1].attempts == w[2] and w[1].pending]
                 now = self.clock.monotonic()
-                if not waiting or now >= deadline or self._hopeless(waiting, deadline, now):
+                if (
+                    not waiting
+                    or now >= deadline
+                    or self._stopped
+                    or self._hopeless(waiting, deadline, now)
+                ):
                     break
                 self.clock.wait(self.cond, deadline - now)
             now = self.clock.monotonic()

@@ -6,6 +6,7 @@ import json
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import requests
 from exporter.simulator import Reply, Simulator
 from tests.helpers import (
     TOKEN,
+    TOKEN_ENV,
     ExporterProcess,
     config_yaml,
     exporter_command,
@@ -54,7 +56,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         capture_output=True,
         text=True,
         timeout=30,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, TOKEN_ENV: TOKEN, **(env or {})},
     )
 
 
@@ -145,9 +147,20 @@ def test_sigterm_exits_promptly_with_requests_in_flight(
     response = proc.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "1"})
     assert response.status_code == 200
     assert sim.in_flight == 1
+    # a scrape without the header waits up to 10 s; SIGTERM comes while it waits
+    sim.add_task("later", total=3)
+    sim.behave("later", Reply(latency=30))
+    write(tmp_path / "c.yaml", config_yaml(sim.url, ["slow", "later"], timeout="60s"))
+    assert requests.post(proc.url + "/-/reload", timeout=5).status_code == 200
+    answers: list[int] = []
+    waiter = threading.Thread(target=lambda: answers.append(proc.get("/metrics").status_code))
+    waiter.start()
+    assert sim.wait_for(lambda s: s.count("later") == 1, timeout=5)  # the scrape is waiting
     began = time.monotonic()
     assert proc.stop(signal.SIGTERM) == 0
     assert time.monotonic() - began < 2.0
+    waiter.join(timeout=5)
+    assert answers == [200]  # answered from memory, not dropped
 
 
 def test_sigint_exits_zero(procs: list[ExporterProcess], sim: Simulator, tmp_path: Path) -> None:
@@ -401,3 +414,64 @@ def test_status_page_over_http(
     assert requests.post(proc.url + "/metrics", timeout=5).status_code == 405
     assert proc.get("/-/ready").status_code == 200
     proc.stop()
+
+
+def test_web_config_tls_and_basic_auth(
+    procs: list[ExporterProcess], sim: Simulator, tmp_path: Path
+) -> None:
+    import bcrypt
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
+    web = write(
+        tmp_path / "web.yml",
+        "tls_server_config:\n"
+        f"  cert_file: {tmp_path / 'server.pem'}\n  key_file: {tmp_path / 'server.pem'}\n"
+        f"basic_auth_users:\n  prometheus: {hashed}\n",
+    )
+    sim.add_task("t1", total=2, finished=1)
+    cfg = write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"]))
+    check = run("--config.file", cfg, "--web.config.file", web, "--config.check")
+    assert check.returncode == 0, check.stderr
+    proc = ExporterProcess(["--config.file", cfg, "--web.config.file", web], tmp_path)
+    procs.append(proc)
+    url = f"https://127.0.0.1:{proc.port}"
+
+    def served() -> bool:
+        assert proc.proc.poll() is None, proc.log()
+        try:
+            requests.get(url + "/-/healthy", verify=str(ca_file), timeout=1)
+        except requests.RequestException:
+            return False
+        return True
+
+    wait_until(served)
+    for path in ("/metrics", "/", "/-/healthy", "/api/v1/tasks"):
+        response = requests.get(url + path, verify=str(ca_file), timeout=5)
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].startswith("Basic")
+        wrong = requests.get(url + path, verify=str(ca_file), auth=("prometheus", "x"), timeout=5)
+        assert wrong.status_code == 401
+    good = requests.get(
+        url + "/metrics", verify=str(ca_file), auth=("prometheus", "s3cret"), timeout=5
+    )
+    assert good.status_code == 200
+    assert sample(good.text, "shoplazza_upload_task_files_finished", task_id="t1") == 1
+    with pytest.raises(requests.RequestException):
+        requests.get(f"http://127.0.0.1:{proc.port}/metrics", timeout=5).raise_for_status()
+    assert proc.stop() == 0
+
+
+def test_invalid_web_config_at_start_is_fatal(sim: Simulator, tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.yaml", config_yaml(sim.url, []))
+    web = write(tmp_path / "web.yml", "basic_auth_users:\n  u: not-a-bcrypt-hash\ntls: 1\n")
+    result = run("--config.file", cfg, "--web.config.file", web, "--web.listen-address", ":0")
+    assert result.returncode != 0
+    assert "web.yml" in result.stderr and "Traceback" not in result.stderr
+    check = run("--config.file", cfg, "--web.config.file", web, "--config.check")
+    assert check.returncode != 0 and "web.yml" in check.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ HOSTILE = '<script>alert("x")</script>'
 
 
 @pytest.fixture
-def app(sim: Simulator, tmp_path: Path) -> App:
+def app(sim: Simulator, tmp_path: Path) -> Iterator[App]:
     failures = [{"origin_link": f"http://img/{i}.jpg", "reason": "timeout"} for i in range(25)]
     failures[0] = {"origin_link": HOSTILE, "reason": f"bad {HOSTILE}"}
     sim.add_task("t1", total=50, finished=30, failure_list=failures)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def exporter(sim: Simulator, tmp_path: Path, clock: FakeClock) -> Exporter:
+def exporter(sim: Simulator, tmp_path: Path, clock: FakeClock) -> Iterator[Exporter]:
     sim.add_task(
         "t1",
         total=4,

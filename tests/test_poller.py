@@ -286,7 +286,7 @@ def test_least_recently_attempted_first_including_failing(sim: Simulator, tmp_pa
     for _ in range(12):
         exporter.poller.refresh(0.6)
         clock.advance(1)
-    order = [r.task_id for r in sim.requests]
+    order = [r.task_id or "" for r in sim.requests]
     assert len(order) == 12
     assert sorted(order[:4]) == ids
     assert order[4:8] == order[:4] and order[8:12] == order[:4]

@@ -20,6 +20,44 @@ from exporter.config import StoreConfig
 from exporter.http import App
 from exporter.service import Exporter
 
+# CONTRACT.md section 5: every metric the exporter exports, with its type.
+CONTRACT_METRICS: dict[str, str] = {
+    "shoplazza_upload_task_files": "gauge",
+    "shoplazza_upload_task_files_finished": "gauge",
+    "shoplazza_upload_task_files_succeeded": "gauge",
+    "shoplazza_upload_task_files_failed": "gauge",
+    "shoplazza_upload_task_status": "gauge",
+    "shoplazza_upload_task_completed": "gauge",
+    "shoplazza_upload_task_progress_ratio": "gauge",
+    "shoplazza_upload_task_last_progress_timestamp_seconds": "gauge",
+    "shoplazza_upload_task_last_success_timestamp_seconds": "gauge",
+    "shoplazza_upload_task_poll_success": "gauge",
+    "shoplazza_api_requests_total": "counter",
+    "shoplazza_api_errors_total": "counter",
+    "shoplazza_api_request_duration_seconds": "histogram",
+    "shoplazza_exporter_polls_skipped_total": "counter",
+    "shoplazza_exporter_watched_tasks": "gauge",
+    "shoplazza_exporter_config_last_reload_successful": "gauge",
+    "shoplazza_exporter_config_last_reload_success_timestamp_seconds": "gauge",
+    "shoplazza_exporter_build_info": "gauge",
+}
+# Labelled store and task_id; only poll_success exists before a task's first success.
+TASK_METRICS = frozenset(m for m in CONTRACT_METRICS if m.startswith("shoplazza_upload_task_"))
+TASK_DATA_METRICS = TASK_METRICS - {"shoplazza_upload_task_poll_success"}
+# Labelled store only, as sample names (histogram series included).
+STORE_METRICS = frozenset(
+    {
+        "shoplazza_api_requests_total",
+        "shoplazza_api_errors_total",
+        *(f"shoplazza_api_request_duration_seconds_{s}" for s in ("bucket", "sum", "count")),
+        "shoplazza_exporter_polls_skipped_total",
+        "shoplazza_exporter_watched_tasks",
+    }
+)
+GLOBAL_METRICS = frozenset(
+    m for m in CONTRACT_METRICS if m.startswith("shoplazza_exporter_") and m not in STORE_METRICS
+)
+
 TOKEN = "sim-token-5ecret-value"
 TOKEN_ENV = "SUE_TEST_TOKEN"
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,6 +23,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.helpers import GLOBAL_METRICS, STORE_METRICS, TASK_METRICS
+
 REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
@@ -38,41 +40,6 @@ DOCKERIGNORE = REPO / ".dockerignore"
 # kubernetes-validate>=1.28 (pyproject) bundles schemas for, and the newest one installed.
 K8S_VERSIONS = sorted({"1.28.0", kubernetes_validate.latest_version()})
 
-# CONTRACT.md section 5: per-task gauges (labels store, task_id).
-TASK_METRICS = frozenset(
-    {
-        "shoplazza_upload_task_files",
-        "shoplazza_upload_task_files_finished",
-        "shoplazza_upload_task_files_succeeded",
-        "shoplazza_upload_task_files_failed",
-        "shoplazza_upload_task_status",
-        "shoplazza_upload_task_completed",
-        "shoplazza_upload_task_progress_ratio",
-        "shoplazza_upload_task_last_progress_timestamp_seconds",
-        "shoplazza_upload_task_last_success_timestamp_seconds",
-        "shoplazza_upload_task_poll_success",
-    }
-)
-# CONTRACT.md section 5: exporter-wide metrics with a `store` label.
-STORE_METRICS = frozenset(
-    {
-        "shoplazza_api_requests_total",
-        "shoplazza_api_errors_total",
-        "shoplazza_api_request_duration_seconds_bucket",
-        "shoplazza_api_request_duration_seconds_sum",
-        "shoplazza_api_request_duration_seconds_count",
-        "shoplazza_exporter_polls_skipped_total",
-        "shoplazza_exporter_watched_tasks",
-    }
-)
-# CONTRACT.md section 5: exporter-wide metrics without a `store` label.
-GLOBAL_METRICS = frozenset(
-    {
-        "shoplazza_exporter_config_last_reload_successful",
-        "shoplazza_exporter_config_last_reload_success_timestamp_seconds",
-        "shoplazza_exporter_build_info",
-    }
-)
 KNOWN_METRICS = TASK_METRICS | STORE_METRICS | GLOBAL_METRICS | {"up"}
 
 # The alerts the deployment promises, with the labels their annotations must name.

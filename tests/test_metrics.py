@@ -15,31 +15,17 @@ from exporter.http import App
 from exporter.poller import ERROR_CODES
 from exporter.service import Exporter
 from exporter.simulator import Reply, Simulator
-from tests.helpers import FakeClock, config_yaml, make_exporter, sample, scrape, write, wsgi
-
-TASK_GAUGES = [
-    "shoplazza_upload_task_files",
-    "shoplazza_upload_task_files_finished",
-    "shoplazza_upload_task_files_succeeded",
-    "shoplazza_upload_task_files_failed",
-    "shoplazza_upload_task_status",
-    "shoplazza_upload_task_completed",
-    "shoplazza_upload_task_progress_ratio",
-    "shoplazza_upload_task_last_progress_timestamp_seconds",
-    "shoplazza_upload_task_last_success_timestamp_seconds",
-]
-TYPES = {
-    **dict.fromkeys(TASK_GAUGES, "gauge"),
-    "shoplazza_upload_task_poll_success": "gauge",
-    "shoplazza_api_requests_total": "counter",
-    "shoplazza_api_errors_total": "counter",
-    "shoplazza_api_request_duration_seconds": "histogram",
-    "shoplazza_exporter_polls_skipped_total": "counter",
-    "shoplazza_exporter_watched_tasks": "gauge",
-    "shoplazza_exporter_config_last_reload_successful": "gauge",
-    "shoplazza_exporter_config_last_reload_success_timestamp_seconds": "gauge",
-    "shoplazza_exporter_build_info": "gauge",
-}
+from tests.helpers import (
+    CONTRACT_METRICS,
+    TASK_DATA_METRICS,
+    FakeClock,
+    config_yaml,
+    make_exporter,
+    sample,
+    scrape,
+    write,
+    wsgi,
+)
 
 
 @pytest.fixture
@@ -81,7 +67,7 @@ def test_registering_calls_no_api(sim: Simulator, tmp_path: Path) -> None:
 def test_every_contract_metric_with_its_type(exporter: Exporter) -> None:
     text = scrape(App(exporter))
     found = types_of(text)
-    for name, kind in TYPES.items():
+    for name, kind in CONTRACT_METRICS.items():
         assert found.get(name) == kind, name
 
 
@@ -114,7 +100,7 @@ def test_progress_ratio_for_zero_total(exporter: Exporter) -> None:
 def test_only_poll_success_before_first_success(exporter: Exporter) -> None:
     text = scrape(App(exporter))
     assert sample(text, "shoplazza_upload_task_poll_success", task_id="missing") == 0
-    for name in TASK_GAUGES:
+    for name in TASK_DATA_METRICS:
         assert sample(text, name, task_id="missing") is None, name
 
 

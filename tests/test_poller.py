@@ -6,7 +6,10 @@ import email.utils
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from exporter.service import Exporter
 from exporter.simulator import Reply, Simulator
@@ -156,34 +159,33 @@ def test_retry_after_seconds_pauses_the_store(sim: Simulator, tmp_path: Path) ->
     exporter.close()
 
 
-def test_retry_after_http_date_pauses_the_store(sim: Simulator, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("retry_after", "still_paused_at", "resumed_at"),
+    [
+        # an HTTP date 3 to 4 s from now (the header has whole seconds)
+        (lambda: email.utils.formatdate(time.time() + 4, usegmt=True), 2.0, 4.5),
+        (lambda: None, 0.5, 1.1),  # absent: 1 s
+    ],
+    ids=["http-date", "absent"],
+)
+def test_retry_after_other_forms_pause_the_store(
+    sim: Simulator,
+    tmp_path: Path,
+    retry_after: Callable[[], str | None],
+    still_paused_at: float,
+    resumed_at: float,
+) -> None:
     sim.add_task("t1", total=3, finished=1)
     clock = FakeClock()
     path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"], min_poll_interval=0))
     exporter = make_exporter(path, clock=clock)
-    date = email.utils.formatdate(time.time() + 4, usegmt=True)  # 3 to 4 s from now
-    sim.script("t1", Reply(status=429, headers={"Retry-After": date}))
+    value = retry_after()
+    sim.script("t1", Reply(status=429, headers={} if value is None else {"Retry-After": value}))
     exporter.poller.refresh(0.05)
-    clock.advance(2)
-    exporter.poller.refresh(0.05)
-    assert sim.count("t1") == 1
-    clock.advance(2.5)
-    exporter.poller.refresh(0.05)
-    assert sim.count("t1") == 2
-    exporter.close()
-
-
-def test_429_without_retry_after_pauses_one_second(sim: Simulator, tmp_path: Path) -> None:
-    sim.add_task("t1", total=3, finished=1)
-    clock = FakeClock()
-    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"], min_poll_interval=0))
-    exporter = make_exporter(path, clock=clock)
-    sim.script("t1", Reply(status=429))
-    exporter.poller.refresh(0.05)
-    clock.advance(0.5)
+    clock.advance(still_paused_at)
     exporter.poller.refresh(0.05)
     assert sim.count("t1") == 1
-    clock.advance(0.6)
+    clock.advance(resumed_at - still_paused_at)
     exporter.poller.refresh(0.05)
     assert sim.count("t1") == 2
     exporter.close()

@@ -60,10 +60,6 @@ _POLL_SUCCESS = (
 )
 
 
-def _metric(name: str, doc: str, kind: str) -> Metric:
-    return Metric(name, doc, kind)
-
-
 class TaskCollector(Collector):
     """Yields every contract metric from a fresh :class:`StoreView` list."""
 
@@ -86,28 +82,28 @@ class TaskCollector(Collector):
         views = self._views()
         yield from self._task_metrics(views)
         yield from self._store_metrics(views)
-        reload_ok = _metric(
+        reload_ok = Metric(
             "shoplazza_exporter_config_last_reload_successful",
             "1 if the last configuration reload succeeded, else 0.",
             "gauge",
         )
         reload_ok.add_sample(reload_ok.name, {}, 1.0 if self._reload.successful else 0.0)
         yield reload_ok
-        reload_ts = _metric(
+        reload_ts = Metric(
             "shoplazza_exporter_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful configuration reload.",
             "gauge",
         )
         reload_ts.add_sample(reload_ts.name, {}, self._reload.last_success)
         yield reload_ts
-        info = _metric("shoplazza_exporter_build_info", "Build information; always 1.", "gauge")
+        info = Metric("shoplazza_exporter_build_info", "Build information; always 1.", "gauge")
         info.add_sample(info.name, {"version": self._version}, 1.0)
         yield info
 
     def _task_metrics(self, views: list[StoreView]) -> Iterator[Metric]:
-        families = [_metric(name, doc, "gauge") for name, doc in _TASK_GAUGES]
+        families = [Metric(name, doc, "gauge") for name, doc in _TASK_GAUGES]
         samples = [f.samples for f in families]
-        poll = _metric(*_POLL_SUCCESS, "gauge")
+        poll = Metric(*_POLL_SUCCESS, "gauge")
         poll_samples = poll.samples
         names = [f.name for f in families]
         nan = math.nan
@@ -137,27 +133,27 @@ class TaskCollector(Collector):
         yield poll
 
     def _store_metrics(self, views: list[StoreView]) -> Iterator[Metric]:
-        requests = _metric(
+        requests = Metric(
             "shoplazza_api_requests",
             "Requests sent to the Shoplazza API, by HTTP status or failure kind.",
             "counter",
         )
-        errors = _metric(
+        errors = Metric(
             "shoplazza_api_errors",
             "Requests that did not yield valid task data, by HTTP status or failure kind.",
             "counter",
         )
-        duration = _metric(
+        duration = Metric(
             "shoplazza_api_request_duration_seconds",
             "Duration of requests to the Shoplazza API.",
             "histogram",
         )
-        skipped = _metric(
+        skipped = Metric(
             "shoplazza_exporter_polls_skipped",
             "Due task polls a scrape answered without, by reason.",
             "counter",
         )
-        watched = _metric(
+        watched = Metric(
             "shoplazza_exporter_watched_tasks", "Upload tasks watched per store.", "gauge"
         )
         for view in views:

@@ -439,6 +439,7 @@ class Poller:
     def view(self) -> list[StoreView]:
         """A consistent copy of every store, for the collector and the status pages."""
         with self.cond:
+            self._forget()
             return [
                 StoreView(
                     name=name,

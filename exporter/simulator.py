@@ -221,26 +221,24 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the per-request log line."""
 
-    def do_GET(self) -> None:
-        self.sim._handle(self, "GET")
-
-    def do_HEAD(self) -> None:
-        self.sim._handle(self, "HEAD")
-
-    def do_POST(self) -> None:
-        self.sim._handle(self, "POST")
-
-    def do_PUT(self) -> None:
-        self.sim._handle(self, "PUT")
-
-    def do_PATCH(self) -> None:
-        self.sim._handle(self, "PATCH")
-
-    def do_DELETE(self) -> None:
-        self.sim._handle(self, "DELETE")
-
-    def do_OPTIONS(self) -> None:
-        self.sim._handle(self, "OPTIONS")
+    def handle_one_request(self) -> None:
+        """Route every method through :meth:`Simulator._handle` (405 for all but GET)."""
+        try:
+            self.raw_requestline = self.rfile.readline(65537)
+        except TimeoutError:
+            self.close_connection = True
+            return
+        if not self.raw_requestline:
+            self.close_connection = True
+            return
+        if len(self.raw_requestline) > 65536:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(414)
+            return
+        if not self.parse_request():
+            return
+        self.sim._handle(self, self.command)
+        self.wfile.flush()
 
 
 class Simulator:

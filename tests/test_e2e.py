@@ -417,21 +417,15 @@ def test_status_page_over_http(
 
 
 def test_web_config_tls_and_basic_auth(
-    procs: list[ExporterProcess], sim: Simulator, tmp_path: Path
+    procs: list[ExporterProcess], sim: Simulator, tmp_path: Path, tls_dir: Path
 ) -> None:
     import bcrypt
-    import trustme
 
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    ca_file = tls_dir / "ca.pem"
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
     web = write(
         tmp_path / "web.yml",
-        "tls_server_config:\n"
-        f"  cert_file: {tmp_path / 'server.pem'}\n  key_file: {tmp_path / 'server.pem'}\n"
+        "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
         f"basic_auth_users:\n  prometheus: {hashed}\n",
     )
     sim.add_task("t1", total=2, finished=1)

@@ -363,20 +363,6 @@ def test_serve_forever_blocks_until_shutdown() -> None:
 # -- TLS -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def tls_dir(tmp_path: Path, ca: trustme.CA) -> Path:
-    leaf = ca.issue_cert("localhost", "127.0.0.1")
-    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    leaf.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    return tmp_path
-
-
 def client_context(ca: trustme.CA, cert: trustme.LeafCert | None = None) -> ssl.SSLContext:
     context = ssl.create_default_context()
     ca.configure_trust(context)

@@ -50,21 +50,6 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def pki(tmp_path: Path, ca: trustme.CA) -> Path:
-    """cert.pem, key.pem, ca.pem (client CA) in tmp_path."""
-    leaf = ca.issue_cert("localhost", "127.0.0.1")
-    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    leaf.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    return tmp_path
-
-
 def write_config(tmp_path: Path, text: str) -> str:
     path = tmp_path / "web.yml"
     write_atomic(path, text)
@@ -74,13 +59,13 @@ def write_config(tmp_path: Path, text: str) -> str:
 # -- loading ---------------------------------------------------------------------------
 
 
-def test_full_config_loads(pki: Path) -> None:
+def test_full_config_loads(tls_dir: Path) -> None:
     path = write_config(
-        pki,
+        tls_dir,
         f"""
 tls_server_config:
   cert_file: cert.pem
-  key_file: {pki / "key.pem"}
+  key_file: {tls_dir / "key.pem"}
   client_auth_type: RequireAndVerifyClientCert
   client_ca_file: ca.pem
   client_allowed_sans: [prometheus.example]
@@ -99,9 +84,9 @@ basic_auth_users:
     )
     config = load_web_config(path)
     assert config.tls is not None
-    assert config.tls.cert_file == str(pki / "cert.pem")  # relative to the config file
-    assert config.tls.key_file == str(pki / "key.pem")
-    assert config.tls.client_ca_file == str(pki / "ca.pem")
+    assert config.tls.cert_file == str(tls_dir / "cert.pem")  # relative to the config file
+    assert config.tls.key_file == str(tls_dir / "key.pem")
+    assert config.tls.client_ca_file == str(tls_dir / "ca.pem")
     assert config.tls.client_auth_type == "RequireAndVerifyClientCert"
     assert config.tls.client_allowed_sans == ("prometheus.example",)
     assert config.tls.min_version == "TLS13"
@@ -187,8 +172,8 @@ BAD_CONFIGS = [
 
 
 @pytest.mark.parametrize(("text", "expected"), BAD_CONFIGS)
-def test_invalid_config_is_a_clear_error(pki: Path, text: str, expected: str) -> None:
-    path = write_config(pki, text)
+def test_invalid_config_is_a_clear_error(tls_dir: Path, text: str, expected: str) -> None:
+    path = write_config(tls_dir, text)
     with pytest.raises(WebConfigError) as info:
         load_web_config(path)
     message = str(info.value)
@@ -197,9 +182,9 @@ def test_invalid_config_is_a_clear_error(pki: Path, text: str, expected: str) ->
     assert "Traceback" not in message
 
 
-def test_all_errors_are_reported_at_once(pki: Path) -> None:
+def test_all_errors_are_reported_at_once(tls_dir: Path) -> None:
     path = write_config(
-        pki,
+        tls_dir,
         "tls_server_config:\n  cert_file: nope.pem\n  key_file: key.pem\n"
         "  client_auth_type: RequireAnyClientCert\n"
         "basic_auth_users:\n  alice: nohash\nextra: 1\n",
@@ -221,10 +206,10 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
         load_web_config(path)
 
 
-def test_key_not_matching_cert_is_rejected(pki: Path, ca: trustme.CA) -> None:
-    ca.issue_cert("other").private_key_pem.write_to_path(str(pki / "other-key.pem"))
+def test_key_not_matching_cert_is_rejected(tls_dir: Path, ca: trustme.CA) -> None:
+    ca.issue_cert("other").private_key_pem.write_to_path(str(tls_dir / "other-key.pem"))
     path = write_config(
-        pki, "tls_server_config:\n  cert_file: cert.pem\n  key_file: other-key.pem\n"
+        tls_dir, "tls_server_config:\n  cert_file: cert.pem\n  key_file: other-key.pem\n"
     )
     with pytest.raises(WebConfigError, match=r"tls_server_config\.key_file: .* does not match"):
         load_web_config(path)
@@ -276,33 +261,33 @@ def test_watcher_rotates_users_and_keeps_last_good(
     assert list(watcher.current().basic_auth_users) == ["carol"]
 
 
-def test_watcher_rebuilds_ssl_context_when_cert_changes(pki: Path, ca: trustme.CA) -> None:
+def test_watcher_rebuilds_ssl_context_when_cert_changes(tls_dir: Path, ca: trustme.CA) -> None:
     clock = FakeClock()
-    watcher = WebConfigWatcher(write_config(pki, TLS), clock=clock)
+    watcher = WebConfigWatcher(write_config(tls_dir, TLS), clock=clock)
     first = watcher.ssl_context()
     assert isinstance(first, ssl.SSLContext)
     clock.now += 5
     assert watcher.ssl_context() is first  # nothing changed: cached
 
     leaf = ca.issue_cert("rotated.example")
-    write_atomic(pki / "cert.pem", leaf.cert_chain_pems[0].bytes())
+    write_atomic(tls_dir / "cert.pem", leaf.cert_chain_pems[0].bytes())
     clock.now += 5
     assert watcher.ssl_context() is first  # key does not match the new cert yet: kept
-    write_atomic(pki / "key.pem", leaf.private_key_pem.bytes())
+    write_atomic(tls_dir / "key.pem", leaf.private_key_pem.bytes())
     clock.now += 5
     second = watcher.ssl_context()
     assert second is not None and second is not first
     assert watcher.generation == 2
 
 
-def test_watcher_reloads_when_missing_cert_appears(pki: Path) -> None:
+def test_watcher_reloads_when_missing_cert_appears(tls_dir: Path) -> None:
     clock = FakeClock()
-    watcher = WebConfigWatcher(write_config(pki, ""), clock=clock)
-    (pki / "cert.pem").rename(pki / "cert.bak")
-    write_config(pki, TLS)
+    watcher = WebConfigWatcher(write_config(tls_dir, ""), clock=clock)
+    (tls_dir / "cert.pem").rename(tls_dir / "cert.bak")
+    write_config(tls_dir, TLS)
     clock.now += 2
     assert watcher.current().tls is None  # cert missing: invalid, last good kept
-    (pki / "cert.bak").rename(pki / "cert.pem")
+    (tls_dir / "cert.bak").rename(tls_dir / "cert.pem")
     clock.now += 2
     assert watcher.current().tls is not None
 

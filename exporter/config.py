@@ -48,7 +48,6 @@ MAX_REQUESTS_PER_SECOND = 10_000.0
 MAX_BURST = 100_000
 MAX_CONCURRENCY = 1_000
 _MAX_TOKEN_FILE = 64 * 1024
-_MAX_LINE_WARNINGS = 20
 
 _TOKEN_KEYS = ("access_token_file", "access_token_env", "access_token")
 _STORE_ONLY_KEYS = ("name", "domain", "base_url", "task_ids", "task_id_files")
@@ -146,7 +145,7 @@ def parse_duration(value: object) -> float:
         match = _DURATION_RE.match(text) if len(text) <= 64 else None
         if not text or match is None:
             raise ValueError(
-                f"invalid duration {_quote(value)} (use e.g. "
+                f"invalid duration {quoted(value)} (use e.g. "
                 '"500ms", "5s", "1m30s", "24h", "1d" or a number of seconds)'
             )
         millis = sum(
@@ -202,16 +201,16 @@ def _read_token_file(path: str) -> str:
         with open(path, "rb") as handle:
             data = handle.read(_MAX_TOKEN_FILE + 1)
     except OSError as exc:
-        raise _TokenProblem(f"cannot read {_quote(path)}: {exc.strerror or exc}") from None
+        raise _TokenProblem(f"cannot read {quoted(path)}: {exc.strerror or exc}") from None
     except ValueError:
-        raise _TokenProblem(f"cannot read {_quote(path)}: invalid path") from None
+        raise _TokenProblem(f"cannot read {quoted(path)}: invalid path") from None
     if len(data) > _MAX_TOKEN_FILE:
-        raise _TokenProblem(f"file {_quote(path)} is too large to hold a token")
+        raise _TokenProblem(f"file {quoted(path)} is too large to hold a token")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise _TokenProblem(f"file {_quote(path)} is not valid UTF-8") from None
-    return _check_token(text.strip(), f"file {_quote(path)}")
+        raise _TokenProblem(f"file {quoted(path)} is not valid UTF-8") from None
+    return _check_token(text.strip(), f"file {quoted(path)}")
 
 
 def _read_token_env(name: str, environ: Mapping[str, str]) -> str:
@@ -231,47 +230,6 @@ def read_token(source: TokenSource, environ: Mapping[str, str] | None = None) ->
     except _TokenProblem as exc:
         raise ConfigError([f"access token: {exc}"]) from None
     return source.value
-
-
-def read_task_id_file(path: str) -> tuple[list[str], list[str]]:
-    """Read one id a line ('#' comments, blank lines ignored); return (ids, warnings)."""
-    try:
-        with open(path, "rb") as handle:
-            text = handle.read().decode("utf-8-sig")
-    except OSError as exc:
-        return [], [f"{path}: cannot read: {exc.strerror or exc}"]
-    except UnicodeDecodeError:
-        return [], [f"{path}: cannot read: not valid UTF-8"]
-    except ValueError:
-        return [], [f"{path}: cannot read: invalid path"]
-    ids: dict[str, None] = {}
-    warnings: list[str] = []
-    bad = 0
-    for number, line in enumerate(text.split("\n"), start=1):
-        task_id = line.split("#", 1)[0].strip()
-        if not task_id:
-            continue
-        if TASK_ID_RE.match(task_id):
-            ids.setdefault(task_id)
-            continue
-        bad += 1
-        if bad <= _MAX_LINE_WARNINGS:
-            warnings.append(f"{path}:{number}: invalid task id {_quote(task_id)}")
-    if bad > _MAX_LINE_WARNINGS:
-        warnings.append(f"{path}: {bad - _MAX_LINE_WARNINGS} more invalid lines skipped")
-    return list(ids), warnings
-
-
-def expand_task_id_files(patterns: Sequence[str]) -> list[str]:
-    """Expand glob patterns ("**" included) to the files they match, sorted, each once."""
-    found: set[str] = set()
-    for pattern in patterns:
-        try:
-            matches = glob.glob(pattern, recursive=True)
-            found.update(os.path.normpath(m) for m in matches if os.path.isfile(m))
-        except (OSError, ValueError):
-            continue
-    return sorted(found)
 
 
 # --- YAML --------------------------------------------------------------------------------
@@ -297,7 +255,7 @@ class _Loader(yaml.SafeLoader):
             except TypeError:
                 continue  # unhashable: the base class reports it
             if duplicate:
-                shown = _quote(key) if isinstance(key, str) else _key_text(key)
+                shown = quoted(key) if isinstance(key, str) else _key_text(key)
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping",
                     node.start_mark,
@@ -352,7 +310,8 @@ def _yaml_problem(exc: Exception) -> str:
 # --- value helpers -----------------------------------------------------------------------
 
 
-def _quote(text: str, limit: int = 100) -> str:
+def quoted(text: str, limit: int = 100) -> str:
+    """``text`` as a JSON string for messages, cut after ``limit`` characters."""
     return json.dumps(text if len(text) <= limit else text[:limit] + "...")
 
 
@@ -375,7 +334,7 @@ def _show(value: object, secret: bool = False) -> str:
     elif isinstance(value, float):
         kind, text = "number", _number_text(value)
     elif isinstance(value, str):
-        kind, text = "string", _quote(value)
+        kind, text = "string", quoted(value)
     elif isinstance(value, Mapping):
         return "a mapping"
     elif isinstance(value, list | tuple):
@@ -389,7 +348,7 @@ def _key_text(key: object) -> str:
     if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key):
         return key
     if isinstance(key, str):
-        return _quote(key, 64)
+        return quoted(key, 64)
     if isinstance(key, bool | int | float) or key is None:
         return _show(key).split(" ", 1)[-1]
     return f"<{type(key).__name__}>"
@@ -540,7 +499,8 @@ class _Parser:
             name = self.name(item, path)
             if name is not None and name in names:
                 self.error(
-                    f"{path}.name", f"duplicate store name {_quote(name)} (first at {names[name]})"
+                    f"{path}.name",
+                    f"duplicate store name {quoted(name)} (first at {names[name]})",
                 )
             elif name is not None:
                 names[name] = path
@@ -579,7 +539,8 @@ class _Parser:
             self.error(f"{path}.name", f"expected a string, got {_show(store['name'])}")
         elif not STORE_NAME_RE.match(text):
             self.error(
-                f"{path}.name", f"invalid store name {_quote(text)} (use [A-Za-z0-9_.-], 1 to 64)"
+                f"{path}.name",
+                f"invalid store name {quoted(text)} (use [A-Za-z0-9_.-], 1 to 64)",
             )
         else:
             return text
@@ -602,9 +563,9 @@ class _Parser:
             return None
         match = _DOMAIN_RE.match(value)
         if "://" in value or "/" in value:
-            self.error(path, f"expected a host name, not a URL, got {_quote(value)} (use base_url)")
+            self.error(path, f"expected a host name, not a URL, got {quoted(value)} (use base_url)")
         elif match is None or len(match["host"]) > 253 or not 0 < int(match["port"] or 443) < 65536:
-            self.error(path, f"invalid host name {_quote(value)}")
+            self.error(path, f"invalid host name {quoted(value)}")
         else:
             return f"https://{value}"
         return None
@@ -632,7 +593,7 @@ class _Parser:
         elif "?" in value or "#" in value:
             problem = "a query or fragment is not allowed"
         if problem:
-            self.error(path, f"invalid URL {_quote(value)}: {problem}")
+            self.error(path, f"invalid URL {quoted(value)}: {problem}")
             return None
         return value.rstrip("/")
 
@@ -665,7 +626,7 @@ class _Parser:
                 return TokenSource("file", file, _read_token_file(file))
             if key == "access_token_env":
                 if not _ENV_NAME_RE.match(value) and not _looks_like_token(value):
-                    raise _TokenProblem(f"invalid environment variable name {_quote(value)}")
+                    raise _TokenProblem(f"invalid environment variable name {quoted(value)}")
                 return TokenSource("env", value, _read_token_env(value, self.environ))
             token = _check_token(value.strip(), "access_token", "the inline token")
         except _TokenProblem as exc:
@@ -691,9 +652,9 @@ class _Parser:
             if text is None:
                 self.error(where, f"expected a task id string, got {_show(item)}")
             elif not TASK_ID_RE.match(text):
-                self.error(where, f"invalid task id {_quote(text)}")
+                self.error(where, f"invalid task id {quoted(text)}")
             elif text in ids:
-                self.warn(where, f"duplicate task id {_quote(text)} (also at {ids[text]}), ignored")
+                self.warn(where, f"duplicate task id {quoted(text)} (also at {ids[text]}), ignored")
             else:
                 ids[text] = where
         return tuple(ids)
@@ -741,7 +702,7 @@ class _Parser:
         if text is None:
             self.error(path, f'expected a string such as "2022-01", got {_show(value)}')
         elif not _API_VERSION_RE.match(text) or text in (".", ".."):
-            self.error(path, f"invalid API version {_quote(text)} (use [A-Za-z0-9._-])")
+            self.error(path, f"invalid API version {quoted(text)} (use [A-Za-z0-9._-])")
         else:
             return text
         return None
@@ -812,11 +773,11 @@ class _Parser:
             ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
         except ssl.SSLError as exc:
             reason = exc.reason or exc.strerror or "no certificate found"
-            self.error(where, f"cannot load CA certificates from {_quote(path)}: {reason}")
+            self.error(where, f"cannot load CA certificates from {quoted(path)}: {reason}")
         except OSError as exc:
-            self.error(where, f"cannot read {_quote(path)}: {exc.strerror or exc}")
+            self.error(where, f"cannot read {quoted(path)}: {exc.strerror or exc}")
         except ValueError:
-            self.error(where, f"cannot read {_quote(path)}: invalid path")
+            self.error(where, f"cannot read {quoted(path)}: invalid path")
 
     def optional_path(self, value: object, path: str) -> str | None:
         if value is None or value == "":

@@ -2,15 +2,58 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from collections.abc import Callable, Sequence
 
-from exporter.config import expand_task_id_files, read_task_id_file
+from exporter.config import TASK_ID_RE, quoted
 
 log = logging.getLogger("exporter.discovery")
 
 _Stamp = tuple[int, int, int]
+_MAX_LINE_WARNINGS = 20
+
+
+def read_task_id_file(path: str) -> tuple[list[str], list[str]]:
+    """Read one id a line ('#' comments, blank lines ignored); return (ids, warnings)."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read().decode("utf-8-sig")
+    except OSError as exc:
+        return [], [f"{path}: cannot read: {exc.strerror or exc}"]
+    except UnicodeDecodeError:
+        return [], [f"{path}: cannot read: not valid UTF-8"]
+    except ValueError:
+        return [], [f"{path}: cannot read: invalid path"]
+    ids: dict[str, None] = {}
+    warnings: list[str] = []
+    bad = 0
+    for number, line in enumerate(text.split("\n"), start=1):
+        task_id = line.split("#", 1)[0].strip()
+        if not task_id:
+            continue
+        if TASK_ID_RE.match(task_id):
+            ids.setdefault(task_id)
+            continue
+        bad += 1
+        if bad <= _MAX_LINE_WARNINGS:
+            warnings.append(f"{path}:{number}: invalid task id {quoted(task_id)}")
+    if bad > _MAX_LINE_WARNINGS:
+        warnings.append(f"{path}: {bad - _MAX_LINE_WARNINGS} more invalid lines skipped")
+    return list(ids), warnings
+
+
+def expand_task_id_files(patterns: Sequence[str]) -> list[str]:
+    """Expand glob patterns ("**" included) to the files they match, sorted, each once."""
+    found: set[str] = set()
+    for pattern in patterns:
+        try:
+            matches = glob.glob(pattern, recursive=True)
+            found.update(os.path.normpath(m) for m in matches if os.path.isfile(m))
+        except (OSError, ValueError):
+            continue
+    return sorted(found)
 
 
 class TaskFiles:

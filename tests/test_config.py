@@ -23,14 +23,13 @@ from exporter.config import (
     StoreConfig,
     TLSConfig,
     TokenSource,
-    expand_task_id_files,
     format_duration,
     load_config,
     parse_config,
     parse_duration,
-    read_task_id_file,
     read_token,
 )
+from exporter.discovery import expand_task_id_files, read_task_id_file
 
 SECRET = "s3cr3t-T0KEN-value-4f9a2c"  # long and mixed, like a real token
 ENV = {"SHOPLAZZA_TOKEN": SECRET, "EMPTY_TOKEN": "   ", "OTHER_TOKEN": "other-token"}

@@ -53,6 +53,7 @@ _LISTEN_BACKLOG = 512
 _MAX_REQUEST_LINE = 65536
 _WRITE_CHUNK = 64 * 1024
 _LINGER_SECONDS = 1.0
+_DRAIN_SECONDS = 0.5
 _LINGER_BYTES = 1 << 20
 _ACCEPT_BACKOFF_SECONDS = 0.05
 _BUSY_RESPONSE = (
@@ -402,6 +403,7 @@ class ExporterServer:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)  # notified when a connection ends
         self._conns: set[_Conn] = set()
         self._stop = threading.Event()
         self._loop_done = threading.Event()
@@ -475,6 +477,11 @@ class ExporterServer:
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=0.5)
+        # Responses under way (a scrape answering from memory) get a moment to finish.
+        deadline = time.monotonic() + _DRAIN_SECONDS
+        with self._drained:
+            while any(not c.idle for c in self._conns) and time.monotonic() < deadline:
+                self._drained.wait(max(deadline - time.monotonic(), 0.0))
         if self._loop_done.is_set() or loop is None:
             self._wake_r.close()
             self._wake_w.close()
@@ -580,8 +587,9 @@ class ExporterServer:
             )
         finally:
             self._close(conn.sock, linger=complete)
-            with self._lock:
+            with self._drained:
                 self._conns.discard(conn)
+                self._drained.notify_all()
 
     def _close(self, sock: socket.socket, *, linger: bool) -> None:
         """Close, first draining what the client still sends so it gets our answer, not RST."""

@@ -236,3 +236,45 @@ def test_failed_reload_keeps_serving_and_sets_gauge(exporter: Exporter, tmp_path
     text = scrape(app)
     assert sample(text, "shoplazza_exporter_config_last_reload_successful") == 0
     assert sample(text, "shoplazza_exporter_watched_tasks", store="shop") == 4
+
+
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [
+        *((Reply(status=s, body=b'{"error": "x"}'), str(s)) for s in (400, 401, 403, 404, 422)),
+        *((Reply(status=s, body=b'{"errors": ["x"]}'), str(s)) for s in (429, 500, 502, 503)),
+        (Reply(status=504, body=b"<html>gateway</html>", content_type="text/html"), "504"),
+        (Reply(status=302, headers={"Location": "http://127.0.0.1:1/"}), "302"),
+        (Reply(status=200, body=b"not json"), "invalid_response"),
+        (Reply(status=200, body=b'{"total": "x", "finished": 1, "status": 1}'), "invalid_response"),
+        (Reply(status=200, body_size=11 * 1024 * 1024), "invalid_response"),
+        (Reply(latency=3.0), "timeout"),
+    ],
+)
+def test_each_failure_is_counted_with_its_code(
+    sim: Simulator, tmp_path: Path, reply: Reply, code: str
+) -> None:
+    sim.add_task("t1", total=4, finished=2)
+    text = config_yaml(sim.url, ["t1"], min_poll_interval=0, timeout="1s")
+    exporter = make_exporter(write(tmp_path / "c.yaml", text))
+    app = App(exporter)
+    scrape(app)  # a good poll first: its values must survive the failure
+    sim.script("t1", reply)
+    out = scrape(app)
+    assert sample(out, "shoplazza_api_requests_total", code=code) == 1
+    assert sample(out, "shoplazza_api_errors_total", code=code) == 1
+    assert sample(out, "shoplazza_api_requests_total", code="200") == 1
+    assert sample(out, "shoplazza_upload_task_poll_success", task_id="t1") == 0
+    assert sample(out, "shoplazza_upload_task_files_finished", task_id="t1") == 2
+    exporter.close()
+
+
+def test_connection_refused_is_counted(tmp_path: Path) -> None:
+    from tests.helpers import free_port
+
+    text = config_yaml(f"http://127.0.0.1:{free_port()}", ["t1"])
+    exporter = make_exporter(write(tmp_path / "c.yaml", text))
+    out = scrape(App(exporter))
+    assert sample(out, "shoplazza_api_errors_total", code="connection_error") == 1
+    assert sample(out, "shoplazza_upload_task_poll_success", task_id="t1") == 0
+    exporter.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
@@ -70,6 +71,7 @@ class App:
 
     def __init__(self, exporter: Exporter) -> None:
         self.exporter = exporter
+        self._render_seconds = 0.0
         self.routes: dict[str, tuple[frozenset[str], Handler]] = {
             "/metrics": (frozenset({"GET", "HEAD"}), self.metrics),
             "/": (frozenset({"GET", "HEAD"}), self.index),
@@ -98,7 +100,9 @@ class App:
     def metrics(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
         """Refresh due tasks within the scrape deadline, then render memory."""
         deadline = scrape_deadline(environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"))
-        self.exporter.poller.refresh(deadline)
+        # Waiting for the API leaves room for rendering, which is slow with many tasks.
+        self.exporter.poller.refresh(max(deadline - self._render_seconds, MIN_DEADLINE / 2))
+        started = time.monotonic()
         params = parse_qs(environ.get("QUERY_STRING", ""))
         encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
         registry = self.exporter.registry
@@ -110,6 +114,9 @@ class App:
         if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
             body = gzip.compress(body, compresslevel=1)
             headers.append(("Content-Encoding", "gzip"))
+        # The estimate follows the last renders, rising at once and falling slowly.
+        took = time.monotonic() - started
+        self._render_seconds = max(took, 0.8 * self._render_seconds + 0.2 * took)
         return "200 OK", headers, body
 
     def index(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import difflib
 import glob
-import json
 import math
 import os
 import re
 import ssl
 import urllib.parse
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
+from exporter.yamlfile import YamlError, YamlInt, load_yaml, quoted
 
 TASK_ID_RE = re.compile(r"\A[A-Za-z0-9_-]{1,128}\Z")
 STORE_NAME_RE = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
@@ -232,91 +231,11 @@ def read_token(source: TokenSource, environ: Mapping[str, str] | None = None) ->
     return source.value
 
 
-# --- YAML --------------------------------------------------------------------------------
-
-
-class _YamlInt(int):
-    """An int that remembers how it was written (so task id 0123 stays "0123")."""
-
-    text: str
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys and keeps the text of integers."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-            except TypeError:
-                continue  # unhashable: the base class reports it
-            if duplicate:
-                shown = quoted(key) if isinstance(key, str) else _key_text(key)
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found duplicate key {shown}",
-                    key_node.start_mark,
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep=deep)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
-            # e.g. "2020-13-45" resolves to an impossible date; the exception's own text
-            # may quote the value (a token, perhaps), so only say which kind failed
-            kind = str(node.tag).rsplit(":", 1)[-1]
-            raise yaml.constructor.ConstructorError(
-                None, None, f"invalid {kind} value (quote it to make it a string)", node.start_mark
-            ) from None
-
-
-def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
-    assert isinstance(node, yaml.ScalarNode)
-    result = _YamlInt(loader.construct_yaml_int(node))
-    result.text = str(node.value)
-    return result
-
-
-_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-
-
-def _yaml_problem(exc: Exception) -> str:
-    """Describe a YAML error without the source snippet (the line may hold a token)."""
-    if isinstance(exc, yaml.MarkedYAMLError) and (exc.problem or exc.context):
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        text = f"{where}{exc.problem or exc.context}"
-        if exc.problem and exc.context:
-            cmark, at = exc.context_mark, ""
-            if cmark is not None and mark is not None and cmark.line != mark.line:
-                at = f" at line {cmark.line + 1}, column {cmark.column + 1}"
-            text += f" ({exc.context}{at})"
-        return text
-    if isinstance(exc, RecursionError):
-        return "nested too deeply"
-    if isinstance(exc, yaml.reader.ReaderError):
-        code = exc.character if isinstance(exc.character, int) else ord(exc.character[:1] or "?")
-        return f"unacceptable character #x{code:04x} at position {exc.position}: {exc.reason}"
-    return f"cannot be parsed ({type(exc).__name__})"  # str(exc) might quote a value
-
-
 # --- value helpers -----------------------------------------------------------------------
 
 
-def quoted(text: str, limit: int = 100) -> str:
-    """``text`` as a JSON string for messages, cut after ``limit`` characters."""
-    return json.dumps(text if len(text) <= limit else text[:limit] + "...")
-
-
 def _number_text(value: int | float) -> str:
-    if isinstance(value, _YamlInt):
+    if isinstance(value, YamlInt):
         return value.text if len(value.text) <= 40 else value.text[:40] + "..."
     if isinstance(value, int) and abs(value) > 10**40:
         return "a very large number"
@@ -358,7 +277,7 @@ def _scalar_text(value: object) -> str | None:
     """The text of a string or of an integer as written in YAML, else None."""
     if isinstance(value, str):
         return value
-    if isinstance(value, _YamlInt):
+    if isinstance(value, YamlInt):
         return value.text
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**40:
         return str(value)
@@ -418,9 +337,9 @@ class _Parser:
 
     def parse(self, text: str) -> Config:
         try:
-            data = yaml.load(text, Loader=_Loader)
-        except Exception as exc:  # PyYAML also raises ValueError, RecursionError, ...
-            raise ConfigError([f"{self.source}: invalid YAML: {_yaml_problem(exc)}"]) from None
+            data = load_yaml(text)
+        except YamlError as exc:
+            raise ConfigError([f"{self.source}: invalid YAML: {exc}"]) from None
         if data is None:
             raise ConfigError([f"{self.source}: empty configuration"])
         if not isinstance(data, dict):

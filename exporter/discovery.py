@@ -7,7 +7,8 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 
-from exporter.config import TASK_ID_RE, quoted
+from exporter.config import TASK_ID_RE
+from exporter.yamlfile import quoted
 
 log = logging.getLogger("exporter.discovery")
 

@@ -48,7 +48,8 @@ from types import MappingProxyType
 from typing import Any
 
 import bcrypt
-import yaml
+
+from exporter.yamlfile import YamlError, load_yaml
 
 __all__ = [
     "SUPPORTED_CLIENT_AUTH_TYPES",
@@ -168,26 +169,6 @@ def _stat(path: str) -> _FileStat:
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys instead of keeping the last one."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if isinstance(key, str | int | float | bool) and key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _kind(value: object) -> str:
@@ -486,17 +467,9 @@ def _load(path: str) -> _Loaded:
         parser.err("", f"cannot read web config file: {exc.strerror or exc}")
         return _Loaded(None, None, parser.errors, tuple(parser.seen))
     try:
-        data = yaml.load(text, Loader=_StrictLoader)
-    except RecursionError:
-        parser.err("", "invalid YAML: nested too deeply")
-        return _Loaded(None, None, parser.errors, tuple(parser.seen))
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" (line {mark.line + 1}, column {mark.column + 1})"
-        problem = getattr(exc, "problem", None) or str(exc)
-        parser.err("", f"invalid YAML: {problem}{where}")
+        data = load_yaml(text)
+    except YamlError as exc:
+        parser.err("", f"invalid YAML: {exc}")
         return _Loaded(None, None, parser.errors, tuple(parser.seen))
     config = parser.parse(data)
     context = None

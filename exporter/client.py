@@ -205,11 +205,12 @@ class StoreClient:
         store: StoreConfig,
         *,
         token_reader: Callable[[TokenSource], str] = read_token,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self._token_reader = token_reader
-        self._clock = clock
+        # Request timing is physical (socket timeouts are real seconds): always the real
+        # clock, whatever clock schedules the polls.
+        self._clock = time.monotonic
         self._token = store.token.value
         self.session = requests.Session()
         self.session.trust_env = False  # no ~/.netrc credentials, no env proxies by surprise

@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
 from exporter import __version__
+from exporter.collector import render_task_families, store_families
 from exporter.status import render_html, render_json
 
 if TYPE_CHECKING:
@@ -47,18 +47,19 @@ def _text(status: str, body: str) -> tuple[str, list[tuple[str, str]], bytes]:
     return status, [("Content-Type", "text/plain; charset=utf-8")], body.encode()
 
 
-class _Only:
-    """A registry view keeping the samples named in ``name[]`` (prometheus_client's own
-    ``restricted_registry`` needs names from ``describe()``, which would make the
-    collector call the API at registration)."""
+class _Families:
+    """What the encoders need from a registry: ``collect()``, here of ready families."""
 
-    def __init__(self, registry: CollectorRegistry, names: frozenset[str]) -> None:
-        self._registry = registry
+    def __init__(self, families: Iterable[Metric], names: frozenset[str] | None) -> None:
+        self._families = list(families)
         self._names = names
 
     def collect(self) -> Iterator[Metric]:
-        """The families with at least one sample named in the filter."""
-        for metric in self._registry.collect():
+        """The families, only those with a sample named in ``name[]`` when it is given."""
+        if self._names is None:
+            yield from self._families
+            return
+        for metric in self._families:
             samples = [s for s in metric.samples if s.name in self._names]
             if samples or metric.name in self._names:
                 kept = Metric(metric.name, metric.documentation, metric.type, metric.unit)
@@ -104,12 +105,15 @@ class App:
         self.exporter.poller.refresh(max(deadline - self._render_seconds, MIN_DEADLINE / 2))
         started = time.monotonic()
         params = parse_qs(environ.get("QUERY_STRING", ""))
+        names = frozenset(params["name[]"]) if "name[]" in params else None
         encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
-        registry = self.exporter.registry
-        if "name[]" in params:
-            body = encoder(_Only(registry, frozenset(params["name[]"])))
-        else:
-            body = encoder(registry)
+        views = self.exporter.poller.view()
+        # The per-task families are written directly (see exporter.collector), the rest
+        # through prometheus_client's encoder, which ends OpenMetrics with "# EOF".
+        tasks = render_task_families(views, names).encode()
+        collector = self.exporter.collector
+        rest = store_families(views, collector.reload_status, collector.version)
+        body = tasks + encoder(_Families(rest, names))
         headers = [("Content-Type", content_type)]
         if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
             body = gzip.compress(body, compresslevel=1)

@@ -185,9 +185,7 @@ class Poller:
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
-        self._client_factory = client_factory or (
-            lambda store: StoreClient(store, clock=self.clock.monotonic)
-        )
+        self._client_factory = client_factory or StoreClient
         self._on_change = on_change
         self.cond = threading.Condition(threading.Lock())
         self.stores: dict[str, Store] = {}

@@ -36,8 +36,9 @@ class Exporter:
         self.config: Config | None = None
         self.state_writer: StateWriter | None = None
         self.poller = Poller(clock=self.clock, client_factory=client_factory, on_change=self._dirty)
+        self.collector = TaskCollector(self.poller.view, self.reload_status)
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(TaskCollector(self.poller.view, self.reload_status))
+        self.registry.register(self.collector)
 
     def start(self) -> Config:
         """Load the configuration and the state file; raises ConfigError when invalid."""

@@ -278,3 +278,33 @@ def test_connection_refused_is_counted(tmp_path: Path) -> None:
     assert sample(out, "shoplazza_api_errors_total", code="connection_error") == 1
     assert sample(out, "shoplazza_upload_task_poll_success", task_id="t1") == 0
     exporter.close()
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+def test_direct_task_rendering_matches_prometheus_client(
+    exporter: Exporter, openmetrics: bool
+) -> None:
+    from prometheus_client import exposition
+    from prometheus_client.openmetrics import exposition as om_exposition
+
+    from exporter.client import TaskSnapshot
+    from exporter.collector import render_task_families, task_families
+    from exporter.poller import StoreView, TaskState
+
+    scrape(App(exporter))
+    views = exporter.poller.view()
+    odd = TaskState(store="shop", task_id='we"ird\\id\nx', poll_success=True, last_success=1.5)
+    odd.snapshot = TaskSnapshot(total=10**12, finished=3, status=7, succeeded=1, failed=2)
+    views.append(StoreView("other", (odd,), (), (), (), (), 0, 0.0))
+
+    class Families:
+        def collect(self) -> list[object]:
+            return list(task_families(views))
+
+    encode = om_exposition.generate_latest if openmetrics else exposition.generate_latest
+    theirs = encode(Families()).decode()  # type: ignore[arg-type]
+    ours = render_task_families(views)
+    assert ours == theirs.removesuffix("# EOF\n")
+    names = {"shoplazza_upload_task_files", "shoplazza_upload_task_poll_success"}
+    filtered = render_task_families(views, names)
+    assert {line.split()[2] for line in filtered.splitlines() if line.startswith("# TYPE")} == names

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from exporter import __version__
@@ -221,6 +222,8 @@ class StoreClient:
         self.session.mount("https://", adapter)
         if store.tls.insecure_skip_verify:
             self.session.verify = False
+            # The configuration warned once; urllib3 would warn on stderr at every request.
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         elif store.tls.ca_file:
             self.session.verify = store.tls.ca_file
         self.session.headers.update({"Accept": "application/json", "User-Agent": USER_AGENT})

@@ -75,5 +75,6 @@ def setup_logging(level: str = "info", fmt: str = "logfmt", stream: TextIO | Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(LEVELS[level])
+    logging.captureWarnings(True)  # Python warnings become log lines too
     # urllib3 logs every new connection at debug with the full URL; keep it out of debug logs.
     logging.getLogger("urllib3").setLevel(max(LEVELS[level], logging.INFO))

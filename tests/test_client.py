@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -280,3 +281,36 @@ def test_arbitrary_bytes_never_crash(sim: Simulator, client: StoreClient) -> Non
         assert result.code in ("200", INVALID_RESPONSE)
 
     check()
+
+
+@pytest.fixture
+def https_api(tls_dir: Path) -> Iterator[str]:
+    """An HTTPS endpoint answering every path with a valid task body."""
+    from exporter.server import ExporterServer
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b'{"total": 2, "finished": 1, "status": 1}']
+
+    web = tls_dir / "web.yml"
+    web.write_text("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n")
+    server = ExporterServer(app, "127.0.0.1:0", str(web))
+    server.start()
+    yield f"https://127.0.0.1:{server.address[1]}"
+    server.shutdown()
+
+
+def test_tls_verified_with_ca_file(https_api: str, tls_dir: Path) -> None:
+    tls = f'{{ca_file: "{tls_dir / "ca.pem"}"}}'
+    assert client_for(https_api, tls_config=tls).fetch("t1").code == "200"
+
+
+def test_tls_unknown_ca_refused(https_api: str) -> None:
+    result = client_for(https_api).fetch("t1")
+    assert result.code == "connection_error"
+    assert "SSL" in result.detail or "certificate" in result.detail.lower()
+
+
+def test_tls_insecure_skip_verify(https_api: str) -> None:
+    client = client_for(https_api, tls_config="{insecure_skip_verify: true}")
+    assert client.fetch("t1").code == "200"

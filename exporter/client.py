@@ -9,10 +9,13 @@ never followed (the ``access-token`` header would travel to another host), bodie
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import email.utils
 import json
 import math
 import re
+import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from exporter.config import TASK_ID_RE, ConfigError, StoreConfig, TokenSource, r
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_RETRY_AFTER = 600.0
+REDACTED = "<redacted>"
 DEFAULT_RETRY_AFTER = 1.0
 # Failed files kept per task for the status page, the JSON API and the logs.
 MAX_KEPT_FAILURES = 1000
@@ -242,14 +246,22 @@ class StoreClient:
         return self._token
 
     def fetch(self, task_id: str) -> FetchResult:
-        """Send one request and classify its outcome; never raises for network trouble."""
+        """Send one request and classify its outcome; never raises for network trouble.
+
+        Whatever the API sends back (error texts, a redirect's Location, failed files) is
+        logged and shown on pages; an API that echoes the token must not publish it.
+        """
+        token = self.token()
+        return _redact(self._fetch(task_id, token), token)
+
+    def _fetch(self, task_id: str, token: str) -> FetchResult:
         url = self.url(task_id)
         timeout = self.store.timeout
         start = self._clock()
         try:
             response = self.session.get(
                 url,
-                headers={"access-token": self.token()},
+                headers={"access-token": token},
                 timeout=timeout,
                 allow_redirects=False,
                 stream=True,
@@ -300,15 +312,29 @@ class StoreClient:
         length = response.headers.get("Content-Length")
         if length is not None and length.strip().isdigit() and int(length) > MAX_BODY_BYTES:
             raise _BodyTooLarge(f"body of {int(length)} bytes exceeds {MAX_BODY_BYTES}")
+        # Socket timeouts apply to each read, so a body dripping a byte at a time would hold
+        # the request (and a max_concurrency slot) far past `timeout`: cut the connection
+        # when the request's time is up.
+        remaining = timeout - (self._clock() - start)
+        watchdog = threading.Timer(max(remaining, 0.0), _cut, args=(response,))
+        watchdog.daemon = True
+        watchdog.start()
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_content(chunk_size=65536):
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise _BodyTooLarge(f"body exceeds {MAX_BODY_BYTES} bytes")
-            if self._clock() - start > timeout:
-                raise requests.Timeout("body not read within the timeout")
-            chunks.append(chunk)
+        try:
+            for chunk in response.iter_content(chunk_size=65536):
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise _BodyTooLarge(f"body exceeds {MAX_BODY_BYTES} bytes")
+                chunks.append(chunk)
+        except requests.RequestException:
+            if self._clock() - start >= timeout:
+                raise requests.Timeout("body not read within the timeout") from None
+            raise
+        finally:
+            watchdog.cancel()
+        if self._clock() - start >= timeout:
+            raise requests.Timeout("body not read within the timeout")
         return b"".join(chunks)
 
     def close(self) -> None:
@@ -318,6 +344,34 @@ class StoreClient:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+def _cut(response: requests.Response) -> None:
+    """Shut the response's socket down, waking a read blocked on it."""
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _redact(result: FetchResult, token: str) -> FetchResult:
+    """``result`` with every occurrence of ``token`` in API-supplied text replaced."""
+    if len(token) < 4:
+        return result  # too short to tell from ordinary text; config requires more anyway
+
+    def clean(text: str) -> str:
+        return text.replace(token, REDACTED) if token in text else text
+
+    snapshot = result.snapshot
+    if snapshot is not None and any(
+        token in f.origin_link or token in f.reason for f in snapshot.failures
+    ):
+        failures = tuple(
+            FailedFile(clean(f.origin_link), clean(f.reason)) for f in snapshot.failures
+        )
+        snapshot = dataclasses.replace(snapshot, failures=failures)
+    return dataclasses.replace(result, detail=clean(result.detail), snapshot=snapshot)
 
 
 def _describe_exception(exc: requests.RequestException) -> str:

@@ -92,7 +92,8 @@ class Reply:
     other status. ``body_size`` streams that many bytes of a large JSON object
     (``{"pad": "xxx..."}``) in 64 KiB chunks without building it in memory; ``chunked``
     sends the body without ``Content-Length`` (chunked for HTTP/1.1 clients, else
-    close-delimited).
+    close-delimited). ``drip`` sends the body one byte at a time, that many seconds apart
+    (a slow or hostile upstream).
     """
 
     status: int = 200
@@ -102,6 +103,7 @@ class Reply:
     body_size: int | None = None
     chunked: bool = False
     content_type: str = "application/json"
+    drip: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class _Answer:
     body_size: int | None = None
     chunked: bool = False
     content_type: str = "application/json"
+    drip: float = 0.0
 
 
 def _json(obj: object) -> bytes:
@@ -628,6 +631,7 @@ class Simulator:
             body_size=reply.body_size,
             chunked=reply.chunked,
             content_type=reply.content_type,
+            drip=reply.drip,
         )
         if reply.body is None and reply.body_size is None:
             if 200 <= reply.status < 300:
@@ -649,7 +653,8 @@ class Simulator:
         else:
             body = answer.body or b""
             size = len(body)
-            chunks = (body[i : i + _CHUNK] for i in range(0, size, _CHUNK))
+            step = 1 if answer.drip > 0 else _CHUNK
+            chunks = (body[i : i + step] for i in range(0, size, step))
         h.send_response(answer.status)
         given = {k.lower() for k in answer.headers}
         if "content-type" not in given:
@@ -679,6 +684,9 @@ class Simulator:
                     h.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 else:
                     h.wfile.write(chunk)
+                if answer.drip > 0 and self._stop_event.wait(answer.drip):
+                    h.close_connection = True
+                    return
             if chunked:
                 h.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError):

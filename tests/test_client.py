@@ -314,3 +314,52 @@ def test_tls_unknown_ca_refused(https_api: str) -> None:
 def test_tls_insecure_skip_verify(https_api: str) -> None:
     client = client_for(https_api, tls_config="{insecure_skip_verify: true}")
     assert client.fetch("t1").code == "200"
+
+
+def test_api_text_echoing_the_token_is_redacted(sim: Simulator, client: StoreClient) -> None:
+    echo = f'{{"error": "invalid access-token {TOKEN}"}}'.encode()
+    sim.script("t1", Reply(status=401, body=echo))
+    sim.script("t1", Reply(status=302, headers={"Location": f"http://evil.example/?t={TOKEN}"}))
+    for _ in range(2):
+        result = client.fetch("t1")
+        assert TOKEN not in result.detail and "<redacted>" in result.detail
+    sim.task("t1").failure_list.append({"origin_link": f"http://x/{TOKEN}", "reason": TOKEN})
+    result = client.fetch("t1")
+    assert result.snapshot is not None
+    shown = " ".join(f"{f.origin_link} {f.reason}" for f in result.snapshot.failures)
+    assert TOKEN not in shown and "<redacted>" in shown
+
+
+def test_dripping_body_times_out_at_the_request_timeout(
+    sim: Simulator, client: StoreClient
+) -> None:
+    sim.script("t1", Reply(drip=0.2))  # ~150 bytes at 5 a second: 30 s if left alone
+    result = client.fetch("t1")
+    assert result.code == "timeout"
+    assert result.duration < 1.0 + 0.5  # the store's timeout is 1 s
+    assert client.fetch("t1").code == "200"  # the pool recovers
+
+
+def test_declared_length_over_limit_refused_without_reading(
+    sim: Simulator, client: StoreClient
+) -> None:
+    # The server claims 11 MiB but sends 2 bytes and waits: reading would end in a timeout.
+    lie = {"Content-Length": str(MAX_BODY_BYTES + 1024 * 1024)}
+    sim.script("t1", Reply(status=200, body=b"{}", headers=lie))
+    result = client.fetch("t1")
+    assert result.code == INVALID_RESPONSE
+    assert "exceeds" in result.detail
+
+
+def test_endless_chunked_body_is_not_held(sim: Simulator, client: StoreClient) -> None:
+    import tracemalloc
+
+    sim.script("t1", Reply(status=200, body_size=200 * 1024 * 1024, chunked=True))
+    tracemalloc.start()
+    try:
+        result = client.fetch("t1")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.code == INVALID_RESPONSE
+    assert peak < 2 * MAX_BODY_BYTES + 4 * 1024 * 1024  # not 200 MiB

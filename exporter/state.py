@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -45,6 +46,8 @@ def _number(value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("expected a number")
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
     return float(value)
 
 
@@ -107,7 +110,7 @@ def load_state(path: str) -> tuple[list[TaskState], dict[tuple[str, str], float]
             data = json.load(fh)
     except FileNotFoundError:
         return [], {}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         log.error("ignoring unreadable state file", extra={"path": path, "err": exc})
         return [], {}
     try:
@@ -126,7 +129,10 @@ def load_state(path: str) -> tuple[list[TaskState], dict[tuple[str, str], float]
             store, task_id, when = entry
             if not isinstance(store, str) or not isinstance(task_id, str):
                 raise ValueError("forgotten entries must be [store, task_id, time]")
-            forgotten[(store, task_id)] = _number(when) or 0.0
+            when = _number(when)
+            if when is None:
+                raise ValueError("forgotten entries need a completion time")
+            forgotten[(store, task_id)] = when
     except ValueError as exc:
         log.error("ignoring invalid state file", extra={"path": path, "err": exc})
         return [], {}

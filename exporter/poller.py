@@ -274,9 +274,10 @@ class Poller:
                 for task in store.tasks.values():
                     if task.completed:
                         continue
-                    if task.pending:
-                        waiting.append((store, task, task.attempts))
-                    elif task.last_attempt is None or now - task.last_attempt >= interval:
+                    due = task.last_attempt is None or now - task.last_attempt >= interval
+                    if task.queued or (task.in_flight and due):
+                        waiting.append((store, task, task.attempts))  # shared, not re-sent
+                    elif due and not task.in_flight:
                         self._enqueue(store, task)
                         waiting.append((store, task, task.attempts))
             if waiting:
@@ -417,6 +418,17 @@ class Poller:
             task.completed_at = wall
         elif not snapshot.completed:
             task.completed_at = None
+        unlisted = snapshot.failed - len(snapshot.failures)
+        if unlisted > 0 and (previous is None or previous.failed < snapshot.failed):
+            log.warning(
+                "more failed files than are kept: counted, not listed",
+                extra={
+                    "store": task.store,
+                    "task_id": task.task_id,
+                    "failed": snapshot.failed,
+                    "listed": len(snapshot.failures),
+                },
+            )
         seen = set(previous.failures) if previous else set()
         for failure in snapshot.failures:
             if failure not in seen:
@@ -437,6 +449,7 @@ class Poller:
     def view(self) -> list[StoreView]:
         """A consistent copy of every store, for the collector and the status pages."""
         with self.cond:
+            self._discover()
             self._forget()
             return [
                 StoreView(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -306,4 +307,46 @@ def test_skip_reason_rate_limited(sim: Simulator, tmp_path: Path) -> None:
     assert sim.count() == 2
     assert skipped(exporter, "rate_limited") == 3
     assert skipped(exporter, "deadline") == 0
+    exporter.close()
+
+
+def test_in_flight_task_not_due_is_neither_waited_for_nor_counted(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.add_task("slow", total=4, finished=3)
+    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["slow"], min_poll_interval="10s"))
+    exporter = make_exporter(path)
+    sim.script("slow", Reply(latency=3.0))
+    exporter.poller.refresh(0.3)  # due (never attempted): waited for, then skipped
+    assert skipped(exporter, "deadline") == 1
+    start = time.monotonic()
+    for _ in range(3):  # attempted 0.3 s ago: not due, served from memory at once
+        exporter.poller.refresh(5.0)
+    assert time.monotonic() - start < 2.0
+    assert skipped(exporter, "deadline") == 1
+    assert sim.count("slow") == 1
+    exporter.close()
+
+
+def test_failed_files_beyond_the_kept_list_are_logged_as_a_count(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from exporter.client import MAX_KEPT_FAILURES
+
+    many = [{"origin_link": f"http://img/{i}.jpg", "reason": "r"} for i in range(1005)]
+    sim.add_task("big", total=2000, finished=1005, failure_list=many)
+    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["big"]))
+    exporter = make_exporter(path)
+    with caplog.at_level(logging.WARNING, logger="exporter.poller"):
+        exporter.poller.refresh(5)
+    listed = [r for r in caplog.records if r.getMessage() == "upload task file failed"]
+    assert len(listed) == MAX_KEPT_FAILURES
+    [summary] = [r for r in caplog.records if "counted, not listed" in r.getMessage()]
+    assert summary.__dict__["failed"] == 1005
+    assert (
+        exporter.registry.get_sample_value(
+            "shoplazza_upload_task_files_failed", {"store": "shop", "task_id": "big"}
+        )
+        == 1005
+    )
     exporter.close()

@@ -133,6 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     if args.config_check:
         return check_config(args.config_file, args.web_config_file)
+    # Handlers first: a SIGTERM or SIGHUP during start-up must not kill the process
+    # with the default action; it is acted on once the server runs.
+    signals = _Signals()
+    signal.signal(signal.SIGTERM, signals.on_stop)
+    signal.signal(signal.SIGINT, signals.on_stop)
+    signal.signal(signal.SIGHUP, signals.on_hup)
     with ExitStack() as stack:
         config_file = args.config_file
         if args.demo:
@@ -143,10 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="sue-demo-"))
             config_file = _demo_config(directory, sim.url, DEMO_TOKEN, add_demo_tasks(sim))
             log.info("demo simulator started", extra={"url": sim.url})
-        return _serve(args, config_file, stack)
+        return _serve(args, config_file, stack, signals)
 
 
-def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack) -> int:
+def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack, signals: _Signals) -> int:
     exporter = Exporter(config_file)
     try:
         exporter.start()
@@ -164,10 +170,6 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack) -> int:
     except (ValueError, OSError) as exc:
         print(f"{PROGRAM}: cannot listen on {args.listen_address}: {exc}", file=sys.stderr)
         return 1
-    signals = _Signals()
-    signal.signal(signal.SIGTERM, signals.on_stop)
-    signal.signal(signal.SIGINT, signals.on_stop)
-    signal.signal(signal.SIGHUP, signals.on_hup)
     server.start()
     host, port = server.address
     scheme = "https" if server.tls else "http"

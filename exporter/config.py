@@ -284,15 +284,18 @@ def _scalar_text(value: object) -> str | None:
     return None
 
 
-def _looks_like_token(value: str) -> bool:
+def _looks_like_token(value: str, key: str = "access_token_env") -> bool:
     """Whether a file or variable name is more likely a pasted token (never echo it)."""
+    if "/" in value or "." in value:
+        return False
+    if key == "access_token_file":
+        # A token file is named by a path; a long run of letters and digits is a token
+        # (lower-case hex included).
+        return (
+            len(value) >= 16 and any(c.isdigit() for c in value) and any(c.isalpha() for c in value)
+        )
     kinds = (str.isupper, str.islower, str.isdigit)
-    return (
-        len(value) >= 20
-        and "/" not in value
-        and "." not in value
-        and all(any(kind(char) for char in value) for kind in kinds)
-    )
+    return len(value) >= 20 and all(any(kind(char) for char in value) for kind in kinds)
 
 
 def _suggest(key: str, known: Sequence[str]) -> list[str]:
@@ -550,7 +553,8 @@ class _Parser:
             token = _check_token(value.strip(), "access_token", "the inline token")
         except _TokenProblem as exc:
             message = str(exc)
-            if _looks_like_token(value):  # a token where its file or variable name belongs
+            if key != "access_token" and _looks_like_token(value, key):
+                # a token where its file or variable name belongs
                 what = "a file holding" if key == "access_token_file" else "a variable holding"
                 message = f"this looks like a token itself; give the name of {what} it"
             self.error(path, message)

@@ -481,6 +481,19 @@ BAD_CONFIGS: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "lower-case hex token given as the token file",
+        flow("name: a, domain: x.com, access_token_file: 0123456789abcdef0123456789abcdef"),
+        [
+            "stores[0].access_token_file: this looks like a token itself; give the name of a file "
+            "holding it"
+        ],
+    ),
+    (
+        "long inline token with a space",
+        flow("name: a, domain: x.com, access_token: 'AbCdEf1234567890XyZw AbCdEf1234567890'"),
+        ["stores[0].access_token: the inline token contains spaces or non-printable characters"],
+    ),
+    (
         "token given as the token variable",
         flow("name: a, domain: x.com, access_token_env: AbCdEf-1234567890-XyZw"),
         [

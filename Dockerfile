@@ -21,8 +21,10 @@ FROM python:3.12-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir /wheels/shoplazza_upload_exporter-*.whl \
+# COPY rather than a BuildKit bind mount, so the legacy builder builds it too.
+COPY --from=build /wheels /tmp/wheels
+RUN pip install --no-cache-dir /tmp/wheels/shoplazza_upload_exporter-*.whl \
+    && rm -rf /tmp/wheels \
     && groupadd --system --gid 65532 exporter \
     && useradd --system --no-log-init --uid 65532 --gid 65532 --home-dir /nonexistent \
        --shell /usr/sbin/nologin exporter \

@@ -51,6 +51,7 @@ REQUIRED_ALERTS: dict[str, tuple[str, ...]] = {
     "ShoplazzaApiRateLimited": ("store",),
     "ShoplazzaExporterConfigReloadFailed": ("instance",),
     "ShoplazzaExporterDown": ("instance",),
+    "ShoplazzaExporterAbsent": (),
 }
 SEVERITIES = frozenset({"critical", "warning", "info"})
 

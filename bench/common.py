@@ -1,7 +1,6 @@
-"""Shared pieces of the benchmarks: a sped-up clock, the workload, percentiles, tables.
+"""Shared pieces of the benchmarks: the workload, percentiles, tables.
 
-:class:`ScaledClock` is a copy of ``tests.helpers.ScaledClock`` (the benchmarks do not
-import the test suite): real time sped up ``speed`` times. Shared by the simulator's leaky
+The sped-up clock is :class:`exporter.clock.ScaledClock`: shared by the simulator's leaky
 bucket and the exporter's poller, it lets an hour of polling run in a minute. Waits on it
 are simulated faithfully; CPU work is not sped up, so a millisecond of real work counts as
 ``speed`` milliseconds of simulated time.
@@ -12,8 +11,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import threading
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -23,42 +20,6 @@ TOKEN = "bench-token-not-a-secret"
 TOKEN_ENV = "BENCH_SHOPLAZZA_TOKEN"
 #: Unix time the scaled clocks start at.
 WALL_START = 1_800_000_000.0
-
-
-class ScaledClock:
-    """Real time sped up ``speed`` times (the poller's Clock protocol, plus sleeps)."""
-
-    def __init__(self, speed: float, wall: float = WALL_START) -> None:
-        if speed <= 0:
-            raise ValueError("speed must be > 0")
-        self.speed = speed
-        self._origin = time.monotonic()
-        self._wall = wall
-        self._event = threading.Event()  # never set: an interruptible sleep
-
-    def monotonic(self) -> float:
-        """Simulated seconds since the clock was made."""
-        return (time.monotonic() - self._origin) * self.speed
-
-    def time(self) -> float:
-        """Simulated Unix time."""
-        return self._wall + self.monotonic()
-
-    def wait(self, cond: threading.Condition, timeout: float | None) -> None:
-        """Wait on ``cond`` (held) for a notification or ``timeout`` simulated seconds."""
-        cond.wait(None if timeout is None else max(timeout, 0.0) / self.speed)
-
-    def real(self, seconds: float) -> float:
-        """Real seconds that ``seconds`` simulated seconds take."""
-        return seconds / self.speed
-
-    def sleep_until(self, when: float) -> None:
-        """Block until the clock reads ``when`` (returns at once when already past)."""
-        while True:
-            remaining = when - self.monotonic()
-            if remaining <= 0:
-                return
-            self._event.wait(remaining / self.speed)
 
 
 @dataclass(frozen=True)

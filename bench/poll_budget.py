@@ -7,7 +7,7 @@ every scrape, concurrently, no budget, no memory) against a fresh simulator with
 settings and the same scrape schedule. Prints the parameters and a markdown table:
 upstream requests and 429s per hour, oldest in-progress data age, scrape latency p50/p99.
 
-Time is simulated: a :class:`~bench.common.ScaledClock` shared by the simulator's bucket
+Time is simulated: a :class:`~exporter.clock.ScaledClock` shared by the simulator's bucket
 and the exporter (or the naive scrapers) runs ``--speed`` times faster than real time, so
 an hour takes a minute. Only waits are sped up, CPU work is not; :data:`LATENCY_NOTE` says
 how scrape latency is measured despite that, :data:`NAIVE_NOTE` why the naive strategy
@@ -41,7 +41,6 @@ from bench.common import (
     TOKEN,
     TOKEN_ENV,
     WALL_START,
-    ScaledClock,
     Workload,
     config_text,
     fmt_int,
@@ -51,6 +50,7 @@ from bench.common import (
     percentile,
 )
 from exporter.client import StoreClient
+from exporter.clock import ScaledClock
 from exporter.config import StoreConfig, load_config
 from exporter.http import App, scrape_deadline
 from exporter.server import ExporterServer

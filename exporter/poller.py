@@ -15,12 +15,11 @@ import heapq
 import itertools
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from exporter.client import FetchResult, StoreClient, TaskSnapshot
+from exporter.clock import Clock, SystemClock
 from exporter.config import Config, StoreConfig
 from exporter.discovery import TaskFiles
 
@@ -32,32 +31,6 @@ ERROR_CODES = (
 )
 SKIP_REASONS = ("rate_limited", "backoff", "deadline")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-class Clock(Protocol):
-    """Time source of the poller; tests inject a fake one."""
-
-    def monotonic(self) -> float: ...
-
-    def time(self) -> float: ...
-
-    def wait(self, cond: threading.Condition, timeout: float | None) -> None: ...
-
-
-class SystemClock:
-    """The real clocks."""
-
-    def monotonic(self) -> float:
-        """Seconds from an arbitrary origin, never going back."""
-        return time.monotonic()
-
-    def time(self) -> float:
-        """Unix time."""
-        return time.time()
-
-    def wait(self, cond: threading.Condition, timeout: float | None) -> None:
-        """Wait on ``cond`` (held) for a notification or ``timeout`` seconds."""
-        cond.wait(timeout)
 
 
 @dataclass

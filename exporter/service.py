@@ -9,9 +9,10 @@ from collections.abc import Callable, Mapping
 from prometheus_client import CollectorRegistry
 
 from exporter.client import StoreClient
+from exporter.clock import Clock, SystemClock
 from exporter.collector import ReloadStatus, TaskCollector
 from exporter.config import Config, ConfigError, StoreConfig, load_config
-from exporter.poller import Clock, Poller, SystemClock
+from exporter.poller import Poller
 from exporter.state import StateWriter, load_state
 
 log = logging.getLogger("exporter")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import http
 import json
 import re
@@ -117,18 +118,6 @@ class RecordedRequest:
     headers: dict[str, str]
     at: float  # time.monotonic() at arrival
     status: int
-
-
-@dataclass
-class _Answer:
-    status: int
-    body: bytes | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    latency: float = 0.0
-    body_size: int | None = None
-    chunked: bool = False
-    content_type: str = "application/json"
-    drip: float = 0.0
 
 
 def _json(obj: object) -> bytes:
@@ -576,12 +565,12 @@ class Simulator:
                 self._in_flight -= 1
                 self._cond.notify_all()
 
-    def _decide(self, method: str, routed: bool, task_id: str | None, token: str | None) -> _Answer:
+    def _decide(self, method: str, routed: bool, task_id: str | None, token: str | None) -> Reply:
         """Pick the answer; called with the lock held."""
         if method != "GET":
-            return _Answer(405, _errors("Method Not Allowed"), headers={"Allow": "GET"})
+            return Reply(405, _errors("Method Not Allowed"), headers={"Allow": "GET"})
         if not routed or task_id is None:
-            return _Answer(404, _errors("Not Found"))
+            return Reply(404, _errors("Not Found"))
         if self.rate_limit is not None:
             now = self._clock()
             if self._level_at is not None:
@@ -590,7 +579,7 @@ class Simulator:
             if self._level + 1 > self.bucket_capacity + _EPSILON:
                 self._throttled += 1
                 headers = {} if self.retry_after is None else {"Retry-After": self.retry_after}
-                return _Answer(429, _errors("Too Many Requests"), headers=headers)
+                return Reply(429, _errors("Too Many Requests"), headers=headers)
             self._level += 1
         queue = self._scripts.get(task_id)
         if queue:
@@ -602,50 +591,41 @@ class Simulator:
         if sticky is not None:
             return self._from_reply(sticky, task_id)
         if token is None or token not in self._tokens:
-            return _Answer(401, _json({"error": "Invalid access token"}))
+            return Reply(401, _json({"error": "Invalid access token"}))
         task = self._tasks.get(task_id)
         if task is None:
-            return _Answer(404, _errors("task not found"))
+            return Reply(404, _errors("task not found"))
         return self._task_answer(task)
 
-    def _task_answer(self, task: SimTask) -> _Answer:
+    def _task_answer(self, task: SimTask) -> Reply:
         if task.progress is not None:
             try:
                 task.progress(task, self.elapsed())
             except Exception as exc:  # a broken callback must not kill the handler thread
-                return _Answer(500, _errors(f"progress callback failed: {exc!r}"))
+                return Reply(500, _errors(f"progress callback failed: {exc!r}"))
         shape = self._shapes.get(task.task_id, self.shape)
-        return _Answer(200, _json(self._shaped(task, shape)))
+        return Reply(200, _json(self._shaped(task, shape)))
 
     @staticmethod
     def _shaped(task: SimTask, shape: str) -> dict[str, Any]:
         data = task.to_dict()
         return {"code": "Success", "data": data} if shape == "wrapped" else data
 
-    def _from_reply(self, reply: Reply, task_id: str) -> _Answer:
-        answer = _Answer(
-            status=reply.status,
-            body=reply.body,
-            headers=dict(reply.headers),
-            latency=reply.latency,
-            body_size=reply.body_size,
-            chunked=reply.chunked,
-            content_type=reply.content_type,
-            drip=reply.drip,
-        )
+    def _from_reply(self, reply: Reply, task_id: str) -> Reply:
+        """The scripted reply as sent: its own copy, the body filled in when left out."""
+        answer = dataclasses.replace(reply, headers=dict(reply.headers))
         if reply.body is None and reply.body_size is None:
             if 200 <= reply.status < 300:
                 task = self._tasks.get(task_id)
                 if task is None:
                     answer.body = _errors("task not found")
                 else:
-                    normal = self._task_answer(task)
-                    answer.body = normal.body
+                    answer.body = self._task_answer(task).body
             else:
                 answer.body = _errors(_phrase(reply.status))
         return answer
 
-    def _send(self, h: _Handler, answer: _Answer, method: str) -> None:
+    def _send(self, h: _Handler, answer: Reply, method: str) -> None:
         chunks: Iterable[bytes]
         if answer.body_size is not None:
             size = max(0, answer.body_size)

@@ -250,25 +250,3 @@ class ExporterProcess:
             self.proc.stdout.close()
         self._log.close()
         return self.proc.returncode
-
-
-class ScaledClock:
-    """Real time sped up ``speed`` times; share it with the simulator's leaky bucket."""
-
-    def __init__(self, speed: float, wall: float = 1_800_000_000.0) -> None:
-        self.speed = speed
-        self._origin = time.monotonic()
-        self._wall = wall
-
-    def monotonic(self) -> float:
-        return (time.monotonic() - self._origin) * self.speed
-
-    def time(self) -> float:
-        return self._wall + self.monotonic()
-
-    def wait(self, cond: threading.Condition, timeout: float | None) -> None:
-        cond.wait(None if timeout is None else max(timeout, 0.0) / self.speed)
-
-    def sleep_until(self, when: float) -> None:
-        """Block the test thread until the scaled clock reads ``when``."""
-        wait_until(lambda: self.monotonic() >= when, timeout=60, interval=0.002)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from exporter.clock import ScaledClock
 from exporter.service import Exporter
 from exporter.simulator import Reply, Simulator
 from tests.helpers import (
     TOKEN,
     FakeClock,
-    ScaledClock,
     config_yaml,
     make_exporter,
     store_yaml,

@@ -469,3 +469,29 @@ def test_invalid_web_config_at_start_is_fatal(sim: Simulator, tmp_path: Path) ->
     assert "web.yml" in result.stderr and "Traceback" not in result.stderr
     check = run("--config.file", cfg, "--web.config.file", web, "--config.check")
     assert check.returncode != 0 and "web.yml" in check.stderr
+
+
+def test_signals_during_start_up_are_handled(sim: Simulator, tmp_path: Path) -> None:
+    """SIGHUP and SIGTERM while start-up is held (reading a FIFO state file): exit 0."""
+    import os
+
+    state = tmp_path / "state.fifo"
+    os.mkfifo(state)
+    cfg = write(tmp_path / "c.yaml", config_yaml(sim.url, [], top=f"state_file: {state}\n"))
+    proc = ExporterProcess(["--config.file", cfg], tmp_path)
+    writer: list[int] = []
+    # Opening a FIFO for writing returns once the reader has opened it: then the exporter
+    # is inside start-up, blocked reading the state file until we close our end.
+    opener = threading.Thread(target=lambda: writer.append(os.open(state, os.O_WRONLY)))
+    opener.daemon = True
+    opener.start()
+    try:
+        opener.join(timeout=15)
+        assert writer, proc.log()
+        proc.proc.send_signal(signal.SIGHUP)  # default action: terminate
+        proc.proc.send_signal(signal.SIGTERM)
+        os.close(writer[0])  # an empty state file: logged, ignored; start-up goes on
+        assert proc.proc.wait(timeout=10) == 0
+    finally:
+        proc.stop(signal.SIGKILL)
+    assert "Traceback" not in proc.log()

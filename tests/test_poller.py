@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from exporter.clock import ScaledClock
+from exporter.http import App
 from exporter.service import Exporter
 from exporter.simulator import Reply, Simulator
 from tests.helpers import (
@@ -20,6 +21,8 @@ from tests.helpers import (
     FakeClock,
     config_yaml,
     make_exporter,
+    sample,
+    scrape,
     store_yaml,
     wait_until,
     write,
@@ -69,7 +72,8 @@ def test_parallel_scrapes_share_in_flight_fetches(sim: Simulator, tmp_path: Path
     sim.latency = 0.3
     path = write(tmp_path / "c.yaml", config_yaml(sim.url, ids, min_poll_interval="1m"))
     exporter = make_exporter(path)
-    threads = [threading.Thread(target=exporter.poller.refresh, args=(5,)) for _ in range(5)]
+    app = App(exporter)
+    threads = [threading.Thread(target=scrape, args=(app, 5)) for _ in range(5)]
     for t in threads:
         t.start()
     for t in threads:
@@ -219,26 +223,20 @@ def test_scrape_deadline_answers_from_memory_and_next_scrape_has_data(
     sim.add_task("slow", total=4, finished=3)
     path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["slow"], min_poll_interval="1m"))
     exporter = make_exporter(path)
+    app = App(exporter)
     sim.script("slow", Reply(latency=3.0))
     start = time.monotonic()
-    exporter.poller.refresh(1.0 - 0.5)  # what a "1" scrape timeout header gives
+    text = scrape(app, timeout=1)  # X-Prometheus-Scrape-Timeout-Seconds: 1
     assert time.monotonic() - start < 1.0
+    assert sample(text, "shoplazza_upload_task_poll_success", task_id="slow") == 0
+    assert sample(text, "shoplazza_upload_task_files_finished", task_id="slow") is None
     assert skipped(exporter, "deadline") == 1
-    assert (
-        exporter.registry.get_sample_value(
-            "shoplazza_upload_task_poll_success", {"store": "shop", "task_id": "slow"}
-        )
-        == 0
-    )
+    # the fetch goes on in the background and serves the next scrape
     wait_until(lambda: sim.count("slow") == 1 and sim.in_flight == 0, timeout=10)
     wait_until(lambda: exporter.poller.view()[0].tasks[0].snapshot is not None, timeout=5)
-    exporter.poller.refresh(0.5)  # not due again (1m), served from memory
-    assert (
-        exporter.registry.get_sample_value(
-            "shoplazza_upload_task_files_finished", {"store": "shop", "task_id": "slow"}
-        )
-        == 3
-    )
+    text = scrape(app, timeout=1)  # not due again (1m): from memory
+    assert sample(text, "shoplazza_upload_task_files_finished", task_id="slow") == 3
+    assert sample(text, "shoplazza_upload_task_poll_success", task_id="slow") == 1
     assert sim.count("slow") == 1
     exporter.close()
 

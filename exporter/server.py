@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any, cast
 from wsgiref.handlers import SimpleHandler
 
 from exporter import __version__
-from exporter.webconfig import BasicAuthVerifier, WebConfigWatcher
+from exporter.auth import BasicAuthVerifier
+from exporter.webconfig import WebConfigWatcher
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment

@@ -14,13 +14,12 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exporter.auth import BasicAuthVerifier, parse_basic_auth
 from exporter.webconfig import (
-    BasicAuthVerifier,
     WebConfig,
     WebConfigError,
     WebConfigWatcher,
     load_web_config,
-    parse_basic_auth,
 )
 
 PASSWORD = b"s3cret"

@@ -371,6 +371,8 @@ def _redact(result: FetchResult, token: str) -> FetchResult:
             FailedFile(clean(f.origin_link), clean(f.reason)) for f in snapshot.failures
         )
         snapshot = dataclasses.replace(snapshot, failures=failures)
+    elif token not in result.detail:
+        return result  # the usual case: nothing to redact, nothing to copy
     return dataclasses.replace(result, detail=clean(result.detail), snapshot=snapshot)
 
 

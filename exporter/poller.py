@@ -239,8 +239,7 @@ class Poller:
         with self.cond:
             now = self.clock.monotonic()
             deadline = now + timeout
-            self._discover()
-            self._forget()
+            self._discover()  # ids added to task files are polled on this very scrape
             waiting: list[tuple[Store, TaskState, int]] = []
             for store in self.stores.values():
                 interval = store.config.min_poll_interval
@@ -422,6 +421,8 @@ class Poller:
     def view(self) -> list[StoreView]:
         """A consistent copy of every store, for the collector and the status pages."""
         with self.cond:
+            # Forgetting only changes what is shown (completed tasks are never fetched), so
+            # it happens here, where every scrape and status page reads memory.
             self._discover()
             self._forget()
             return [

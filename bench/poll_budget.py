@@ -49,13 +49,13 @@ from bench.common import (
     markdown_table,
     percentile,
 )
+from exporter.app import Exporter
 from exporter.client import StoreClient
 from exporter.clock import ScaledClock
 from exporter.config import StoreConfig, load_config
-from exporter.http import App, scrape_deadline
-from exporter.server import ExporterServer
-from exporter.service import Exporter
-from exporter.simulator import Simulator
+from exporter.demo.simulator import Simulator
+from exporter.web.routes import App, scrape_deadline
+from exporter.web.server import ExporterServer
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

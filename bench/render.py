@@ -37,9 +37,9 @@ from bench.common import (
     markdown_table,
     percentile,
 )
-from exporter.http import App
-from exporter.service import Exporter
-from exporter.simulator import Simulator
+from exporter.app import Exporter
+from exporter.demo.simulator import Simulator
+from exporter.web.routes import App
 
 #: (name, Accept, Accept-Encoding) of each measured format.
 FORMATS = (

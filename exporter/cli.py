@@ -14,12 +14,12 @@ from contextlib import ExitStack
 from types import FrameType
 
 from exporter import __version__
+from exporter.app import Exporter
 from exporter.config import ConfigError, load_config
-from exporter.http import App
 from exporter.logs import LEVELS, setup_logging
-from exporter.server import ExporterServer
-from exporter.service import Exporter
-from exporter.webconfig import WebConfigError, load_web_config
+from exporter.web.routes import App
+from exporter.web.server import ExporterServer
+from exporter.web.webconfig import WebConfigError, load_web_config
 
 log = logging.getLogger("exporter")
 
@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ExitStack() as stack:
         config_file = args.config_file
         if args.demo:
-            from exporter.simulator import DEMO_TOKEN, Simulator, add_demo_tasks
+            from exporter.demo.simulator import DEMO_TOKEN, Simulator, add_demo_tasks
 
             sim = Simulator(tokens=(DEMO_TOKEN,)).start()
             stack.callback(sim.stop)

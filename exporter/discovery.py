@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from exporter.config import TASK_ID_RE
-from exporter.yamlfile import quoted
+from exporter.config.yamlfile import quoted
 
 log = logging.getLogger("exporter.discovery")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from exporter.simulator import Simulator
+from exporter.demo.simulator import Simulator
 from tests.helpers import TOKEN
 
 

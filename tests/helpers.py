@@ -15,10 +15,10 @@ from typing import Any
 
 import requests
 
+from exporter.app import Exporter
 from exporter.client import StoreClient
 from exporter.config import StoreConfig
-from exporter.http import App
-from exporter.service import Exporter
+from exporter.web.routes import App
 
 # CONTRACT.md section 5: every metric the exporter exports, with its type.
 CONTRACT_METRICS: dict[str, str] = {

@@ -23,7 +23,7 @@ from exporter.client import (
     parse_task,
 )
 from exporter.config import parse_config
-from exporter.simulator import Reply, Simulator
+from exporter.demo.simulator import Reply, Simulator
 from tests.helpers import TOKEN, TOKEN_ENV, config_yaml, free_port
 
 
@@ -286,7 +286,7 @@ def test_arbitrary_bytes_never_crash(sim: Simulator, client: StoreClient) -> Non
 @pytest.fixture
 def https_api(tls_dir: Path) -> Iterator[str]:
     """An HTTPS endpoint answering every path with a valid task body."""
-    from exporter.server import ExporterServer
+    from exporter.web.server import ExporterServer
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         start_response("200 OK", [("Content-Type", "application/json")])

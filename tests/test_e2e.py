@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from exporter.simulator import Reply, Simulator
+from exporter.demo.simulator import Reply, Simulator
 from tests.helpers import (
     TOKEN,
     TOKEN_ENV,

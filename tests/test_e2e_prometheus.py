@@ -160,7 +160,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prometheus_bin = shutil.which("prometheus")
     if prometheus_bin is None:
         pytest.skip("prometheus is not installed (scripts/test.sh installs it)")
-    simulator_module = pytest.importorskip("exporter.simulator")
+    simulator_module = pytest.importorskip("exporter.demo.simulator")
     tmp = tmp_path_factory.mktemp("e2e")
 
     sim = simulator_module.Simulator(tokens=(TOKEN,)).start()

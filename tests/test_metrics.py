@@ -11,10 +11,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
-from exporter.http import App
+from exporter.app import Exporter
+from exporter.demo.simulator import Reply, Simulator
 from exporter.poller import ERROR_CODES
-from exporter.service import Exporter
-from exporter.simulator import Reply, Simulator
+from exporter.web.routes import App
 from tests.helpers import (
     CONTRACT_METRICS,
     TASK_DATA_METRICS,

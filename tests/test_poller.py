@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from exporter.app import Exporter
 from exporter.clock import ScaledClock
-from exporter.http import App
-from exporter.service import Exporter
-from exporter.simulator import Reply, Simulator
+from exporter.demo.simulator import Reply, Simulator
+from exporter.web.routes import App
 from tests.helpers import (
     TOKEN,
     FakeClock,

@@ -1,4 +1,4 @@
-"""Tests for exporter.webconfig: loading, validation, rotation and basic-auth checks."""
+"""Tests for exporter.web.webconfig: loading, validation, rotation and basic-auth checks."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.auth import BasicAuthVerifier, parse_basic_auth
-from exporter.webconfig import (
+from exporter.web.auth import BasicAuthVerifier, parse_basic_auth
+from exporter.web.webconfig import (
     WebConfig,
     WebConfigError,
     WebConfigWatcher,
@@ -243,7 +243,7 @@ def test_watcher_rotates_users_and_keeps_last_good(
     clock.now += 0.6
     assert list(watcher.current().basic_auth_users) == ["bob"]
 
-    caplog.set_level(logging.INFO, logger="exporter.server")
+    caplog.set_level(logging.INFO, logger="exporter.web.server")
     write_config(tmp_path, "basic_auth_users: [broken\n")
     clock.now += 1.1
     assert list(watcher.current().basic_auth_users) == ["bob"]

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from exporter.simulator import (
+from exporter.demo.simulator import (
     DEMO_MISSING_TASK,
     DEMO_TOKEN,
     RecordedRequest,
@@ -28,7 +28,7 @@ from exporter.simulator import (
 
 TOKEN = "sim-token"
 AUTH = {"access-token": TOKEN}
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class FakeClock:
@@ -587,7 +587,7 @@ def test_progress_callback_error_is_500(sim: Simulator) -> None:
 def test_main_standalone(sig: signal.Signals) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exporter.simulator", "--demo", "--tasks", "3", "--port", "0"],
+        [sys.executable, "-m", "exporter.demo", "--demo", "--tasks", "3", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

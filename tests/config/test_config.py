@@ -33,7 +33,7 @@ from exporter.discovery import expand_task_id_files, read_task_id_file
 
 SECRET = "s3cr3t-T0KEN-value-4f9a2c"  # long and mixed, like a real token
 ENV = {"SHOPLAZZA_TOKEN": SECRET, "EMPTY_TOKEN": "   ", "OTHER_TOKEN": "other-token"}
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.yamlfile import YamlError, YamlInt, load_yaml, quoted
+from exporter.config.yamlfile import YamlError, YamlInt, load_yaml, quoted
 
 TASK_ID_RE = re.compile(r"\A[A-Za-z0-9_-]{1,128}\Z")
 STORE_NAME_RE = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")

@@ -7,7 +7,7 @@ can rate limit with a leaky bucket, add latency, stream huge bodies and play scr
 answers per task. Every request is recorded so that tests can check what arrived.
 
 It serves the exporter's ``--demo`` mode (see :func:`add_demo_tasks`) and the test
-suite, and runs standalone with ``python -m exporter.simulator``. Standard library only.
+suite, and runs standalone with ``python -m exporter.demo``. Standard library only.
 """
 
 from __future__ import annotations
@@ -788,7 +788,7 @@ def add_demo_tasks(sim: Simulator) -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m exporter.simulator",
+        prog="python -m exporter.demo",
         description="Run the Shoplazza upload-file-task API simulator.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from exporter import __version__
-from exporter.http import App, scrape_deadline
-from exporter.service import Exporter
-from exporter.simulator import Simulator
+from exporter.app import Exporter
+from exporter.demo.simulator import Simulator
+from exporter.web.routes import App, scrape_deadline
 from tests.helpers import TOKEN, TOKEN_ENV, config_yaml, make_exporter, scrape, write, wsgi
 
 HOSTILE = '<script>alert("x")</script>'

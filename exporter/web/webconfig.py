@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from exporter.auth import BCRYPT_RE
-from exporter.yamlfile import YamlError, load_yaml
+from exporter.config.yamlfile import YamlError, load_yaml
+from exporter.web.auth import BCRYPT_RE
 
 __all__ = [
     "SUPPORTED_CLIENT_AUTH_TYPES",
@@ -54,7 +54,7 @@ __all__ = [
     "load_web_config",
 ]
 
-_log = logging.getLogger("exporter.server")
+_log = logging.getLogger("exporter.web.server")
 
 SUPPORTED_CLIENT_AUTH_TYPES: Mapping[str, ssl.VerifyMode] = MappingProxyType(
     {

@@ -1,4 +1,4 @@
-"""Tests for exporter.server: real sockets on loopback, a trivial WSGI app, trustme PKI."""
+"""Tests for exporter.web.server: real sockets on loopback, a trivial WSGI app, trustme PKI."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import bcrypt
 import pytest
 import trustme
 
-from exporter.server import REALM, ExporterServer, parse_listen_address
-from exporter.webconfig import WebConfigError
+from exporter.web.server import REALM, ExporterServer, parse_listen_address
+from exporter.web.webconfig import WebConfigError
 
 PASSWORD = b"s3cret"
 HASH = bcrypt.hashpw(PASSWORD, bcrypt.gensalt(rounds=4)).decode()
@@ -240,7 +240,7 @@ def test_handler_error_is_logged_not_printed(
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="exporter.server")
+    caplog.set_level(logging.ERROR, logger="exporter.web.server")
     server = make_server()
     assert request(server, "/boom")[0] == 500
     wait_for(lambda: any("kaboom" in r.getMessage() for r in caplog.records))
@@ -488,7 +488,7 @@ def test_web_config_rotation_while_running(
         request(server, headers=basic("bob", PASSWORD), context=trust)
 
     # An invalid rewrite is logged and the last good configuration stays.
-    caplog.set_level(logging.ERROR, logger="exporter.server")
+    caplog.set_level(logging.ERROR, logger="exporter.web.server")
     web_config(tls_dir, TLS + "basic_auth_users:\n  carol: not-a-hash\n")
     clock.now += 1.5
     assert request(server, headers=basic("bob", PASSWORD), context=new_trust)[0] == 200

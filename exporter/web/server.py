@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, cast
 from wsgiref.handlers import SimpleHandler
 
 from exporter import __version__
-from exporter.auth import BasicAuthVerifier
-from exporter.webconfig import WebConfigWatcher
+from exporter.web.auth import BasicAuthVerifier
+from exporter.web.webconfig import WebConfigWatcher
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["REALM", "ExporterServer", "parse_listen_address"]
 
-LOGGER_NAME = "exporter.server"
+LOGGER_NAME = "exporter.web.server"
 REALM = "shoplazza-upload-exporter"
 SERVER_SOFTWARE = f"shoplazza-upload-exporter/{__version__}"
 

@@ -20,9 +20,9 @@ from exporter.status import render_html, render_json
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-    from exporter.service import Exporter
+    from exporter.app import Exporter
 
-log = logging.getLogger("exporter.http")
+log = logging.getLogger("exporter.web.routes")
 
 DEFAULT_SCRAPE_TIMEOUT = 10.0
 DEADLINE_MARGIN = 0.5

@@ -1,0 +1,1 @@
+"""The Shoplazza API simulator behind ``--demo`` and the tests, with the demo's tasks."""

@@ -1,0 +1,1 @@
+"""Everything about serving: routes, the HTTP server, basic auth and the web configuration."""

@@ -360,7 +360,7 @@ def run_exporter(p: Params, workload: Workload, tmp: Path) -> PhaseResult:
             end = clock.monotonic()
             seen = {
                 task.task_id: task.last_success
-                for view in exporter.poller.view()
+                for view in exporter.views().stores
                 for task in view.tasks
                 if task.task_id in workload.in_progress
             }
@@ -396,7 +396,7 @@ def run_exporter(p: Params, workload: Workload, tmp: Path) -> PhaseResult:
             clock.sleep_until(t0 + window)
             requests_sent, throttled = sim.count(), sim.throttled
             succeeded = sim.count(status=200)
-            views = exporter.poller.view()
+            views = exporter.views().stores
             full = full_scrapes(sessions[0], url, headers, timed, clock, p)
             exporter.poller.stop()
             # Rendering alone, polling stopped: the load of a 60 times faster poller and

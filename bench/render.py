@@ -92,7 +92,7 @@ def fill(exporter: Exporter, expected: int) -> float:
     for _ in range(100):  # bounded: each round waits at most 60 s
         exporter.poller.refresh(60)
         with_data = sum(
-            1 for view in exporter.poller.view() for t in view.tasks if t.snapshot is not None
+            1 for view in exporter.views().stores for t in view.tasks if t.snapshot is not None
         )
         if with_data >= expected:
             return time.perf_counter() - start

@@ -10,8 +10,9 @@ from prometheus_client import CollectorRegistry
 
 from exporter.client import StoreClient
 from exporter.clock import Clock, SystemClock
-from exporter.collector import ReloadStatus, TaskCollector
+from exporter.collector import TaskCollector
 from exporter.config import Config, ConfigError, StoreConfig, load_config
+from exporter.model import ExporterView, ReloadStatus
 from exporter.poller import Poller
 from exporter.state import StateWriter, load_state
 
@@ -37,7 +38,7 @@ class Exporter:
         self.config: Config | None = None
         self.state_writer: StateWriter | None = None
         self.poller = Poller(clock=self.clock, client_factory=client_factory, on_change=self._dirty)
-        self.collector = TaskCollector(self.poller.view, self.reload_status)
+        self.collector = TaskCollector(self.views)
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self.collector)
 
@@ -85,6 +86,20 @@ class Exporter:
         writer = self.state_writer
         if writer is not None:
             writer.mark_dirty()
+
+    def refresh(self, timeout: float) -> None:
+        """Fetch due tasks, waiting at most ``timeout`` seconds (contract section 6)."""
+        self.poller.refresh(timeout)
+
+    def views(self) -> ExporterView:
+        """A consistent copy of what the exporter knows, for metrics and pages."""
+        status = ReloadStatus(self.reload_status.successful, self.reload_status.last_success)
+        return ExporterView(
+            stores=tuple(self.poller.view()),
+            now=self.clock.time(),
+            version=self.collector.version,
+            reload=status,
+        )
 
     @property
     def ready(self) -> bool:

@@ -27,56 +27,26 @@ from requests.adapters import HTTPAdapter
 
 from exporter import __version__
 from exporter.config import TASK_ID_RE, ConfigError, StoreConfig, TokenSource, read_token
+from exporter.model import (
+    CONNECTION_ERROR,
+    INVALID_RESPONSE,
+    MAX_KEPT_FAILURES,
+    TIMEOUT,
+    FailedFile,
+    TaskSnapshot,
+)
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_RETRY_AFTER = 600.0
 REDACTED = "<redacted>"
 DEFAULT_RETRY_AFTER = 1.0
-# Failed files kept per task for the status page, the JSON API and the logs.
-MAX_KEPT_FAILURES = 1000
 USER_AGENT = f"shoplazza-upload-exporter/{__version__}"
 
 _DIGITS = re.compile(r"[0-9]{1,18}")
 
-TIMEOUT = "timeout"
-CONNECTION_ERROR = "connection_error"
-INVALID_RESPONSE = "invalid_response"
-
 
 class InvalidResponse(ValueError):
     """A 2xx body that is not the task shape the contract describes."""
-
-
-@dataclass(frozen=True)
-class FailedFile:
-    """One entry of ``failure_list``, reduced to what a person needs to act on it."""
-
-    origin_link: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class TaskSnapshot:
-    """The parsed state of one upload task as the API last reported it."""
-
-    total: int
-    finished: int
-    status: int
-    succeeded: int
-    failed: int
-    failures: tuple[FailedFile, ...] = ()
-
-    @property
-    def completed(self) -> bool:
-        """True when the API reports ``status`` 0."""
-        return self.status == 0
-
-    @property
-    def progress_ratio(self) -> float:
-        """``finished/total``; when total is 0, 1 if completed else 0."""
-        if self.total == 0:
-            return 1.0 if self.completed else 0.0
-        return self.finished / self.total
 
 
 @dataclass(frozen=True)

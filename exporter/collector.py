@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass
 from typing import cast
 
 from prometheus_client.metrics_core import Metric
@@ -30,16 +29,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go
 
 from exporter import __version__
-from exporter.poller import DURATION_BUCKETS, StoreView, TaskState
-
-
-@dataclass
-class ReloadStatus:
-    """Outcome of the last configuration (re)load."""
-
-    successful: bool = False
-    last_success: float = 0.0
-
+from exporter.model import DURATION_BUCKETS, ExporterView, StoreView, TaskState
 
 # (name, help, value of a snapshot) for the per-task gauges that need data.
 _TASK_GAUGES: tuple[tuple[str, str], ...] = (
@@ -87,7 +77,7 @@ def _task_values(task: TaskState) -> tuple[float, ...] | None:
     )
 
 
-def task_families(views: list[StoreView]) -> Iterator[Metric]:
+def task_families(views: Iterable[StoreView]) -> Iterator[Metric]:
     """The per-task gauges as ``Metric`` objects."""
     families = [Metric(name, doc, "gauge") for name, doc in _TASK_GAUGES]
     poll = Metric(*_POLL_SUCCESS, "gauge")
@@ -116,7 +106,7 @@ def _label(value: str) -> str:
     return value
 
 
-def render_task_families(views: list[StoreView], names: Collection[str] | None = None) -> str:
+def render_task_families(views: Iterable[StoreView], names: Collection[str] | None = None) -> str:
     """The per-task gauges as exposition text, the same in 0.0.4 and OpenMetrics 1.0.
 
     For gauges both formats (as prometheus_client writes them) have HELP then TYPE, the same
@@ -146,10 +136,9 @@ def render_task_families(views: list[StoreView], names: Collection[str] | None =
     return "".join(out)
 
 
-def store_families(
-    views: list[StoreView], reload_status: ReloadStatus, version: str = __version__
-) -> Iterator[Metric]:
+def store_families(view: ExporterView) -> Iterator[Metric]:
     """Per-store counters, histogram and gauges, and the exporter-wide gauges."""
+    views, reload_status, version = view.stores, view.reload, view.version
     requests = Metric(
         "shoplazza_api_requests",
         "Requests sent to the Shoplazza API, by HTTP status or failure kind.",
@@ -171,25 +160,25 @@ def store_families(
         "counter",
     )
     watched = Metric("shoplazza_exporter_watched_tasks", "Upload tasks watched per store.", "gauge")
-    for view in views:
-        store = {"store": view.name}
-        for code, count in view.requests:
+    for sv in views:
+        store = {"store": sv.name}
+        for code, count in sv.requests:
             requests.add_sample("shoplazza_api_requests_total", {**store, "code": code}, count)
-        for code, count in view.errors:
+        for code, count in sv.errors:
             errors.add_sample("shoplazza_api_errors_total", {**store, "code": code}, count)
-        for reason, count in view.skipped:
+        for reason, count in sv.skipped:
             skipped.add_sample(
                 "shoplazza_exporter_polls_skipped_total", {**store, "reason": reason}, count
             )
         bucket = "shoplazza_api_request_duration_seconds_bucket"
-        for bound, count in zip(DURATION_BUCKETS, view.buckets, strict=True):
+        for bound, count in zip(DURATION_BUCKETS, sv.buckets, strict=True):
             duration.add_sample(bucket, {**store, "le": repr(float(bound))}, count)
-        duration.add_sample(bucket, {**store, "le": "+Inf"}, view.duration_count)
+        duration.add_sample(bucket, {**store, "le": "+Inf"}, sv.duration_count)
         duration.add_sample(
-            "shoplazza_api_request_duration_seconds_count", store, view.duration_count
+            "shoplazza_api_request_duration_seconds_count", store, sv.duration_count
         )
-        duration.add_sample("shoplazza_api_request_duration_seconds_sum", store, view.duration_sum)
-        watched.add_sample(watched.name, store, len(view.tasks))
+        duration.add_sample("shoplazza_api_request_duration_seconds_sum", store, sv.duration_sum)
+        watched.add_sample(watched.name, store, len(sv.tasks))
     yield from (requests, errors, duration, skipped, watched)
     reload_ok = Metric(
         "shoplazza_exporter_config_last_reload_successful",
@@ -211,14 +200,8 @@ def store_families(
 class TaskCollector(Collector):
     """Yields every contract metric from a fresh :class:`StoreView` list."""
 
-    def __init__(
-        self,
-        views: Callable[[], list[StoreView]],
-        reload_status: ReloadStatus,
-        version: str = __version__,
-    ) -> None:
+    def __init__(self, views: Callable[[], ExporterView], version: str = __version__) -> None:
         self._views = views
-        self.reload_status = reload_status
         self.version = version
 
     def describe(self) -> Iterable[Metric]:
@@ -227,6 +210,6 @@ class TaskCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Render the poller's memory."""
-        views = self._views()
-        yield from task_families(views)
-        yield from store_families(views, self.reload_status, self.version)
+        view = self._views()
+        yield from task_families(view.stores)
+        yield from store_families(view)

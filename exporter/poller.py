@@ -18,49 +18,19 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from exporter.client import FetchResult, StoreClient, TaskSnapshot
+from exporter.client import FetchResult, StoreClient
 from exporter.clock import Clock, SystemClock
 from exporter.config import Config, StoreConfig
 from exporter.discovery import TaskFiles
+from exporter.model import (
+    DURATION_BUCKETS,
+    ERROR_CODES,
+    SKIP_REASONS,
+    StoreView,
+    TaskState,
+)
 
 log = logging.getLogger("exporter.poller")
-
-ERROR_CODES = (
-    *("400", "401", "403", "404", "429", "500", "502", "503", "504"),
-    *("timeout", "connection_error", "invalid_response"),
-)
-SKIP_REASONS = ("rate_limited", "backoff", "deadline")
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-@dataclass
-class TaskState:
-    """What the exporter knows of one watched task."""
-
-    store: str
-    task_id: str
-    snapshot: TaskSnapshot | None = None
-    poll_success: bool = False
-    last_code: str | None = None
-    last_error_code: str | None = None
-    last_error: str = ""
-    last_attempt: float | None = None  # monotonic start of the last request
-    last_success: float | None = None  # Unix time
-    last_progress: float | None = None  # Unix time
-    completed_at: float | None = None  # Unix time
-    attempts: int = 0  # finished attempts
-    queued: bool = False
-    in_flight: bool = False
-
-    @property
-    def pending(self) -> bool:
-        """Queued or in flight."""
-        return self.queued or self.in_flight
-
-    @property
-    def completed(self) -> bool:
-        """The API reported the task completed."""
-        return self.snapshot is not None and self.snapshot.completed
 
 
 @dataclass
@@ -131,20 +101,6 @@ class Store:
 
 
 _CLIENT_KEYS = ("base_url", "token", "api_version", "timeout", "max_concurrency", "tls")
-
-
-@dataclass(frozen=True)
-class StoreView:
-    """A consistent copy of one store for rendering."""
-
-    name: str
-    tasks: tuple[TaskState, ...]
-    requests: tuple[tuple[str, int], ...]
-    errors: tuple[tuple[str, int], ...]
-    skipped: tuple[tuple[str, int], ...]
-    buckets: tuple[int, ...]
-    duration_count: int
-    duration_sum: float
 
 
 class Poller:

@@ -12,8 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from exporter.client import FailedFile, TaskSnapshot
-from exporter.poller import TaskState
+from exporter.model import FailedFile, TaskSnapshot, TaskState
 
 log = logging.getLogger("exporter.state")
 

@@ -7,7 +7,7 @@ from html import escape
 from typing import Any
 
 from exporter.config import format_duration
-from exporter.poller import StoreView, TaskState
+from exporter.model import ExporterView, TaskState
 
 HTML_FAILURES_PER_TASK = 20
 
@@ -42,8 +42,9 @@ def _task_json(task: TaskState, now: float) -> dict[str, Any]:
     return data
 
 
-def render_json(views: list[StoreView], version: str, now: float) -> str:
+def render_json(view: ExporterView) -> str:
     """Per store and task: last known data, last error code, failed files."""
+    views, version, now = view.stores, view.version, view.now
     return json.dumps(
         {
             "version": version,
@@ -107,8 +108,9 @@ def _task_row(task: TaskState, now: float) -> str:
     )
 
 
-def render_html(views: list[StoreView], version: str, now: float) -> str:
+def render_html(view: ExporterView) -> str:
     """A page a person reads at a glance: one table per store, one row per task."""
+    views, version, now = view.stores, view.version, view.now
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         "<title>Shoplazza upload exporter</title>",
@@ -119,9 +121,9 @@ def render_html(views: list[StoreView], version: str, now: float) -> str:
     ]
     if not views:
         parts.append("<p class='muted'>No stores configured.</p>")
-    for view in views:
-        parts.append(f"<h2>Store {escape(view.name)} ({len(view.tasks)} tasks)</h2>")
-        if not view.tasks:
+    for sv in views:
+        parts.append(f"<h2>Store {escape(sv.name)} ({len(sv.tasks)} tasks)</h2>")
+        if not sv.tasks:
             parts.append("<p class='muted'>No tasks watched.</p>")
             continue
         parts.append(
@@ -129,7 +131,7 @@ def render_html(views: list[StoreView], version: str, now: float) -> str:
             "<th>Status</th><th>Data age</th><th>Last poll</th><th>Last error</th>"
             "<th>Failed files</th></tr>"
         )
-        parts.extend(_task_row(task, now) for task in view.tasks)
+        parts.extend(_task_row(task, now) for task in sv.tasks)
         parts.append("</table>")
     parts.append("</body></html>")
     return "".join(parts)

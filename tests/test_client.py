@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from exporter import __version__
 from exporter.client import (
-    INVALID_RESPONSE,
     MAX_BODY_BYTES,
     InvalidResponse,
     StoreClient,
@@ -24,6 +23,7 @@ from exporter.client import (
 )
 from exporter.config import parse_config
 from exporter.demo.simulator import Reply, Simulator
+from exporter.model import INVALID_RESPONSE
 from tests.helpers import TOKEN, TOKEN_ENV, config_yaml, free_port
 
 

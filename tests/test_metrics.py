@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import __version__
 from exporter.app import Exporter
 from exporter.demo.simulator import Reply, Simulator
-from exporter.poller import ERROR_CODES
+from exporter.model import ERROR_CODES
 from exporter.web.routes import App
 from tests.helpers import (
     CONTRACT_METRICS,
@@ -287,12 +287,11 @@ def test_direct_task_rendering_matches_prometheus_client(
     from prometheus_client import exposition
     from prometheus_client.openmetrics import exposition as om_exposition
 
-    from exporter.client import TaskSnapshot
     from exporter.collector import render_task_families, task_families
-    from exporter.poller import StoreView, TaskState
+    from exporter.model import StoreView, TaskSnapshot, TaskState
 
     scrape(App(exporter))
-    views = exporter.poller.view()
+    views = list(exporter.views().stores)
     odd = TaskState(store="shop", task_id='we"ird\\id\nx', poll_success=True, last_success=1.5)
     odd.snapshot = TaskSnapshot(total=10**12, finished=3, status=7, succeeded=1, failed=2)
     views.append(StoreView("other", (odd,), (), (), (), (), 0, 0.0))

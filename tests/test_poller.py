@@ -233,7 +233,7 @@ def test_scrape_deadline_answers_from_memory_and_next_scrape_has_data(
     assert skipped(exporter, "deadline") == 1
     # the fetch goes on in the background and serves the next scrape
     wait_until(lambda: sim.count("slow") == 1 and sim.in_flight == 0, timeout=10)
-    wait_until(lambda: exporter.poller.view()[0].tasks[0].snapshot is not None, timeout=5)
+    wait_until(lambda: exporter.views().stores[0].tasks[0].snapshot is not None, timeout=5)
     text = scrape(app, timeout=1)  # not due again (1m): from memory
     assert sample(text, "shoplazza_upload_task_files_finished", task_id="slow") == 3
     assert sample(text, "shoplazza_upload_task_poll_success", task_id="slow") == 1
@@ -329,7 +329,7 @@ def test_in_flight_task_not_due_is_neither_waited_for_nor_counted(
 def test_failed_files_beyond_the_kept_list_are_logged_as_a_count(
     sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from exporter.client import MAX_KEPT_FAILURES
+    from exporter.model import MAX_KEPT_FAILURES
 
     many = [{"origin_link": f"http://img/{i}.jpg", "reason": "r"} for i in range(1005)]
     sim.add_task("big", total=2000, finished=1005, failure_list=many)

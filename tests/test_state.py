@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.client import FailedFile, TaskSnapshot
-from exporter.poller import TaskState
+from exporter.model import FailedFile, TaskSnapshot, TaskState
 from exporter.state import FORMAT, StateWriter, dump_state, load_state, write_atomically
 
 

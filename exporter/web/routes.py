@@ -7,26 +7,42 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
-from exporter import __version__
 from exporter.collector import render_task_families, store_families
+from exporter.model import ExporterView
 from exporter.status import render_html, render_json
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
-
-    from exporter.app import Exporter
 
 log = logging.getLogger("exporter.web.routes")
 
 DEFAULT_SCRAPE_TIMEOUT = 10.0
 DEADLINE_MARGIN = 0.5
 MIN_DEADLINE = 0.1
+
+
+class ExporterPort(Protocol):
+    """What the web part may ask of the running exporter (docs/design.md, "The read path")."""
+
+    def refresh(self, timeout: float) -> None:
+        """Fetch due tasks, waiting at most ``timeout`` seconds."""
+
+    def views(self) -> ExporterView:
+        """A consistent copy of what the exporter knows."""
+
+    def reload(self) -> tuple[bool, str]:
+        """Re-read the configuration: (ok, message)."""
+
+    @property
+    def ready(self) -> bool:
+        """A valid configuration is loaded."""
+
 
 Handler = Callable[["WSGIEnvironment"], tuple[str, list[tuple[str, str]], bytes]]
 
@@ -70,7 +86,7 @@ class _Families:
 class App:
     """Routes requests to the exporter's endpoints."""
 
-    def __init__(self, exporter: Exporter) -> None:
+    def __init__(self, exporter: ExporterPort) -> None:
         self.exporter = exporter
         self._render_seconds = 0.0
         self.routes: dict[str, tuple[frozenset[str], Handler]] = {
@@ -102,17 +118,16 @@ class App:
         """Refresh due tasks within the scrape deadline, then render memory."""
         deadline = scrape_deadline(environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"))
         # Waiting for the API leaves room for rendering, which is slow with many tasks.
-        self.exporter.poller.refresh(max(deadline - self._render_seconds, MIN_DEADLINE / 2))
+        self.exporter.refresh(max(deadline - self._render_seconds, MIN_DEADLINE / 2))
         started = time.monotonic()
         params = parse_qs(environ.get("QUERY_STRING", ""))
         names = frozenset(params["name[]"]) if "name[]" in params else None
         encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
-        views = self.exporter.poller.view()
+        view = self.exporter.views()
         # The per-task families are written directly (see exporter.collector), the rest
         # through prometheus_client's encoder, which ends OpenMetrics with "# EOF".
-        tasks = render_task_families(views, names).encode()
-        collector = self.exporter.collector
-        rest = store_families(views, collector.reload_status, collector.version)
+        tasks = render_task_families(view.stores, names).encode()
+        rest = store_families(view)
         body = tasks + encoder(_Families(rest, names))
         headers = [("Content-Type", content_type)]
         if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
@@ -125,12 +140,12 @@ class App:
 
     def index(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
         """The status page."""
-        html = render_html(self.exporter.poller.view(), __version__, self.exporter.clock.time())
+        html = render_html(self.exporter.views())
         return "200 OK", [("Content-Type", "text/html; charset=utf-8")], html.encode()
 
     def tasks(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
         """The status page's data as JSON."""
-        body = render_json(self.exporter.poller.view(), __version__, self.exporter.clock.time())
+        body = render_json(self.exporter.views())
         return "200 OK", [("Content-Type", "application/json")], body.encode()
 
     def healthy(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:

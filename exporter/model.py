@@ -75,6 +75,7 @@ class TaskState:
     attempts: int = 0  # finished attempts
     queued: bool = False
     in_flight: bool = False
+    labels: tuple[tuple[str, str], ...] = ()  # context labels (task_ids entry or task file)
 
     @property
     def pending(self) -> bool:
@@ -99,6 +100,9 @@ class StoreView:
     buckets: tuple[int, ...]
     duration_count: int
     duration_sum: float
+    stuck_after: float = 900.0
+    # Grows whenever anything this view shows changes; -1: not tracked (never cache on it).
+    revision: int = -1
 
 
 @dataclass
@@ -121,3 +125,10 @@ class ExporterView:
     now: float  # Unix time the view was taken
     version: str
     reload: ReloadStatus
+    shard: int = 0
+    total_shards: int = 1
+    stores_owned: int = 0  # configured stores this process serves
+    stores_other: int = 0  # configured stores another shard serves
+    store_files_invalid: int = 0
+    state_file_ok: bool | None = None  # None: no state_file configured
+    web_config_ok: bool | None = None  # None: no --web.config.file

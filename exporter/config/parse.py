@@ -117,6 +117,9 @@ class StoreConfig:
     burst: int = 10
     max_concurrency: int = 4
     tls: TLSConfig = TLSConfig()
+    stuck_after: float = 900.0
+    # Context labels of configured task ids: (task_id, ((name, value), ...)) pairs.
+    task_labels: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class Config:
     stores: tuple[StoreConfig, ...]
     forget_completed_after: float = 0.0
     state_file: str | None = None
+    store_files: tuple[str, ...] = ()
     source: str = "config.yaml"
     warnings: tuple[str, ...] = ()
 

@@ -142,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ExitStack() as stack:
         config_file = args.config_file
         if args.demo:
-            from exporter.demo.simulator import DEMO_TOKEN, Simulator, add_demo_tasks
+            from exporter.demo.simulator import Simulator
+            from exporter.demo.tasks import DEMO_TOKEN, add_demo_tasks
 
             sim = Simulator(tokens=(DEMO_TOKEN,)).start()
             stack.callback(sim.stop)

@@ -6,118 +6,42 @@ It answers ``GET /openapi/{version}/file/task/{task_id}`` the way Shoplazza's
 can rate limit with a leaky bucket, add latency, stream huge bodies and play scripted
 answers per task. Every request is recorded so that tests can check what arrived.
 
-It serves the exporter's ``--demo`` mode (see :func:`add_demo_tasks`) and the test
-suite, and runs standalone with ``python -m exporter.demo``. Standard library only.
+It serves the exporter's ``--demo`` mode (its tasks are in ``exporter.demo.tasks``) and
+the test suite, and runs standalone with ``python -m exporter.demo``. Standard library only.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import dataclasses
 import http
 import json
 import re
-import signal
 import socket
 import socketserver
-import sys
 import threading
 import time
 import types
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
+from exporter.demo.replies import SHAPES, RecordedRequest, Reply, SimTask, check_shape
+
 __all__ = [
-    "DEMO_MISSING_TASK",
-    "DEMO_TOKEN",
     "SHAPES",
     "RecordedRequest",
     "Reply",
     "SimTask",
     "Simulator",
-    "add_demo_tasks",
-    "main",
 ]
 
-#: Token the demo simulator accepts (``--demo`` in the exporter and here).
-DEMO_TOKEN = "demo-token"
-#: The demo task id that is never added, so it answers 404.
-DEMO_MISSING_TASK = "demo-missing-404"
-#: Body shapes the simulator can answer with.
-SHAPES = ("flat", "wrapped")
 
 _ROUTE = re.compile(r"^/openapi/([0-9A-Za-z._-]+)/file/task/([^/]+)$")
 _CHUNK = 64 * 1024
 _EPSILON = 1e-9
-
-
-@dataclass
-class SimTask:
-    """A simulated upload-file task; mutable (tests may change fields under ``sim.lock``)."""
-
-    task_id: str
-    total: int
-    finished: int = 0
-    status: int = 1  # 0 completed, 1 in progress
-    success_list: list[dict[str, str]] = field(default_factory=list)
-    failure_list: list[dict[str, str]] = field(default_factory=list)
-    origin_list: list[str] = field(default_factory=list)
-    #: Called (under the simulator's lock) before each answer built from this task with the
-    #: seconds since the simulator started (by its clock); may mutate the task.
-    progress: Callable[[SimTask, float], None] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The flat (API 2022-01) JSON object of this task."""
-        return {
-            "task_id": self.task_id,
-            "total": self.total,
-            "finished": self.finished,
-            "status": self.status,
-            "success_list": [dict(item) for item in self.success_list],
-            "failure_list": [dict(item) for item in self.failure_list],
-            "origin_list": list(self.origin_list),
-        }
-
-
-@dataclass
-class Reply:
-    """A scripted answer: one-shot (:meth:`Simulator.script`) or sticky (:meth:`Simulator.behave`).
-
-    ``body=None`` means the task's normal JSON body for a 2xx status (``{"errors": ["task not
-    found"]}`` when the task does not exist) and ``{"errors": ["<reason phrase>"]}`` for any
-    other status. ``body_size`` streams that many bytes of a large JSON object
-    (``{"pad": "xxx..."}``) in 64 KiB chunks without building it in memory; ``chunked``
-    sends the body without ``Content-Length`` (chunked for HTTP/1.1 clients, else
-    close-delimited). ``drip`` sends the body one byte at a time, that many seconds apart
-    (a slow or hostile upstream).
-    """
-
-    status: int = 200
-    body: bytes | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    latency: float = 0.0
-    body_size: int | None = None
-    chunked: bool = False
-    content_type: str = "application/json"
-    drip: float = 0.0
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request as the simulator saw it, with the status it decided to answer."""
-
-    method: str
-    path: str
-    task_id: str | None
-    token: str | None
-    headers: dict[str, str]
-    at: float  # time.monotonic() at arrival
-    status: int
 
 
 def _json(obj: object) -> bytes:
@@ -257,7 +181,7 @@ class Simulator:
         clock: Callable[[], float] = time.monotonic,
         max_records: int | None = None,
     ) -> None:
-        _check_shape(shape)
+        check_shape(shape)
         self.host = host
         self.port = port
         self.lock = threading.RLock()
@@ -419,7 +343,7 @@ class Simulator:
             if shape is None:
                 self._shapes.pop(task_id, None)
             else:
-                _check_shape(shape)
+                check_shape(shape)
                 self._shapes[task_id] = shape
 
     def script(self, task_id: str, *replies: Reply) -> None:
@@ -673,11 +597,6 @@ class Simulator:
             h.close_connection = True  # the client went away mid-body: fine
 
 
-def _check_shape(shape: str) -> None:
-    if shape not in SHAPES:
-        raise ValueError(f"unknown shape {shape!r}, expected one of {', '.join(SHAPES)}")
-
-
 def _shutdown_socket(conn: socket.socket) -> None:
     with contextlib.suppress(OSError):
         conn.shutdown(socket.SHUT_RDWR)
@@ -703,166 +622,3 @@ def _discard_request_body(h: _Handler) -> None:
         if not data:
             break
         remaining -= len(data)
-
-
-# -- demo ------------------------------------------------------------------------------
-
-#: Seconds per finished file in the progressing demo tasks.
-DEMO_STEP = 0.5
-_DEMO_REASONS = ("download timeout", "unsupported image format", "image larger than 20 MB")
-
-
-def _origin(task_id: str, i: int) -> str:
-    return f"https://images.example.com/{task_id}/{i:03d}.jpg"
-
-
-def _success(task_id: str, i: int) -> dict[str, str]:
-    return {
-        "file_uri": f"shoplazza://files/{task_id}/{i:03d}",
-        "origin_link": _origin(task_id, i),
-        "upload_link": f"https://img.staticdj.com/{task_id}/{i:03d}.jpg",
-    }
-
-
-def _failure(task_id: str, i: int) -> dict[str, str]:
-    return {
-        "origin_link": _origin(task_id, i),
-        "reason": _DEMO_REASONS[(i // 3 - 1) % len(_DEMO_REASONS)],
-    }
-
-
-def _fill(task: SimTask, finished: int, fail_every: int | None) -> None:
-    """Set ``finished`` and rebuild the lists: file i (1-based) fails when fail_every | i."""
-    finished = max(0, min(task.total, finished))
-    task.finished = finished
-    task.success_list = []
-    task.failure_list = []
-    for i in range(1, finished + 1):
-        if fail_every is not None and i % fail_every == 0:
-            task.failure_list.append(_failure(task.task_id, i))
-        else:
-            task.success_list.append(_success(task.task_id, i))
-    task.status = 0 if finished >= task.total else 1
-
-
-def _progressing(step: float, fail_every: int | None) -> Callable[[SimTask, float], None]:
-    def progress(task: SimTask, elapsed: float) -> None:
-        finished = int(max(0.0, elapsed) / step + _EPSILON)
-        if finished != task.finished or (finished >= task.total) != (task.status == 0):
-            _fill(task, max(finished, task.finished), fail_every)
-
-    return progress
-
-
-def add_demo_tasks(sim: Simulator) -> list[str]:
-    """Add the demo tasks to ``sim`` and return their ids plus :data:`DEMO_MISSING_TASK`.
-
-    - ``demo-catalogue-complete``: 6 files, one finished every 0.5 s, completed after 3 s;
-    - ``demo-images-stuck``: 10 files, 4 finished, in progress forever;
-    - ``demo-variants-failing``: 40 files, one finished every 0.5 s, every third one fails;
-    - ``demo-missing-404``: never added, so it answers 404.
-
-    Progress follows the simulator's clock (seconds since ``start()``).
-    """
-    ids: list[str] = []
-
-    def add(task_id: str, total: int, fail_every: int | None, moving: bool, done: int) -> None:
-        task = sim.add_task(
-            task_id,
-            total,
-            origin_list=[_origin(task_id, i) for i in range(1, total + 1)],
-            progress=_progressing(DEMO_STEP, fail_every) if moving else None,
-        )
-        _fill(task, done, fail_every)
-        ids.append(task_id)
-
-    add("demo-catalogue-complete", 6, None, True, 0)
-    add("demo-images-stuck", 10, None, False, 4)
-    add("demo-variants-failing", 40, 3, True, 0)
-    ids.append(DEMO_MISSING_TASK)
-    return ids
-
-
-# -- command line ----------------------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m exporter.demo",
-        description="Run the Shoplazza upload-file-task API simulator.",
-    )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    p.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
-    p.add_argument(
-        "--token",
-        action="append",
-        default=None,
-        help=f"accepted access token, repeatable (sim-token; {DEMO_TOKEN} with --demo)",
-    )
-    p.add_argument("--demo", action="store_true", help="add the demo tasks")
-    p.add_argument(
-        "--tasks", type=int, default=0, metavar="N", help="add N in-progress tasks task-0.."
-    )
-    p.add_argument("--rate-limit", type=float, default=None, help="leak rate, requests/second")
-    p.add_argument("--bucket", type=int, default=10, help="leaky bucket capacity (10)")
-    p.add_argument("--retry-after", default=None, help="Retry-After value on 429s")
-    p.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
-    p.add_argument("--shape", choices=SHAPES, default="flat", help="body shape (flat)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the simulator until SIGINT or SIGTERM; return the exit status."""
-    args = _parser().parse_args(argv)
-    if args.tasks < 0:
-        print("--tasks must be >= 0", file=sys.stderr)
-        return 2
-    tokens = args.token or [DEMO_TOKEN if args.demo else "sim-token"]
-    sim = Simulator(
-        args.host,
-        args.port,
-        tokens=tokens,
-        shape=args.shape,
-        rate_limit=args.rate_limit,
-        bucket_capacity=args.bucket,
-        retry_after=args.retry_after,
-        latency=args.latency,
-        max_records=10_000,
-    )
-    ids: list[str] = []
-    if args.demo:
-        ids.extend(add_demo_tasks(sim))
-    for i in range(args.tasks):
-        sim.add_task(f"task-{i}", 100, i % 100, 1)
-    try:
-        sim.start()
-    except OSError as exc:
-        print(f"cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
-
-    done = threading.Event()
-    previous: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda _signum, _frame: done.set())
-    try:
-        print(f"Shoplazza API simulator listening on {sim.url}", flush=True)
-        print(f"tokens: {', '.join(tokens)}", flush=True)
-        if ids:
-            print(f"demo tasks: {', '.join(ids)}", flush=True)
-        if args.tasks:
-            print(f"tasks: task-0 .. task-{args.tasks - 1}", flush=True)
-        print(f"try: curl -H 'access-token: {tokens[0]}' {sim.task_url('<task_id>')}", flush=True)
-        while not done.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sim.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

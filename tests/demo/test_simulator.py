@@ -17,14 +17,8 @@ from typing import Any
 import pytest
 import requests
 
-from exporter.demo.simulator import (
-    DEMO_MISSING_TASK,
-    DEMO_TOKEN,
-    RecordedRequest,
-    Reply,
-    Simulator,
-    add_demo_tasks,
-)
+from exporter.demo.simulator import RecordedRequest, Reply, Simulator
+from exporter.demo.tasks import DEMO_MISSING_TASK, DEMO_TOKEN, add_demo_tasks
 
 TOKEN = "sim-token"
 AUTH = {"access-token": TOKEN}

@@ -243,14 +243,17 @@ def test_watcher_rotates_users_and_keeps_last_good(
     clock.now += 0.6
     assert list(watcher.current().basic_auth_users) == ["bob"]
 
-    caplog.set_level(logging.INFO, logger="exporter.web.server")
+    caplog.set_level(logging.INFO, logger="exporter.web.webconfig")
     write_config(tmp_path, "basic_auth_users: [broken\n")
     clock.now += 1.1
     assert list(watcher.current().basic_auth_users) == ["bob"]
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
+    assert errors[0].name == "exporter.web.webconfig"
     assert "keeping the last good one" in errors[0].getMessage()
-    assert path in errors[0].getMessage()
+    fields = vars(errors[0])  # structured fields, as every other log line
+    assert fields["file"] == path
+    assert "invalid YAML" in fields["err"]
     clock.now += 1.1  # unchanged bad file: not re-read, not logged again
     assert list(watcher.current().basic_auth_users) == ["bob"]
     assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1

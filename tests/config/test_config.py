@@ -1037,7 +1037,7 @@ def test_read_task_id_file_problems(tmp_path: Path) -> None:
     assert read_task_id_file(missing) == ([], [f"{missing}: cannot read: {NO_SUCH_FILE}"])
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"\xff\xfe\x00")
-    assert read_task_id_file(str(binary)) == ([], [f"{binary}: cannot read: not valid UTF-8"])
+    assert read_task_id_file(str(binary)) == ([], [f"{binary}:1: not valid UTF-8"])
     many = tmp_path / "many.txt"
     many.write_text("bad id\n" * 25 + "ok\n")
     ids, warnings = read_task_id_file(str(many))

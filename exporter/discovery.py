@@ -183,8 +183,10 @@ class StoreFiles:
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float],
         min_interval: float = 1.0,
+        quiet: bool = False,
     ) -> None:
         self._environ = environ
+        self._quiet = quiet  # --config.check prints errors itself
         self._clock = clock
         self.min_interval = min_interval
         self._lock = threading.Lock()
@@ -194,6 +196,7 @@ class StoreFiles:
         self.config = config
         self.stores: tuple[StoreConfig, ...] = ()
         self.errors: tuple[str, ...] = ()  # every error of the files invalid now
+        self.warnings: tuple[str, ...] = ()  # of the files in force, and shared budgets
         self.invalid = 0
 
     def configure(self, config: Config) -> None:
@@ -244,6 +247,7 @@ class StoreFiles:
         stores: list[StoreConfig] = []
         where: list[tuple[str, StoreConfig]] = []
         errors: list[str] = []
+        warnings: list[str] = []
         invalid = 0
         for path, entry in sorted(self._entries.items()):
             parsed, problems = entry.parsed, list(entry.parsed.errors)
@@ -255,7 +259,9 @@ class StoreFiles:
                     )
             if not problems:
                 entry.good = parsed
-            self._log(path, entry, tuple(problems))
+                warnings.extend(parsed.warnings)
+            if not self._quiet:
+                self._log(path, entry, tuple(problems))
             if problems:
                 invalid += 1
                 errors.extend(problems)
@@ -265,15 +271,17 @@ class StoreFiles:
                     names[store.name] = f"{path} stores[{i}]"
                     stores.append(store)
                     where.append((f"{path}: stores[{i}]", store))
-        self.invalid, self.errors = invalid, tuple(errors)
         changed = tuple(stores) != self.stores
-        self.stores = tuple(stores)
-        if changed:
+        if changed or errors != list(self.errors):
             main = [(f"{config.source}: stores[{i}]", s) for i, s in enumerate(config.stores)]
-            for warning in shared_budget_warnings(main + where):
-                if warning not in self._warned and warning not in config.warnings:
-                    self._warned.add(warning)
+            shared = shared_budget_warnings(main + where)
+            warnings += [line for line in shared if line not in config.warnings]
+            for warning in warnings:
+                if warning not in self._warned and not self._quiet:
                     log.warning("store file warning", extra={"err": warning})
+            self._warned = set(warnings)
+            self.warnings = tuple(warnings)
+        self.invalid, self.errors, self.stores = invalid, tuple(errors), tuple(stores)
         return changed
 
     @staticmethod
@@ -287,7 +295,5 @@ class StoreFiles:
                     extra={"file": path, "err": line},
                 )
         else:
-            for line in entry.parsed.warnings:
-                log.warning("store file warning", extra={"file": path, "err": line})
             log.info("store file loaded", extra={"file": path, "stores": len(entry.parsed.stores)})
         entry.errors = problems

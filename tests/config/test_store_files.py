@@ -270,3 +270,21 @@ def test_the_exporter_serves_store_file_stores_and_counts_invalid_files(fleet: P
         wait_until(lambda: exporter.views().store_files_invalid == 1, timeout=5.0)
     finally:
         exporter.close()
+
+
+def test_a_name_taken_later_by_the_main_file_drops_the_file_version(fleet: Path) -> None:
+    (fleet / "stores.d" / "c.yaml").write_text(
+        "stores:\n- {name: zeta, domain: z.example.com, access_token_env: TOKEN}\n"
+    )
+    files = watcher(fleet)
+    assert [s.name for s in files.stores] == ["acme", "beta", "gamma", "zeta"]
+    main = fleet / "config.yaml"
+    main.write_text(
+        main.read_text() + "  - {name: zeta, domain: m.example.com, access_token_env: TOKEN}\n"
+    )
+    files.configure(load(fleet))
+    files.refresh(force=True)
+    names = [s.name for s in files.stores]
+    assert names == ["acme", "beta", "gamma"]  # the main file's zeta wins; no name twice
+    assert files.invalid == 1
+    assert files.errors[0].startswith(f"{fleet}/stores.d/c.yaml: stores[0].name: duplicate store")

@@ -839,6 +839,14 @@ def test_example_config_parses() -> None:
     assert acme.token == TokenSource("env", "SHOPLAZZA_ACME_TOKEN", SECRET)
     assert acme.timeout == 10.0
     assert acme.task_id_files == (str(REPO / "upload-tasks" / "acme" / "*.txt"),)
+    assert acme.stuck_after == 900.0
+    assert acme.task_labels == (
+        (
+            "4c1d2e3f-0000-4a5b-8c9d-0123456789ab",
+            (("importer", "nightly sync"), ("source", "catalogue.csv")),
+        ),
+    )
+    assert config.store_files == (str(REPO / "stores.d" / "*.yaml"),)
     assert sandbox.base_url == "http://127.0.0.1:8080"
     assert config.forget_completed_after == 86400.0
     assert config.warnings == ()

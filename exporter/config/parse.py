@@ -21,6 +21,7 @@ from exporter.config.model import Config, StoreConfig, StoreDefaults
 from exporter.config.stores import (
     DEFAULTS_KEYS,
     STORE_ONLY_KEYS,
+    TOKEN_HINT,
     TOKEN_KEYS,
     StoreParser,
     shared_budget_warnings,
@@ -29,7 +30,6 @@ from exporter.config.yamlfile import YamlError, load_yaml
 from exporter.errors import ConfigError
 
 _TOP_KEYS = ("defaults", "stores", "store_files", "forget_completed_after", "state_file")
-_TOKEN_HINT = "access_token_file / access_token_env / access_token"
 
 
 def state_file_problem(path: str) -> str | None:
@@ -101,7 +101,7 @@ class _Parser(StoreParser):
         token = None
         present = [key for key in TOKEN_KEYS if key in value]
         if len(present) > 1:
-            self.error("defaults", f"set only one of {_TOKEN_HINT}, not {' and '.join(present)}")
+            self.error("defaults", f"set only one of {TOKEN_HINT}, not {' and '.join(present)}")
             self.default_token_broken = True
         elif present:
             key, raw = present[0], value[present[0]]

@@ -49,7 +49,7 @@ _DOMAIN_RE = re.compile(
 PLACEHOLDER = "{store}"
 TOKEN_KEYS = ("access_token_file", "access_token_env", "access_token")
 STORE_ONLY_KEYS = ("name", "domain", "base_url", "task_ids")
-_TOKEN_HINT = "access_token_file / access_token_env / access_token"
+TOKEN_HINT = " / ".join(TOKEN_KEYS)
 _TLS_KEYS = ("ca_file", "insecure_skip_verify")
 _TASK_KEYS = ("id", "labels")
 
@@ -245,7 +245,7 @@ class StoreParser(Checker):
     def store_token(self, store: dict[Any, Any], path: str, name: str | None) -> TokenSource | None:
         present = [key for key in TOKEN_KEYS if key in store]
         if len(present) > 1:
-            self.error(path, f"set only one of {_TOKEN_HINT}, not {' and '.join(present)}")
+            self.error(path, f"set only one of {TOKEN_HINT}, not {' and '.join(present)}")
             return None
         if present:
             key = present[0]
@@ -254,7 +254,7 @@ class StoreParser(Checker):
             return None
         if self.defaults.token is None:
             self.error(
-                path, f"missing access token: set one of {_TOKEN_HINT} (here or in defaults)"
+                path, f"missing access token: set one of {TOKEN_HINT} (here or in defaults)"
             )
             return None
         key, raw = self.defaults.token

@@ -6,7 +6,6 @@ task context labels in ``task_ids``, and the error hierarchy.
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -17,26 +16,22 @@ from exporter.config import (
     LoadError,
     StoreFileError,
     TokenSource,
-    parse_config,
     read_token,
 )
 from exporter.errors import WebConfigError
 from exporter.web.webconfig import WebConfigError as WebConfigErrorFromWeb
+from tests.config import test_config as config_tests
 
 LONG = "A-token-of-twenty-chars"
 ENV = {"TOKEN": LONG, "SHORT": "fifteen-chars-x", "EXACT": "sixteen-chars-xx"}
 
 
-def parse(text: str, base_dir: Path, environ: dict[str, str] | None = None) -> Config:
-    return parse_config(
-        textwrap.dedent(text), environ=ENV if environ is None else environ, base_dir=str(base_dir)
-    )
+def parse(text: str, base_dir: Path) -> Config:
+    return config_tests.parse(text, base_dir, ENV)
 
 
 def errors(text: str, base_dir: Path) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        parse(text, base_dir)
-    return info.value.errors
+    return config_tests.errors(text, base_dir, ENV)
 
 
 def one_store(extra: str = "", top: str = "") -> str:

@@ -53,9 +53,9 @@ def parse(text: str, confdir: Path, environ: dict[str, str] | None = None) -> Co
     )
 
 
-def errors(text: str, confdir: Path) -> list[str]:
+def errors(text: str, confdir: Path, environ: dict[str, str] | None = None) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        parse(text, confdir)
+        parse(text, confdir, environ)
     assert str(info.value) == "\n".join(info.value.errors)
     return info.value.errors
 

@@ -253,9 +253,7 @@ class StoreParser(Checker):
         if self.default_token_broken:
             return None
         if self.defaults.token is None:
-            self.error(
-                path, f"missing access token: set one of {TOKEN_HINT} (here or in defaults)"
-            )
+            self.error(path, f"missing access token: set one of {TOKEN_HINT} (here or in defaults)")
             return None
         key, raw = self.defaults.token
         value = self.placed(key, raw, name)

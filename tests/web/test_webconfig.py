@@ -181,6 +181,29 @@ def test_invalid_config_is_a_clear_error(tls_dir: Path, text: str, expected: str
     assert "Traceback" not in message
 
 
+def test_web_config_shares_the_configuration_kit(tls_dir: Path) -> None:
+    path = write_config(
+        tls_dir,
+        "tls_server_confg: {}\n"
+        "http_server_config: {headers: {X-Frame-Option: deny}, http2: 1}\n"
+        "tls_server_config:\n  cert_file: missing.pem\n  key_file: key.pem\n"
+        "  client_allowed_sans: [a, 3]\n  max_version: 13\n",
+    )
+    with pytest.raises(WebConfigError) as info:
+        load_web_config(path)
+    assert [line.removeprefix(path + ": ") for line in info.value.errors] == [
+        "tls_server_confg: unknown key (did you mean tls_server_config?)",
+        f'tls_server_config.cert_file: cannot read "{tls_dir}/missing.pem": '
+        "No such file or directory",
+        "tls_server_config.client_allowed_sans[1]: must be a string, got a number",
+        "tls_server_config.client_allowed_sans: requires client_auth_type "
+        "RequireAndVerifyClientCert",
+        "tls_server_config.max_version: must be a string, got a number",
+        "http_server_config.http2: must be a boolean, got a number",
+        "http_server_config.headers.X-Frame-Option: unknown key (did you mean X-Frame-Options?)",
+    ]
+
+
 def test_all_errors_are_reported_at_once(tls_dir: Path) -> None:
     path = write_config(
         tls_dir,

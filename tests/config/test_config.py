@@ -1097,6 +1097,10 @@ _CONFIG_KEYS = [
     "tls_config",
     "ca_file",
     "insecure_skip_verify",
+    "stuck_after",
+    "store_files",
+    "id",
+    "labels",
     "<<",
 ]
 _SCALARS = (

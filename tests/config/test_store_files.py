@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from exporter.cli import check_config
-from exporter.config import Config, parse_config, parse_store_file
+from exporter.config import Config, StoreDefaults, parse_config, parse_store_file
 from exporter.discovery import StoreFiles
 from tests.helpers import make_exporter, wait_until, write
 
@@ -288,3 +292,30 @@ def test_a_name_taken_later_by_the_main_file_drops_the_file_version(fleet: Path)
     assert names == ["acme", "beta", "gamma"]  # the main file's zeta wins; no name twice
     assert files.invalid == 1
     assert files.errors[0].startswith(f"{fleet}/stores.d/c.yaml: stores[0].name: duplicate store")
+
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10)
+    | st.sampled_from(["a.com", "TOKEN", "5s", "{store}", "x/{store}", "http://h"]),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(
+        st.sampled_from(["stores", "name", "domain", "base_url", "access_token_env",
+                         "access_token_file", "task_ids", "task_id_files", "id", "labels",
+                         "stuck_after", "timeout"]) | st.text(max_size=5),
+        children,
+        max_size=4,
+    ),
+    max_leaves=20,
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_VALUES)
+def test_any_store_file_gives_stores_or_errors(data: object) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "s.yaml"
+        path.write_text(yaml.safe_dump(data))
+        result = parse_store_file(str(path), StoreDefaults(base_dir=directory), ENV)
+    assert result.ok != bool(result.errors)
+    assert all(line.startswith(f"{path}: ") for line in result.errors)
+    assert TOKEN not in repr(result)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.config.labels import LineProblem, parse_task_line
 from exporter.discovery import TaskFiles, read_task_file, read_task_id_file
@@ -98,3 +100,14 @@ def test_task_files_expose_labels_and_notice_label_changes(tmp_path: Path) -> No
     assert files.labels["t3"] == (("team", "y"),)
     now[0] += 1.0
     assert files.refresh() is False
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=120) | st.sampled_from(['a k="v" #', 'a k="\\\\', "a k=v=w", "a  k=v\t"]))
+def test_any_line_gives_an_entry_or_a_line_problem(line: str) -> None:
+    try:
+        parsed = parse_task_line(line)
+    except LineProblem as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert parsed is None or (parsed[0] and len(parsed[1]) <= 8)

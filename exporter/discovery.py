@@ -230,7 +230,11 @@ class StoreFiles:
                 continue
             stamp = _stamp(path)  # before reading: a write meanwhile is seen next time
             parsed = parse_store_file(path, self.config.defaults, self._environ)
-            stamps = ((path, stamp), *((file, _stamp(file)) for file in parsed.files_read))
+            # An invalid file is also read again when a token or CA file it names changes
+            # (a missing token file appears); a valid one is not: the client re-reads
+            # rotated tokens itself.
+            deps = () if parsed.ok else parsed.files_read
+            stamps = ((path, stamp), *((file, _stamp(file)) for file in deps))
             if entry is None:
                 entry = _Entry(stamps, parsed, None)
             entry.stamps, entry.parsed = stamps, parsed

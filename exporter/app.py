@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -12,6 +13,7 @@ from exporter.client import StoreClient
 from exporter.clock import Clock, SystemClock
 from exporter.collector import TaskCollector
 from exporter.config import Config, ConfigError, StoreConfig, load_config
+from exporter.discovery import StoreFiles
 from exporter.model import ExporterView, ReloadStatus
 from exporter.poller import Poller
 from exporter.state import StateWriter, load_state
@@ -37,6 +39,8 @@ class Exporter:
         self._reload_lock = threading.Lock()
         self.config: Config | None = None
         self.state_writer: StateWriter | None = None
+        self.store_files: StoreFiles | None = None
+        self._stopped = threading.Event()
         self.poller = Poller(clock=self.clock, client_factory=client_factory, on_change=self._dirty)
         self.collector = TaskCollector(self.views)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -48,7 +52,10 @@ class Exporter:
         if config.state_file:
             tasks, forgotten = load_state(config.state_file)
             self.poller.restore(tasks, forgotten)
+        self.store_files = StoreFiles(config, environ=self._environ, clock=self.clock.monotonic)
+        self.store_files.refresh(force=True)
         self._apply(config)
+        threading.Thread(target=self._watch_store_files, name="store-files", daemon=True).start()
         return config
 
     def reload(self) -> tuple[bool, str]:
@@ -62,6 +69,9 @@ class Exporter:
                 for line in exc.errors:
                     log.error("configuration error", extra={"err": line})
                 return False, str(exc)
+            if self.store_files is not None:
+                self.store_files.configure(config)
+                self.store_files.refresh(force=True)
             self._apply(config)
             log.info("configuration reloaded", extra={"stores": len(config.stores)})
             return True, "configuration reloaded"
@@ -69,7 +79,7 @@ class Exporter:
     def _apply(self, config: Config) -> None:
         for warning in config.warnings:
             log.warning("configuration warning", extra={"err": warning})
-        self.poller.apply_config(config)
+        self.poller.apply_config(self._with_store_files(config))
         previous = self.config.state_file if self.config else None
         if config.state_file != previous:
             if self.state_writer is not None:
@@ -82,6 +92,24 @@ class Exporter:
         self.reload_status.successful = True
         self.reload_status.last_success = self.clock.time()
 
+    def _with_store_files(self, config: Config) -> Config:
+        """``config`` with the stores of its store files after its own (docs/design.md)."""
+        if self.store_files is None or not self.store_files.stores:
+            return config
+        return dataclasses.replace(config, stores=config.stores + self.store_files.stores)
+
+    def _check_store_files(self) -> None:
+        """Apply the store files' stores when they changed (each second and each scrape)."""
+        files = self.store_files
+        if files is not None and files.refresh(force=True):
+            with self._reload_lock:
+                if self.config is not None:
+                    self.poller.apply_config(self._with_store_files(self.config))
+
+    def _watch_store_files(self) -> None:
+        while not self._stopped.wait(1.0):
+            self._check_store_files()
+
     def _dirty(self) -> None:
         writer = self.state_writer
         if writer is not None:
@@ -89,6 +117,7 @@ class Exporter:
 
     def refresh(self, timeout: float) -> None:
         """Fetch due tasks, waiting at most ``timeout`` seconds (contract section 6)."""
+        self._check_store_files()
         self.poller.refresh(timeout)
 
     def views(self) -> ExporterView:
@@ -99,6 +128,7 @@ class Exporter:
             now=self.clock.time(),
             version=self.collector.version,
             reload=status,
+            store_files_invalid=self.store_files.invalid if self.store_files else 0,
         )
 
     @property
@@ -108,6 +138,7 @@ class Exporter:
 
     def close(self) -> None:
         """Stop polling (requests in flight are abandoned) and flush the state file."""
+        self._stopped.set()
         self.poller.stop()
         if self.state_writer is not None:
             self.state_writer.close()

@@ -9,6 +9,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from types import FrameType
@@ -16,6 +17,8 @@ from types import FrameType
 from exporter import __version__
 from exporter.app import Exporter
 from exporter.config import ConfigError, load_config
+from exporter.discovery import StoreFiles
+from exporter.errors import LoadError
 from exporter.logs import LEVELS, setup_logging
 from exporter.web.routes import App
 from exporter.web.server import ExporterServer
@@ -89,21 +92,23 @@ def _print_errors(errors: Sequence[str]) -> None:
 
 
 def check_config(path: str, web_config_file: str | None) -> int:
-    """``--config.check``: 0 when the configuration is valid."""
+    """``--config.check``: 0 when the configuration, its store files and web config are valid."""
     try:
         config = load_config(path)
         if web_config_file:
             load_web_config(web_config_file)
-    except ConfigError as exc:
+    except LoadError as exc:
         _print_errors(exc.errors)
         return 1
-    except WebConfigError as exc:
-        _print_errors([str(exc)])
+    files = StoreFiles(config, clock=time.monotonic, quiet=True)
+    files.refresh(force=True)
+    _print_errors((*config.warnings, *files.warnings))
+    if files.errors:
+        _print_errors(files.errors)
         return 1
-    for warning in config.warnings:
-        print(warning, file=sys.stderr)
-    tasks = sum(len(store.task_ids) for store in config.stores)
-    print(f"{path}: configuration is valid: {len(config.stores)} stores, {tasks} task ids listed")
+    stores = (*config.stores, *files.stores)
+    tasks = sum(len(store.task_ids) for store in stores)
+    print(f"{path}: configuration is valid: {len(stores)} stores, {tasks} task ids listed")
     return 0
 
 

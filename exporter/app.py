@@ -41,6 +41,8 @@ class Exporter:
         self.collector = TaskCollector(self.views)
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self.collector)
+        # Set by cli: did the last (re)load of --web.config.file succeed (None: no file).
+        self.web_config_status: Callable[[], bool | None] = lambda: None
 
     def start(self) -> Config:
         """Load the configuration and the state file; raises ConfigError when invalid."""
@@ -99,6 +101,7 @@ class Exporter:
             now=self.clock.time(),
             version=self.collector.version,
             reload=status,
+            web_config_ok=self.web_config_status(),
         )
 
     @property

@@ -86,11 +86,7 @@ class ExporterServer:
         self.max_connections = max_connections or default_max_connections()
         self.software = SERVER_SOFTWARE
         self.stopping = False
-        self._watcher = (
-            WebConfigWatcher(web_config_file, clock=clock, logger=self.logger)
-            if web_config_file
-            else None
-        )
+        self._watcher = WebConfigWatcher(web_config_file, clock=clock) if web_config_file else None
         self.wsgi_app: WSGIApplication = (
             WebConfigMiddleware(app, self._watcher) if self._watcher is not None else app
         )
@@ -221,8 +217,6 @@ class ExporterServer:
 
     def _accept(self) -> None:
         for _ in range(_ACCEPT_BATCH):
-            if len(self._conns) >= self.max_connections and not self._shed():
-                self._warn("every connection is answering a request, refusing new ones")
             try:
                 sock, addr = self._sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -231,11 +225,12 @@ class ExporterServer:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     if not self._shed():
                         self._warn(f"cannot accept connections: {exc.strerror}")
-                    self._pause_accepting()
+                    self._pause_accepting()  # the shed socket closes on the next turn
                 elif exc.errno != errno.ECONNABORTED:
                     self.logger.error("accept failed", extra={"err": str(exc)})
                 return
-            if len(self._conns) >= self.max_connections:
+            if len(self._conns) >= self.max_connections and not self._shed():
+                self._warn("every connection is answering a request, refusing new ones")
                 sock.close()
                 continue
             self._start_connection(sock, addr)

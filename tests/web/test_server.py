@@ -20,8 +20,13 @@ import bcrypt
 import pytest
 import trustme
 
+from exporter.app import Exporter
+from exporter.demo.simulator import Simulator
+from exporter.model import ExporterView
+from exporter.web.routes import App
 from exporter.web.server import REALM, ExporterServer, parse_listen_address
 from exporter.web.webconfig import WebConfigError
+from tests.helpers import config_yaml, make_exporter, write
 
 PASSWORD = b"s3cret"
 HASH = bcrypt.hashpw(PASSWORD, bcrypt.gensalt(rounds=4)).decode()
@@ -265,15 +270,19 @@ def raise_fd_limit(needed: int) -> None:
 
 
 def test_idle_connections_do_not_block_metrics(make_server: Callable[..., ExporterServer]) -> None:
-    raise_fd_limit(2048)
+    # More than the 1,100 idle connections that made the thread-per-connection server
+    # answer 503; both ends live in this process, hence two descriptors each.
+    count = 1500
+    raise_fd_limit(2 * count + 256)
     server = make_server()
-    idle = [socket.create_connection(server.address, timeout=5) for _ in range(300)]
+    idle = [socket.create_connection(server.address, timeout=5) for _ in range(count)]
     try:
-        wait_for(lambda: server.active_connections == 300)
-        for _ in range(5):
+        wait_for(lambda: server.active_connections == count)
+        for path in ("/metrics", "/-/healthy") * 3:
             started = time.monotonic()
-            assert request(server)[0] == 200
+            assert request(server, path)[0] in (200, 404)
             assert time.monotonic() - started < 1.0
+        wait_for(lambda: server.active_connections == count)  # none had to be shed
     finally:
         for sock in idle:
             sock.close()
@@ -477,11 +486,18 @@ def test_web_config_rotation_while_running(
         request(server, headers=basic("bob", PASSWORD), context=trust)
 
     # An invalid rewrite is logged and the last good configuration stays.
-    caplog.set_level(logging.ERROR, logger="exporter.web.server")
+    caplog.set_level(logging.ERROR)
     web_config(tls_dir, TLS + "basic_auth_users:\n  carol: not-a-hash\n")
     clock.now += 1.5
     assert request(server, headers=basic("bob", PASSWORD), context=new_trust)[0] == 200
     assert any("keeping the last good one" in r.getMessage() for r in caplog.records)
+    assert server.web_config is not None
+    assert server.web_config.last_reload_successful is False  # the exporter's gauge reads it
+
+    web_config(tls_dir, TLS + f"basic_auth_users:\n  bob: {HASH}\n")
+    clock.now += 1.5
+    assert request(server, headers=basic("bob", PASSWORD), context=new_trust)[0] == 200
+    assert server.web_config.last_reload_successful is True
 
 
 def test_tls_handshake_has_a_deadline(
@@ -540,3 +556,352 @@ def test_shutdown_lets_a_request_in_flight_finish() -> None:
         release.set()
         client.join(timeout=5)
     assert outcome == [(200, b"done\n")]
+
+
+# -- keep-alive, pipelining, shedding ------------------------------------------------------
+
+
+def read_response(sock: socket.socket, buffer: bytearray) -> tuple[bytes, bytes]:
+    """Read one response with a Content-Length body off ``sock``: (head, body)."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"closed before a full response: {bytes(buffer)!r}")
+        buffer += chunk
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    buffer[:] = rest
+    while len(buffer) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError("closed in the body")
+        buffer += chunk
+    body = bytes(buffer[:length])
+    del buffer[:length]
+    return head, body
+
+
+def is_closed(sock: socket.socket, timeout: float = 3.0) -> bool:
+    """True if the peer closes ``sock`` within ``timeout`` (it must send nothing)."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def keep_alive_client(server: ExporterServer, path: str = "/metrics") -> socket.socket:
+    """A connection that made one request and now sits idle, kept alive."""
+    sock = socket.create_connection(server.address, timeout=5)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head, _ = read_response(sock, bytearray())
+    assert head.startswith(b"HTTP/1.1 200 ")
+    return sock
+
+
+def test_keep_alive_reuses_one_connection(make_server: Callable[..., ExporterServer]) -> None:
+    server = make_server()
+    conn = http.client.HTTPConnection(*server.address, timeout=5)
+    try:
+        statuses, sockets = [], []
+        for _ in range(3):
+            conn.request("GET", "/metrics")
+            response = conn.getresponse()
+            assert response.read() == b"up 1\n"
+            assert response.getheader("Connection") is None
+            statuses.append(response.status)
+            sockets.append(conn.sock)
+        assert statuses == [200] * 3
+        assert sockets[0] is not None and all(s is sockets[0] for s in sockets)
+        assert server.active_connections == 1
+    finally:
+        conn.close()
+
+
+def test_keep_alive_over_tls_is_one_handshake(
+    make_server: Callable[..., ExporterServer], tls_dir: Path, ca: trustme.CA
+) -> None:
+    server = make_server(web_config(tls_dir, TLS))
+    conn = http.client.HTTPSConnection(
+        "localhost", server.address[1], timeout=5, context=client_context(ca)
+    )
+    try:
+        sockets = []
+        for _ in range(3):
+            conn.request("GET", "/metrics")
+            assert conn.getresponse().read() == b"up 1\n"
+            sockets.append(conn.sock)
+        assert all(s is sockets[0] for s in sockets)  # no reconnect, no second handshake
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /metrics HTTP/1.0\r\n\r\n",
+    ],
+    ids=["connection-close", "http10"],
+)
+def test_connection_close_is_honoured(
+    make_server: Callable[..., ExporterServer], data: bytes
+) -> None:
+    answer = raw_exchange(make_server(), data)  # returns once the server closes
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nConnection: close" in head
+    assert body == b"up 1\n"
+
+
+def test_idle_keep_alive_connection_is_closed_after_idle_timeout(
+    make_server: Callable[..., ExporterServer],
+) -> None:
+    assert ExporterServer(app, "127.0.0.1:0").idle_timeout >= 120  # the default: 2 minutes
+    server = make_server(idle_timeout=0.3, request_timeout=30)
+    sock = keep_alive_client(server)
+    try:
+        started = time.monotonic()
+        assert is_closed(sock)
+        assert time.monotonic() - started < 2.0  # idle_timeout, not request_timeout
+        wait_for(lambda: server.active_connections == 0)
+    finally:
+        sock.close()
+
+
+def test_pipelined_requests_are_answered_in_order(
+    make_server: Callable[..., ExporterServer],
+) -> None:
+    server = make_server()
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        buffer = bytearray()
+        first, second = read_response(sock, buffer), read_response(sock, buffer)
+        assert first[0].startswith(b"HTTP/1.1 200 ") and first[1] == b"up 1\n"
+        assert second[0].startswith(b"HTTP/1.1 404 ") and second[1] == b"not found\n"
+        # HEAD: the head only, then the next answer follows on the same connection
+        while b"\r\n\r\n" not in buffer:
+            buffer += sock.recv(65536)
+        head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 405 ")  # the test app takes GET only
+        buffer[:] = rest
+        fourth = read_response(sock, buffer)
+        assert fourth[0].startswith(b"HTTP/1.1 200 ") and fourth[1] == b"up 1\n"
+
+
+def test_shedding_closes_the_longest_idle_connection_first(
+    make_server: Callable[..., ExporterServer],
+) -> None:
+    server = make_server(max_connections=4)
+    idle = [keep_alive_client(server) for _ in range(4)]
+    try:
+        wait_for(lambda: server.active_connections == 4)
+        idle.append(keep_alive_client(server))  # takes the place of idle[0]
+        status = request(server, "/-/healthy")[0]  # of idle[1]; never a 503
+        assert status == 404  # what the test app answers there: the request was served
+        assert is_closed(idle[0]) and is_closed(idle[1])  # the two longest idle
+        assert not any(is_closed(sock, timeout=0.2) for sock in idle[2:])
+        assert server.active_connections <= 4
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_connection_being_answered_is_never_shed() -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    def slow_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ["PATH_INFO"] == "/slow":
+            entered.set()
+            release.wait(5)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"done\n"]
+
+    server = ExporterServer(slow_app, "127.0.0.1:0", max_connections=2)
+    server.start()
+    outcome: list[tuple[int, bytes]] = []
+    client = threading.Thread(target=lambda: outcome.append(request(server, "/slow")[::2]))
+    client.start()
+    try:
+        assert entered.wait(5)
+        idle = keep_alive_client(server)
+        assert request(server, "/-/healthy")[0] == 200  # sheds the idle one, not /slow
+        assert is_closed(idle)
+        idle.close()
+    finally:
+        release.set()
+        client.join(timeout=5)
+        server.shutdown()
+    assert outcome == [(200, b"done\n")]
+
+
+def test_probes_answer_while_every_worker_waits(
+    make_server: Callable[..., ExporterServer],
+) -> None:
+    release = threading.Event()
+    waiting = threading.Semaphore(0)
+
+    def blocking_app(
+        environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        if environ["PATH_INFO"] == "/metrics":
+            waiting.release()
+            release.wait(10)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok\n"]
+
+    server = ExporterServer(blocking_app, "127.0.0.1:0", workers=2)
+    server.start()
+    scrapes = [threading.Thread(target=request, args=(server,)) for _ in range(3)]
+    try:
+        for thread in scrapes:
+            thread.start()
+        assert waiting.acquire(timeout=5) and waiting.acquire(timeout=5)  # both workers held
+        for path in ("/-/healthy", "/-/ready"):
+            started = time.monotonic()
+            assert request(server, path)[0] == 200
+            assert time.monotonic() - started < 1.0
+    finally:
+        release.set()
+        for thread in scrapes:
+            thread.join(timeout=5)
+        server.shutdown()
+
+
+def test_slow_request_body_is_dropped(make_server: Callable[..., ExporterServer]) -> None:
+    server = make_server(request_timeout=0.5)
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123")
+        started = time.monotonic()
+        for _ in range(30):  # one byte every 0.1 s never completes the body in time
+            if is_closed(sock, timeout=0.1):
+                break
+            with contextlib.suppress(OSError):
+                sock.send(b"x")
+        assert time.monotonic() - started < 2.0
+    wait_for(lambda: server.active_connections == 0)
+
+
+def test_answer_the_client_does_not_read_is_dropped() -> None:
+    big = b"x" * (64 << 20)
+
+    def big_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [big]
+
+    server = ExporterServer(big_app, "127.0.0.1:0", request_timeout=0.5)
+    server.start()
+    try:
+        with socket.create_connection(server.address, timeout=5) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+            wait_for(lambda: server.active_connections == 1)
+            wait_for(lambda: server.active_connections == 0, timeout=5)
+    finally:
+        server.shutdown()
+
+
+def test_verify_client_cert_if_given(
+    make_server: Callable[..., ExporterServer], tls_dir: Path, ca: trustme.CA
+) -> None:
+    config = TLS + "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.pem\n"
+    server = make_server(web_config(tls_dir, config))
+    assert request(server, context=client_context(ca))[0] == 200  # no certificate: fine
+    good = ca.issue_cert("prometheus.example")
+    assert request(server, context=client_context(ca, good))[0] == 200
+    stranger = trustme.CA().issue_cert("prometheus.example")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        request(server, context=client_context(ca, stranger))  # given, but not verified
+
+
+def test_shutdown_closes_kept_alive_connections(
+    make_server: Callable[..., ExporterServer],
+) -> None:
+    server = make_server()
+    idle = [keep_alive_client(server) for _ in range(5)]
+    try:
+        started = time.monotonic()
+        server.shutdown()
+        assert time.monotonic() - started < 1.0
+        assert all(is_closed(sock) for sock in idle)
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+# -- the scrape-timeout header, through the real server and app ----------------------------
+
+
+class RecordingExporter:
+    """The real exporter, recording the deadline each scrape asks ``refresh`` for."""
+
+    def __init__(self, exporter: Exporter) -> None:
+        self.exporter = exporter
+        self.timeouts: list[float] = []
+
+    def refresh(self, timeout: float) -> None:
+        self.timeouts.append(timeout)
+        self.exporter.refresh(timeout)
+
+    def views(self) -> ExporterView:
+        return self.exporter.views()
+
+    def reload(self) -> tuple[bool, str]:
+        return self.exporter.reload()
+
+    @property
+    def ready(self) -> bool:
+        return self.exporter.ready
+
+
+@pytest.mark.parametrize(
+    ("value", "most"),
+    [
+        ("1e308", 119.5),
+        ("1e9", 119.5),
+        ("1e400", 119.5),
+        ("9" * 400, 119.5),
+        ("nan", 10.0),
+        ("inf", 10.0),
+        ("-1", 10.0),
+        ("0", 10.0),
+        ("1_0", 10.0),
+        ("\u0661\u0660", 10.0),
+        ("0x1p3", 10.0),
+        ("4", 3.5),
+    ],
+)
+def test_hostile_scrape_timeout_header(
+    sim: Simulator, tmp_path: Path, value: str, most: float
+) -> None:
+    sim.add_task("t1", total=4, finished=1)
+    exporter = make_exporter(write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"])))
+    port = RecordingExporter(exporter)
+    server = ExporterServer(App(port), "127.0.0.1:0")
+    server.start()
+    try:
+        conn = http.client.HTTPConnection(*server.address, timeout=15)
+        conn.putrequest("GET", "/metrics")
+        conn.putheader("X-Prometheus-Scrape-Timeout-Seconds", value.encode("utf-8"))
+        conn.endheaders()
+        response = conn.getresponse()
+        body = response.read()
+        conn.close()
+        assert response.status == 200
+        assert b"shoplazza_upload_task_files" in body
+        assert port.timeouts and all(0 < t <= most for t in port.timeouts), port.timeouts
+    finally:
+        server.shutdown()
+        exporter.close()

@@ -250,7 +250,7 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """The client half-closed: finish an answer under way, else close."""
-        if self.phase is Phase.BUSY:
+        if self.phase is Phase.BUSY and not self.https:  # asyncio's TLS cannot half-close
             self._h11.receive_data(b"")
             return True  # keep the transport open to write the answer
         self.close_now()

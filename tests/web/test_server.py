@@ -605,39 +605,29 @@ def keep_alive_client(server: ExporterServer, path: str = "/metrics") -> socket.
     return sock
 
 
-def test_keep_alive_reuses_one_connection(make_server: Callable[..., ExporterServer]) -> None:
-    server = make_server()
-    conn = http.client.HTTPConnection(*server.address, timeout=5)
-    try:
-        statuses, sockets = [], []
-        for _ in range(3):
-            conn.request("GET", "/metrics")
-            response = conn.getresponse()
-            assert response.read() == b"up 1\n"
-            assert response.getheader("Connection") is None
-            statuses.append(response.status)
-            sockets.append(conn.sock)
-        assert statuses == [200] * 3
-        assert sockets[0] is not None and all(s is sockets[0] for s in sockets)
-        assert server.active_connections == 1
-    finally:
-        conn.close()
-
-
-def test_keep_alive_over_tls_is_one_handshake(
-    make_server: Callable[..., ExporterServer], tls_dir: Path, ca: trustme.CA
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_keep_alive_reuses_one_connection(
+    make_server: Callable[..., ExporterServer], tls_dir: Path, ca: trustme.CA, tls: bool
 ) -> None:
-    server = make_server(web_config(tls_dir, TLS))
-    conn = http.client.HTTPSConnection(
-        "localhost", server.address[1], timeout=5, context=client_context(ca)
+    server = make_server(web_config(tls_dir, TLS) if tls else None)
+    conn = (
+        http.client.HTTPSConnection(
+            "localhost", server.address[1], timeout=5, context=client_context(ca)
+        )
+        if tls
+        else http.client.HTTPConnection(*server.address, timeout=5)
     )
     try:
         sockets = []
         for _ in range(3):
             conn.request("GET", "/metrics")
-            assert conn.getresponse().read() == b"up 1\n"
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"up 1\n")
+            assert response.getheader("Connection") is None
             sockets.append(conn.sock)
-        assert all(s is sockets[0] for s in sockets)  # no reconnect, no second handshake
+        # no reconnect: with TLS, one handshake for the three requests
+        assert sockets[0] is not None and all(s is sockets[0] for s in sockets)
+        assert server.active_connections == 1
     finally:
         conn.close()
 
@@ -718,24 +708,31 @@ def test_shedding_closes_the_longest_idle_connection_first(
             sock.close()
 
 
-def test_a_connection_being_answered_is_never_shed() -> None:
-    entered = threading.Event()
-    release = threading.Event()
+def held_app(
+    path: str, entered: threading.Semaphore, release: threading.Event
+) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
+    """Answers ``done``; a request for ``path`` first signals ``entered``, then waits."""
 
-    def slow_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ["PATH_INFO"] == "/slow":
-            entered.set()
-            release.wait(5)
+    def held(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ["PATH_INFO"] == path:
+            entered.release()
+            release.wait(10)
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"done\n"]
 
-    server = ExporterServer(slow_app, "127.0.0.1:0", max_connections=2)
+    return held
+
+
+def test_a_connection_being_answered_is_never_shed() -> None:
+    entered = threading.Semaphore(0)
+    release = threading.Event()
+    server = ExporterServer(held_app("/slow", entered, release), "127.0.0.1:0", max_connections=2)
     server.start()
     outcome: list[tuple[int, bytes]] = []
     client = threading.Thread(target=lambda: outcome.append(request(server, "/slow")[::2]))
     client.start()
     try:
-        assert entered.wait(5)
+        assert entered.acquire(timeout=5)
         idle = keep_alive_client(server)
         assert request(server, "/-/healthy")[0] == 200  # sheds the idle one, not /slow
         assert is_closed(idle)
@@ -752,17 +749,7 @@ def test_probes_answer_while_every_worker_waits(
 ) -> None:
     release = threading.Event()
     waiting = threading.Semaphore(0)
-
-    def blocking_app(
-        environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
-        if environ["PATH_INFO"] == "/metrics":
-            waiting.release()
-            release.wait(10)
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"ok\n"]
-
-    server = ExporterServer(blocking_app, "127.0.0.1:0", workers=2)
+    server = ExporterServer(held_app("/metrics", waiting, release), "127.0.0.1:0", workers=2)
     server.start()
     scrapes = [threading.Thread(target=request, args=(server,)) for _ in range(3)]
     try:

@@ -107,6 +107,13 @@ def raise_open_files_limit() -> int:
     return hard
 
 
+def link_web_config_health(exporter: Exporter, server: ExporterServer) -> None:
+    """Let the exporter report whether the last (re)load of the web configuration worked."""
+    watcher = server.web_config
+    if watcher is not None:
+        exporter.web_config_status = lambda: watcher.last_reload_successful
+
+
 def _print_errors(errors: Sequence[str]) -> None:
     for line in errors:
         print(line, file=sys.stderr)
@@ -193,9 +200,7 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack, signals
     except (ValueError, OSError) as exc:
         print(f"{PROGRAM}: cannot listen on {args.listen_address}: {exc}", file=sys.stderr)
         return 1
-    watcher = server.web_config
-    if watcher is not None:
-        exporter.web_config_status = lambda: watcher.last_reload_successful
+    link_web_config_health(exporter, server)
     server.start()
     host, port = server.address
     scheme = "https" if server.tls else "http"

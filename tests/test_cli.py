@@ -12,14 +12,17 @@ from pathlib import Path
 import pytest
 import requests
 
-from exporter.cli import raise_open_files_limit
+from exporter.cli import link_web_config_health, raise_open_files_limit
 from exporter.demo.simulator import Simulator
+from exporter.web.routes import App
+from exporter.web.server import ExporterServer
 from tests.helpers import (
     TOKEN,
     TOKEN_ENV,
     config_yaml,
     exporter_command,
     free_port,
+    make_exporter,
     wait_until,
     write,
 )
@@ -93,3 +96,27 @@ def test_exporter_raises_its_open_files_limit_at_start(sim: Simulator, tmp_path:
             assert proc.wait(timeout=10) == 0
     text = log_path.read_text()
     assert "open files limit raised" in text and "previous=256" in text
+
+
+def test_web_config_health_reaches_the_exporter_view(sim: Simulator, tmp_path: Path) -> None:
+    exporter = make_exporter(write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"])))
+    web = tmp_path / "web.yml"
+    web.write_text("http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+    plain = ExporterServer(App(exporter), "127.0.0.1:0")
+    server = ExporterServer(App(exporter), "127.0.0.1:0", str(web))
+    try:
+        link_web_config_health(exporter, plain)
+        assert exporter.views().web_config_ok is None  # no --web.config.file
+        link_web_config_health(exporter, server)
+        assert exporter.views().web_config_ok is True
+        web.write_text("http_server_config:\n  headers:\n    X-Frame-Options: maybe\n")
+        assert server.web_config is not None
+        server.web_config.check()  # what SIGHUP or the next connection does
+        assert exporter.views().web_config_ok is False  # the old one still serves
+        web.write_text("http_server_config:\n  headers:\n    X-Frame-Options: sameorigin\n")
+        server.web_config.check()
+        assert exporter.views().web_config_ok is True
+    finally:
+        plain.shutdown()
+        server.shutdown()
+        exporter.close()

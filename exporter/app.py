@@ -97,11 +97,11 @@ class Exporter:
         """A consistent copy of what the exporter knows, for metrics and pages."""
         status = ReloadStatus(self.reload_status.successful, self.reload_status.last_success)
         return ExporterView(
+            web_config_ok=self.web_config_status(),
             stores=tuple(self.poller.view()),
             now=self.clock.time(),
             version=self.collector.version,
             reload=status,
-            web_config_ok=self.web_config_status(),
         )
 
     @property

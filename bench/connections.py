@@ -59,7 +59,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def exporter_process(config: str, web_config: str | None, port: int) -> Iterator[None]:
+def exporter_process(config: str, web_config: str | None, port: int) -> Iterator[int]:
     """The exporter as a subprocess, serving on ``port`` until the block ends."""
     args = [sys.executable, "-m", "exporter", "--config.file", config]
     args += ["--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warn"]
@@ -76,7 +76,7 @@ def exporter_process(config: str, web_config: str | None, port: int) -> Iterator
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("the exporter did not start") from None
                 time.sleep(0.05)
-        yield
+        yield proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -150,6 +150,17 @@ def still_open(socks: list[socket.socket]) -> int:
     return count
 
 
+def resident_mib(pid: int) -> float:
+    """The resident memory of process ``pid`` in MiB (Linux), NaN elsewhere."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def timed(fn: Callable[[], float], count: int) -> tuple[float, float]:
     samples = [fn() for _ in range(count)]
     return percentile(samples, 50), percentile(samples, 99)
@@ -187,7 +198,7 @@ def main() -> None:
 
         port = free_port()
         rows = []
-        with exporter_process(str(config), None, port):
+        with exporter_process(str(config), None, port) as pid:
             client = Client(port, None)
             client.get("/metrics", keep_alive=False)  # first fetch of every task
             idle: list[socket.socket] = []
@@ -199,6 +210,7 @@ def main() -> None:
                         lambda: client.get("/-/healthy", keep_alive=False), args.requests
                     )
                     alive = still_open(idle)
+                    rss = resident_mib(pid)
                     rows.append(
                         [
                             fmt_int(level),
@@ -208,6 +220,7 @@ def main() -> None:
                             ms(healthy[0]),
                             ms(healthy[1]),
                             f"{opening:.1f} s",
+                            f"{rss:.0f} MiB",
                         ]
                     )
                     print(f"  {level} idle connections measured", file=sys.stderr)
@@ -225,6 +238,7 @@ def main() -> None:
                     "/-/healthy p50",
                     "/-/healthy p99",
                     "time to open them",
+                    "exporter RSS",
                 ],
                 rows,
             )

@@ -345,3 +345,20 @@ def test_shutdown_closes_kept_alive_connections(
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_expect_100_continue(make_server: Callable[..., ExporterServer]) -> None:
+    server = make_server()
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(
+            b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        buffer = bytearray()
+        while b"\r\n\r\n" not in buffer:
+            buffer += sock.recv(65536)
+        assert buffer.startswith(b"HTTP/1.1 100 ")  # go on: the body is welcome
+        del buffer[: buffer.index(b"\r\n\r\n") + 4]
+        sock.sendall(b"hello")
+        head, body = read_response(sock, buffer)
+        assert head.startswith(b"HTTP/1.1 405 ") and body == b"method not allowed\n"

@@ -45,6 +45,8 @@ class Exporter:
         self.collector = TaskCollector(self.views)
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self.collector)
+        # Set by cli: did the last (re)load of --web.config.file succeed (None: no file).
+        self.web_config_status: Callable[[], bool | None] = lambda: None
 
     def start(self) -> Config:
         """Load the configuration and the state file; raises ConfigError when invalid."""
@@ -124,6 +126,7 @@ class Exporter:
         """A consistent copy of what the exporter knows, for metrics and pages."""
         status = ReloadStatus(self.reload_status.successful, self.reload_status.last_success)
         return ExporterView(
+            web_config_ok=self.web_config_status(),
             stores=tuple(self.poller.view()),
             now=self.clock.time(),
             version=self.collector.version,

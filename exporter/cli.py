@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -84,6 +85,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--version", action="version", version=f"{PROGRAM}, version {__version__}")
     return parser
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft open-files limit to the hard one, as Go programs do; the new soft limit.
+
+    Each connection the server holds is a file descriptor; Python keeps the soft limit it
+    was given (often 1024), far below what the hard limit allows (docs/design.md,
+    "The HTTP server").
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        log.info("open files limit", extra={"limit": soft})
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning(
+            "cannot raise the open files limit",
+            extra={"limit": soft, "hard_limit": hard, "err": str(exc)},
+        )
+        return soft
+    log.info("open files limit raised", extra={"limit": hard, "previous": soft})
+    return hard
+
+
+def link_web_config_health(exporter: Exporter, server: ExporterServer) -> None:
+    """Let the exporter report whether the last (re)load of the web configuration worked."""
+    watcher = server.web_config
+    if watcher is not None:
+        exporter.web_config_status = lambda: watcher.last_reload_successful
 
 
 def _print_errors(errors: Sequence[str]) -> None:
@@ -166,16 +197,16 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack, signals
         _print_errors(exc.errors)
         return 1
     stack.callback(exporter.close)
+    raise_open_files_limit()  # before the server sizes its connection limit from it
     try:
-        server = ExporterServer(
-            App(exporter), args.listen_address, args.web_config_file, logger=log
-        )
+        server = ExporterServer(App(exporter), args.listen_address, args.web_config_file)
     except WebConfigError as exc:
         _print_errors(exc.errors)
         return 1
     except (ValueError, OSError) as exc:
         print(f"{PROGRAM}: cannot listen on {args.listen_address}: {exc}", file=sys.stderr)
         return 1
+    link_web_config_health(exporter, server)
     server.start()
     host, port = server.address
     scheme = "https" if server.tls else "http"

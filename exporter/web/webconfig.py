@@ -464,6 +464,7 @@ class WebConfigWatcher:
         self._seen = loaded.seen
         self._next_check = clock() + check_interval
         self.generation = 1
+        self.last_reload_successful = True  # False while a changed file is invalid
 
     def current(self) -> WebConfig:
         """The configuration in force (re-read first if due and changed)."""
@@ -495,6 +496,7 @@ class WebConfigWatcher:
                 return False
             loaded = _load(self.path)
             self._seen = loaded.seen
+            self.last_reload_successful = loaded.config is not None
             if loaded.config is None:
                 self._logger.error(
                     "web config changed but is invalid, keeping the last good one",

@@ -1,128 +1,43 @@
-"""Tests for exporter.web.server: real sockets on loopback, a trivial WSGI app, trustme PKI."""
+"""Tests for exporter.web.server: listening, requests, TLS, auth, rotation, the scrape header.
+
+Real sockets on loopback, a trivial WSGI app (tests/web/serving.py), trustme PKI.
+"""
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import http.client
 import logging
-import os
-import resource
 import socket
 import ssl
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import bcrypt
 import pytest
 import trustme
 
+from exporter.app import Exporter
+from exporter.demo.simulator import Simulator
+from exporter.model import ExporterView
+from exporter.web.routes import App
 from exporter.web.server import REALM, ExporterServer, parse_listen_address
 from exporter.web.webconfig import WebConfigError
-
-PASSWORD = b"s3cret"
-HASH = bcrypt.hashpw(PASSWORD, bcrypt.gensalt(rounds=4)).decode()
-
-
-def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """/metrics answers text, /boom raises, anything else 404; non-GET 405."""
-    path = environ["PATH_INFO"]
-    if path == "/boom":
-        raise RuntimeError("kaboom")
-    if environ["REQUEST_METHOD"] != "GET":
-        start_response("405 Method Not Allowed", [("Content-Type", "text/plain")])
-        return [b"method not allowed\n"]
-    if path == "/metrics":
-        start_response("200 OK", [("Content-Type", "text/plain; version=0.0.4")])
-        return [b"up 1\n"]
-    start_response("404 Not Found", [("Content-Type", "text/plain")])
-    return [b"not found\n"]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        pause.wait(0.01)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
-@pytest.fixture
-def make_server() -> Iterator[Callable[..., ExporterServer]]:
-    servers: list[ExporterServer] = []
-
-    def make(web_config_file: str | None = None, **kwargs: Any) -> ExporterServer:
-        server = ExporterServer(app, "127.0.0.1:0", web_config_file, **kwargs)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield make
-    for server in servers:
-        server.shutdown()
-
-
-def request(
-    server: ExporterServer,
-    path: str = "/metrics",
-    *,
-    method: str = "GET",
-    headers: dict[str, str] | None = None,
-    context: ssl.SSLContext | None = None,
-) -> tuple[int, http.client.HTTPMessage, bytes]:
-    host, port = server.address
-    conn: http.client.HTTPConnection
-    if context is None:
-        conn = http.client.HTTPConnection(host, port, timeout=5)
-    else:
-        conn = http.client.HTTPSConnection("localhost", port, timeout=5, context=context)
-    try:
-        conn.request(method, path, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.msg, response.read()
-    finally:
-        conn.close()
-
-
-def raw_exchange(server: ExporterServer, data: bytes) -> bytes:
-    """Send raw bytes, return everything the server answers until it closes."""
-    with socket.create_connection(server.address, timeout=5) as sock:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def basic(user: str, password: bytes) -> dict[str, str]:
-    token = base64.b64encode(user.encode() + b":" + password).decode()
-    return {"Authorization": f"Basic {token}"}
-
+from tests.helpers import config_yaml, make_exporter, write
+from tests.web.serving import (
+    HASH,
+    MTLS,
+    PASSWORD,
+    TLS,
+    FakeClock,
+    app,
+    basic,
+    client_context,
+    raw_exchange,
+    request,
+    wait_for,
+    web_config,
+    write_atomic,
+)
 
 # -- listen address --------------------------------------------------------------------
 
@@ -212,10 +127,12 @@ def test_plain_http(make_server: Callable[..., ExporterServer]) -> None:
         (b"GET\r\n\r\n", b"400"),
         (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", b"414"),
         (
-            b"GET / HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(200)) + b"\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-H%d: v\r\n" % i for i in range(200))
+            + b"\r\n",
             b"431",
         ),
-        (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", b"431"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", b"431"),
         (b"GET / HTTP/9.9\r\n\r\n", b"505"),
     ],
     ids=["garbage", "http09-one-word", "long-line", "many-headers", "huge-header", "version"],
@@ -225,14 +142,15 @@ def test_malformed_requests_get_4xx(
 ) -> None:
     server = make_server()
     answer = raw_exchange(server, data)
-    assert answer.startswith(b"HTTP/1.0 " + status + b" "), answer[:100]
+    assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer[:100]
     assert b"Python" not in answer
     assert request(server)[0] == 200
 
 
 def test_http09_request_is_refused_at_once(make_server: Callable[..., ExporterServer]) -> None:
     answer = raw_exchange(make_server(), b"GET /metrics\r\n")  # no headers will follow
-    assert answer.startswith(b"HTTP/1.0 400 HTTP/0.9 requests are not supported\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert answer.endswith(b"HTTP/0.9 requests are not supported)\n")
 
 
 def test_handler_error_is_logged_not_printed(
@@ -243,142 +161,14 @@ def test_handler_error_is_logged_not_printed(
     caplog.set_level(logging.ERROR, logger="exporter.web.server")
     server = make_server()
     assert request(server, "/boom")[0] == 500
-    wait_for(lambda: any("kaboom" in r.getMessage() for r in caplog.records))
+    wait_for(lambda: any("kaboom" in str(getattr(r, "err", "")) for r in caplog.records))
     assert request(server)[0] == 200
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err + captured.out
     assert all(r.exc_info is None for r in caplog.records)
 
 
-# -- connection handling ---------------------------------------------------------------
-
-
-def raise_fd_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        if hard != resource.RLIM_INFINITY and hard < needed:
-            pytest.skip(f"needs {needed} file descriptors, hard limit is {hard}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-
-
-def test_idle_connections_do_not_block_metrics(make_server: Callable[..., ExporterServer]) -> None:
-    raise_fd_limit(2048)
-    server = make_server()
-    idle = [socket.create_connection(server.address, timeout=5) for _ in range(300)]
-    try:
-        wait_for(lambda: server.active_connections == 300)
-        for _ in range(5):
-            started = time.monotonic()
-            assert request(server)[0] == 200
-            assert time.monotonic() - started < 1.0
-    finally:
-        for sock in idle:
-            sock.close()
-
-
-def test_idle_and_slow_clients_are_dropped(make_server: Callable[..., ExporterServer]) -> None:
-    server = make_server(request_timeout=0.5)
-    idle = [socket.create_connection(server.address, timeout=5) for _ in range(20)]
-    partial = socket.create_connection(server.address, timeout=5)
-    partial.sendall(b"GET /metrics HTTP/1.1\r\n")
-    # A slowloris: one header byte every 0.1 s never finishes the head; the deadline
-    # (not just the per-read timeout) must drop it.
-    slow = socket.create_connection(server.address, timeout=5)
-    stop = threading.Event()
-
-    def trickle() -> None:
-        with_errors = False
-        while not stop.wait(0.1) and not with_errors:
-            try:
-                slow.send(b"X")
-            except OSError:
-                with_errors = True
-
-    feeder = threading.Thread(target=trickle, daemon=True)
-    feeder.start()
-    try:
-        started = time.monotonic()
-        wait_for(lambda: server.active_connections == 0, timeout=5)
-        assert time.monotonic() - started < 3.0
-        for sock in [*idle, partial]:
-            with contextlib.suppress(ConnectionResetError):
-                assert sock.recv(1024) == b""
-        assert request(server)[0] == 200
-    finally:
-        stop.set()
-        feeder.join(timeout=2)
-        for sock in [*idle, partial, slow]:
-            sock.close()
-
-
-def test_connection_cap_answers_503(make_server: Callable[..., ExporterServer]) -> None:
-    server = make_server(max_connections=5)
-    idle = [socket.create_connection(server.address, timeout=5) for _ in range(5)]
-    try:
-        wait_for(lambda: server.active_connections == 5)
-        answer = raw_exchange(server, b"GET /metrics HTTP/1.0\r\n\r\n")
-        assert answer.startswith(b"HTTP/1.0 503 ")
-    finally:
-        for sock in idle:
-            sock.close()
-    wait_for(lambda: server.active_connections == 0)
-    assert request(server)[0] == 200
-
-
-def test_shutdown_is_prompt_with_idle_clients() -> None:
-    server = ExporterServer(app, "127.0.0.1:0")
-    server.start()
-    idle = [socket.create_connection(server.address, timeout=5) for _ in range(20)]
-    try:
-        wait_for(lambda: server.active_connections == 20)
-        started = time.monotonic()
-        server.shutdown()
-        assert time.monotonic() - started < 1.0
-        with pytest.raises(OSError):
-            socket.create_connection(server.address, timeout=1)
-        wait_for(lambda: server.active_connections == 0, timeout=2)
-    finally:
-        for sock in idle:
-            sock.close()
-
-
-def test_shutdown_without_start_and_twice() -> None:
-    server = ExporterServer(app, "127.0.0.1:0")
-    started = time.monotonic()
-    server.shutdown()
-    server.shutdown()
-    assert time.monotonic() - started < 1.0
-
-
-def test_serve_forever_blocks_until_shutdown() -> None:
-    server = ExporterServer(app, "127.0.0.1:0")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    assert request(server)[0] == 200
-    server.shutdown()
-    thread.join(timeout=2)
-    assert not thread.is_alive()
-
-
 # -- TLS -------------------------------------------------------------------------------
-
-
-def client_context(ca: trustme.CA, cert: trustme.LeafCert | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    if cert is not None:
-        cert.configure_cert(context)
-    return context
-
-
-def web_config(directory: Path, text: str) -> str:
-    path = directory / "web.yml"
-    write_atomic(path, text)
-    return str(path)
-
-
-TLS = "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
-MTLS = TLS + "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n"
 
 
 def test_tls(make_server: Callable[..., ExporterServer], tls_dir: Path, ca: trustme.CA) -> None:
@@ -397,7 +187,7 @@ def test_tls_handshake_does_not_block_other_clients(
     silent = socket.create_connection(server.address, timeout=5)  # never sends a ClientHello
     try:
         answer = raw_exchange(server, b"GET /metrics HTTP/1.0\r\n\r\n")  # plain HTTP on TLS
-        assert answer.startswith(b"HTTP/1.0 400 Bad Request\r\n")
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
         assert answer.endswith(b"Client sent an HTTP request to an HTTPS server.\r\n")
         assert request(server, context=client_context(ca))[0] == 200
     finally:
@@ -488,11 +278,18 @@ def test_web_config_rotation_while_running(
         request(server, headers=basic("bob", PASSWORD), context=trust)
 
     # An invalid rewrite is logged and the last good configuration stays.
-    caplog.set_level(logging.ERROR, logger="exporter.web.server")
+    caplog.set_level(logging.ERROR)
     web_config(tls_dir, TLS + "basic_auth_users:\n  carol: not-a-hash\n")
     clock.now += 1.5
     assert request(server, headers=basic("bob", PASSWORD), context=new_trust)[0] == 200
     assert any("keeping the last good one" in r.getMessage() for r in caplog.records)
+    assert server.web_config is not None
+    assert server.web_config.last_reload_successful is False  # the exporter's gauge reads it
+
+    web_config(tls_dir, TLS + f"basic_auth_users:\n  bob: {HASH}\n")
+    clock.now += 1.5
+    assert request(server, headers=basic("bob", PASSWORD), context=new_trust)[0] == 200
+    assert server.web_config.last_reload_successful is True
 
 
 def test_tls_handshake_has_a_deadline(
@@ -506,11 +303,6 @@ def test_tls_handshake_has_a_deadline(
         assert request(server, context=client_context(ca))[0] == 200
     finally:
         silent.close()
-
-
-def test_responses_close_the_connection(make_server: Callable[..., ExporterServer]) -> None:
-    _, headers, _ = request(make_server())
-    assert headers["Connection"] == "close"
 
 
 def test_concurrent_requests(make_server: Callable[..., ExporterServer]) -> None:
@@ -532,27 +324,80 @@ def test_concurrent_requests(make_server: Callable[..., ExporterServer]) -> None
     assert results == [200] * 200
 
 
-def test_shutdown_lets_a_request_in_flight_finish() -> None:
-    entered = threading.Event()
-    release = threading.Event()
+def test_verify_client_cert_if_given(
+    make_server: Callable[..., ExporterServer], tls_dir: Path, ca: trustme.CA
+) -> None:
+    config = TLS + "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.pem\n"
+    server = make_server(web_config(tls_dir, config))
+    assert request(server, context=client_context(ca))[0] == 200  # no certificate: fine
+    good = ca.issue_cert("prometheus.example")
+    assert request(server, context=client_context(ca, good))[0] == 200
+    stranger = trustme.CA().issue_cert("prometheus.example")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        request(server, context=client_context(ca, stranger))  # given, but not verified
 
-    def slow_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        entered.set()
-        release.wait(5)
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"done\n"]
 
-    server = ExporterServer(slow_app, "127.0.0.1:0")
+# -- the scrape-timeout header, through the real server and app ----------------------------
+
+
+class RecordingExporter:
+    """The real exporter, recording the deadline each scrape asks ``refresh`` for."""
+
+    def __init__(self, exporter: Exporter) -> None:
+        self.exporter = exporter
+        self.timeouts: list[float] = []
+
+    def refresh(self, timeout: float) -> None:
+        self.timeouts.append(timeout)
+        self.exporter.refresh(timeout)
+
+    def views(self) -> ExporterView:
+        return self.exporter.views()
+
+    def reload(self) -> tuple[bool, str]:
+        return self.exporter.reload()
+
+    @property
+    def ready(self) -> bool:
+        return self.exporter.ready
+
+
+@pytest.mark.parametrize(
+    ("value", "most"),
+    [
+        ("1e308", 119.5),
+        ("1e9", 119.5),
+        ("1e400", 119.5),
+        ("9" * 400, 119.5),
+        ("nan", 10.0),
+        ("inf", 10.0),
+        ("-1", 10.0),
+        ("0", 10.0),
+        ("1_0", 10.0),
+        ("\u0661\u0660", 10.0),
+        ("0x1p3", 10.0),
+        ("4", 3.5),
+    ],
+)
+def test_hostile_scrape_timeout_header(
+    sim: Simulator, tmp_path: Path, value: str, most: float
+) -> None:
+    sim.add_task("t1", total=4, finished=1)
+    exporter = make_exporter(write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"])))
+    port = RecordingExporter(exporter)
+    server = ExporterServer(App(port), "127.0.0.1:0")
     server.start()
-    outcome: list[tuple[int, bytes]] = []
-    client = threading.Thread(target=lambda: outcome.append(request(server)[::2]))
-    client.start()
     try:
-        assert entered.wait(5)
-        started = time.monotonic()
-        server.shutdown()
-        assert time.monotonic() - started < 1.0
+        conn = http.client.HTTPConnection(*server.address, timeout=15)
+        conn.putrequest("GET", "/metrics")
+        conn.putheader("X-Prometheus-Scrape-Timeout-Seconds", value.encode("utf-8"))
+        conn.endheaders()
+        response = conn.getresponse()
+        body = response.read()
+        conn.close()
+        assert response.status == 200
+        assert b"shoplazza_upload_task_files" in body
+        assert port.timeouts and all(0 < t <= most for t in port.timeouts), port.timeouts
     finally:
-        release.set()
-        client.join(timeout=5)
-    assert outcome == [(200, b"done\n")]
+        server.shutdown()
+        exporter.close()

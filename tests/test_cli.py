@@ -1,0 +1,122 @@
+"""The command line's start-up chores: the open-files limit, the web-config health hook."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from exporter.cli import link_web_config_health, raise_open_files_limit
+from exporter.demo.simulator import Simulator
+from exporter.web.routes import App
+from exporter.web.server import ExporterServer
+from tests.helpers import (
+    TOKEN,
+    TOKEN_ENV,
+    config_yaml,
+    exporter_command,
+    free_port,
+    make_exporter,
+    wait_until,
+    write,
+)
+
+
+def test_raise_open_files_limit(caplog: pytest.LogCaptureFixture) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = 256 if hard == resource.RLIM_INFINITY else min(256, hard)
+    if low == hard:
+        pytest.skip(f"the hard open-files limit is {hard}: nothing to raise")
+    caplog.set_level(logging.INFO, logger="exporter")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        assert raise_open_files_limit() == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    [record] = [r for r in caplog.records if r.getMessage() == "open files limit raised"]
+    assert vars(record)["previous"] == low and vars(record)["limit"] == hard
+
+
+def _lower_soft_limit() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+
+def _healthy(port: int, proc: subprocess.Popen[bytes]) -> bool:
+    assert proc.poll() is None, "the exporter exited"
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/-/healthy", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _open_files_limit(pid: int) -> tuple[str, str]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return soft, hard
+    raise AssertionError("no open-files line in /proc/PID/limits")
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="needs /proc (Linux)")
+def test_exporter_raises_its_open_files_limit_at_start(sim: Simulator, tmp_path: Path) -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard open-files limit is {hard}: nothing to raise")
+    config = write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"]))
+    port = free_port()
+    log_path = tmp_path / "exporter.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                *exporter_command(),
+                "--config.file",
+                config,
+                "--web.listen-address",
+                f"127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env={**os.environ, TOKEN_ENV: TOKEN},
+            preexec_fn=_lower_soft_limit,
+        )
+        try:
+            wait_until(lambda: _healthy(port, proc), 15)
+            soft, hard_text = _open_files_limit(proc.pid)
+            assert soft == hard_text != "256"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+    text = log_path.read_text()
+    assert "open files limit raised" in text and "previous=256" in text
+
+
+def test_web_config_health_reaches_the_exporter_view(sim: Simulator, tmp_path: Path) -> None:
+    exporter = make_exporter(write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"])))
+    web = tmp_path / "web.yml"
+    web.write_text("http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+    plain = ExporterServer(App(exporter), "127.0.0.1:0")
+    server = ExporterServer(App(exporter), "127.0.0.1:0", str(web))
+    try:
+        link_web_config_health(exporter, plain)
+        assert exporter.views().web_config_ok is None  # no --web.config.file
+        link_web_config_health(exporter, server)
+        assert exporter.views().web_config_ok is True
+        web.write_text("http_server_config:\n  headers:\n    X-Frame-Options: maybe\n")
+        assert server.web_config is not None
+        server.web_config.check()  # what SIGHUP or the next connection does
+        assert exporter.views().web_config_ok is False  # the old one still serves
+        web.write_text("http_server_config:\n  headers:\n    X-Frame-Options: sameorigin\n")
+        server.web_config.check()
+        assert exporter.views().web_config_ok is True
+    finally:
+        plain.shutdown()
+        server.shutdown()
+        exporter.close()

@@ -472,6 +472,79 @@ def test_dashboard_stuck_threshold_matches_the_alert() -> None:
         assert found.group(1) == alert_threshold.group(1)
 
 
+def panel(title: str) -> dict[str, Any]:
+    """The dashboard panel of this title."""
+    panels = all_panels(dashboard()["panels"])
+    (found,) = [p for p in panels if p["title"] == title and p["type"] != "row"]
+    return found
+
+
+def mapped_texts(mappings: list[dict[str, Any]]) -> dict[str, str]:
+    """Value (or "from..to" for ranges) -> display text of Grafana value mappings."""
+    texts: dict[str, str] = {}
+    for mapping in mappings:
+        if mapping["type"] == "value":
+            texts.update({k: v["text"] for k, v in mapping["options"].items()})
+        elif mapping["type"] == "range":
+            options = mapping["options"]
+            texts[f"{options['from']}..{options['to']}"] = options["result"]["text"]
+    return texts
+
+
+def test_dashboard_task_table_has_states_labels_mappings_and_eta() -> None:
+    table = panel("Tasks")
+    exprs = {target["refId"]: target["expr"] for target in table["targets"]}
+    renamed = table["transformations"][1]["options"]["renameByName"]
+    overrides = {
+        item["matcher"]["options"]: {prop["id"]: prop["value"] for prop in item["properties"]}
+        for item in table["fieldConfig"]["overrides"]
+    }
+
+    def mappings(column: str) -> dict[str, str]:
+        return mapped_texts(overrides[column]["mappings"])
+
+    assert mappings("Status") == {
+        "0": "0 completed",
+        "1": "1 in progress",
+        "2..None": "unknown status",
+    }
+    assert mappings("Completed") == {"0": "no", "1": "yes"}
+    assert mappings("Last poll") == {"0": "failing", "1": "ok"}
+    assert set(mappings("State").values()) == {
+        "in progress",
+        "stuck",
+        "completed",
+        "completed with failures",
+        "failing polls / not polled yet",
+        "unknown status",
+    }
+    for column in ("State", "Status", "Completed", "Last poll", "Time to completion"):
+        assert column in renamed.values(), column
+    # Context labels: the info metric's labels become columns, merged on store and task_id.
+    assert any(expr.startswith("shoplazza_upload_task_info{") for expr in exprs.values())
+    assert table["transformations"][0]["id"] == "merge"
+    (eta,) = [ref for ref, name in renamed.items() if name == "Time to completion"]
+    assert "deriv(shoplazza_upload_task_files_finished" in exprs[eta.split("#")[1].strip()]
+    assert overrides["Time to completion"]["unit"] == "s"
+
+
+def test_dashboard_poll_and_reload_panels_map_their_values() -> None:
+    assert mapped_texts(panel("Poll success")["fieldConfig"]["defaults"]["mappings"]) == {
+        "0": "failing",
+        "1": "ok",
+    }
+    reload = panel("Last config reload")["fieldConfig"]["defaults"]["mappings"]
+    assert mapped_texts(reload) == {"0": "failed", "1": "ok"}
+
+
+def test_dashboard_never_shows_completed_tasks_as_stale() -> None:
+    """Completed tasks are never polled again: age queries must leave them out."""
+    guard = re.compile(r"and on \(store, task_id\) shoplazza_upload_task_completed\{[^}]*\} == 0")
+    for expr in dashboard_queries():
+        if "last_success_timestamp_seconds" in expr:
+            assert guard.search(expr), expr
+
+
 def test_dashboard_queries_filter_by_store_and_task() -> None:
     for expr in dashboard_queries():
         found = list(selectors(expr))

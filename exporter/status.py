@@ -17,6 +17,7 @@ from typing import Any
 from exporter.model import ExporterView, StoreView, TaskSnapshot, TaskState
 
 HTML_FAILURES_PER_TASK = 20
+FAILURES_SHOWN_OPEN = 5
 PAGE_REFRESH_SECONDS = 30
 
 NOT_POLLED = "not_polled"
@@ -193,8 +194,9 @@ _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin-bottom:1.5em;width:100%}
 th,td{border-bottom:1px solid #ddd;padding:.35em .6em;text-align:left;vertical-align:top}
+td{white-space:nowrap}td.wrap{white-space:normal;min-width:16em}summary{cursor:pointer}
 th{background:#f4f4f4}.muted{color:#777}ul{margin:0;padding-left:1.2em}code{font-size:90%}
-.bar{background:#e0e0e0;width:10em;height:.9em;display:inline-flex;vertical-align:middle}
+.bar{background:#e0e0e0;width:8em;height:.9em;display:inline-flex;vertical-align:middle}
 .bar span{height:100%;display:block}.ok-seg{background:#2e7d32}.fail-seg{background:#c62828}
 .grey-seg{background:#9e9e9e}.failed{color:#c62828;font-weight:600}
 .state{display:inline-block;padding:.1em .5em;border-radius:.8em;color:#fff;white-space:nowrap}
@@ -256,7 +258,12 @@ def _failures(snap: TaskSnapshot) -> str:
     more = snap.failed - len(shown)
     if more > 0:
         items += f'<li class="muted">and {_int_text(more)} more</li>'
-    return f"<ul>{items}</ul>" if items else ""
+    if not items:
+        return ""
+    # A few are shown at once; a long list is one click away, so rows stay readable.
+    opened = " open" if snap.failed <= FAILURES_SHOWN_OPEN else ""
+    summary = f'<summary class="failed">{_int_text(snap.failed)} failed files</summary>'
+    return f"<details{opened}>{summary}<ul>{items}</ul></details>"
 
 
 def _task_row(task: TaskState, store: StoreView, now: float) -> str:
@@ -291,7 +298,7 @@ def _task_row(task: TaskState, store: StoreView, now: float) -> str:
         f'<tr class="r-{state}"><td>{ident}</td>'
         f'<td><span class="state s-{state}">{text}</span></td>{cells}'
         f"<td>{_ago(progress_age)}</td><td>{_ago(data_age)}</td>"
-        f"<td>{last_error}</td><td>{failures}</td></tr>"
+        f'<td class="wrap">{last_error}{failures}</td></tr>'
     )
 
 
@@ -332,7 +339,7 @@ def render_html(view: ExporterView) -> str:
         parts.append(
             "<table><tr><th>Task</th><th>State</th><th>Progress</th><th>Finished/total</th>"
             "<th>Failed</th><th>Status</th><th>Last progress</th><th>Data age</th>"
-            "<th>Last error</th><th>Failed files</th></tr>"
+            "<th>Last error, failed files</th></tr>"
         )
         parts.extend(_task_row(task, store, now) for task in store.tasks)
         parts.append("</table>")

@@ -38,6 +38,13 @@ RUNBOOK_URL_CONFIG = K8S_DIR / "runbook-url.yaml"
 README = REPO / "README.md"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
+LOCK = REPO / "requirements.lock"
+PYPROJECT = REPO / "pyproject.toml"
+# The documented command that writes the lock file (README, docs/design.md, Dockerfile).
+LOCK_COMMAND = (
+    "uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes"
+    " -o requirements.lock"
+)
 
 # Kubernetes versions the manifests are validated against: the oldest one that
 # kubernetes-validate>=1.28 (pyproject) bundles schemas for, and the newest one installed.
@@ -265,6 +272,65 @@ def test_dockerignore_keeps_what_the_wheel_needs() -> None:
     assert lines.count("*") == 1, "whitelist: exclude everything, then re-include"
     for needed in ("!pyproject.toml", "!README.md", "!exporter/"):
         assert needed in lines
+
+
+def test_dockerfile_installs_the_lock_with_hashes() -> None:
+    instructions = dockerfile_instructions()
+    runtime = instructions[[name for name, _ in instructions].index("FROM", 1) :]
+    runs = " && ".join(arguments for name, arguments in runtime if name == "RUN")
+    lock_install = re.search(r"pip install ([^&]*)-r (\S+)", runs)
+    assert lock_install is not None and "--require-hashes" in lock_install.group(1)
+    assert lock_install.group(2).endswith("requirements.lock")
+    wheel_install = re.search(r"pip install ([^&]*)/wheels/\S+\.whl", runs)
+    assert wheel_install is not None and "--no-deps" in wheel_install.group(1)
+    assert runs.index("requirements.lock") < runs.index(".whl")
+    copies = [arguments for name, arguments in runtime if name == "COPY"]
+    assert any(arguments.startswith("requirements.lock ") for arguments in copies)
+    env = " ".join(arguments for name, arguments in runtime if name == "ENV")
+    assert "PIP_ROOT_USER_ACTION=ignore" in env.split()
+    assert "!requirements.lock" in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+
+
+def lock_pins() -> dict[str, tuple[str, list[str]]]:
+    """Normalised name -> (pinned version, hashes) of requirements.lock."""
+    from packaging.utils import canonicalize_name
+
+    text = re.sub(r"\\\n\s*", " ", LOCK.read_text(encoding="utf-8"))
+    pins: dict[str, tuple[str, list[str]]] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = re.match(r"([A-Za-z0-9._-]+)==(\S+?)(?:\s*;[^-]*)?((?:\s+--hash=\S+)*)\s*$", line)
+        assert match is not None, f"not an exact pin with hashes: {line!r}"
+        hashes = re.findall(r"--hash=(sha256:[0-9a-f]{64})", match.group(3))
+        pins[canonicalize_name(match.group(1))] = (match.group(2), hashes)
+    return pins
+
+
+def test_lock_satisfies_pyproject() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = lock_pins()
+    assert pins
+    for name, (version, hashes) in pins.items():
+        assert hashes, f"{name}=={version} has no hash"
+    project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+    for line in project["dependencies"]:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement} is missing from requirements.lock: run {LOCK_COMMAND}"
+        version = pins[name][0]
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"requirements.lock pins {name}=={version}, outside {requirement}: run {LOCK_COMMAND}"
+        )
+    header = LOCK.read_text(encoding="utf-8").splitlines()[:3]
+    assert any(LOCK_COMMAND in line for line in header), "the lock names its command"
+    assert LOCK_COMMAND in README.read_text(encoding="utf-8")
+    assert LOCK_COMMAND in DOCKERFILE.read_text(encoding="utf-8")
+    assert LOCK_COMMAND in (REPO / "docs" / "design.md").read_text(encoding="utf-8")
 
 
 # --- alert rules -------------------------------------------------------------------------

@@ -303,3 +303,18 @@ def test_task_that_answered_once_then_fails_is_failing(app: App, sim: Simulator)
     assert "4/10" in row  # the last known data stays visible
     task = json_tasks(wsgi(app, "/api/v1/tasks")[2].decode())["t-moving"]
     assert task["state"] == FAILING and task["data"]["finished"] == 4
+
+
+def test_hostile_api_answers_never_make_the_pages_fail(app: App, sim: Simulator) -> None:
+    """Whatever the client makes of them (data or invalid_response), the pages answer 200."""
+    huge = b'{"total": 1, "finished": 1' + b"0" * 400 + b', "status": 1}'
+    nul = b'{"total": 2, "finished": 2, "status": 0, "failure_list": '
+    nul += b'[{"origin_link": "a\\u0000b", "reason": "r\\u001b[2J"}]}'
+    sim.behave("t-moving", Reply(body=huge))
+    sim.behave("t-done", Reply(body=nul))
+    for path in ("/", "/api/v1/tasks"):
+        code, _, body = wsgi(app, path)
+        assert code == 200, path
+        assert b"\x00" not in body and b"\x1b" not in body
+    page = wsgi(app, "/")[2].decode()
+    assert "a\\u0000b" in page and "r\\u001b[2J" in page

@@ -6,8 +6,8 @@ deploy/prometheus/alerts.yml loaded. Then every query of the Grafana dashboard m
 return data through Prometheus' HTTP API, every alert rule must evaluate healthy, and the
 dashboard's state, data-age, stale and stuck queries must name exactly the right tasks,
 with a task in each state. Tasks that look 20 minutes old (stuck, stale, completed long
-ago) come from a state file written before the exporter starts: the exporter keeps their
-last progress and last success times, as it does across restarts.
+ago, forgotten) come from a state file written before the exporter starts: the exporter
+keeps their last progress and last success times, as it does across restarts.
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ ACME_TASKS = (
     "task-stuck",  # in progress, no progress for 20 minutes (state file), polls fine
     "task-broken",  # answered 20 minutes ago (state file), every poll fails since: 500
     "task-seven",  # status 7
+    "task-forgotten",  # completed 2 hours ago (state file): forgotten after 1 hour
 )
+FORGOTTEN = "task-forgotten"
 BETA_TASKS = ("task-beta", "task-missing")  # task-missing is unknown to the simulator: 404
 OLD = 20 * 60  # seconds: older than the stuck (15 min) and stale (10 min) thresholds
 STARTUP_DEADLINE = 20.0
@@ -204,7 +206,9 @@ def _old_state(when: float) -> str:
         seen("task-done", TaskSnapshot(3, 3, 0, 3, 0)),
         seen("task-stuck", TaskSnapshot(10, 4, 1, 4, 0)),
         seen("task-broken", TaskSnapshot(10, 2, 1, 2, 0)),
+        seen(FORGOTTEN, TaskSnapshot(5, 5, 0, 3, 2)),
     ]
+    tasks[-1].completed_at = tasks[-1].last_success = tasks[-1].last_progress = when - 6000
     return dump_state(tasks, {})
 
 
@@ -238,6 +242,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         sim.add_task("task-broken", 10, finished=2, status=1)
         sim.behave("task-broken", simulator_module.Reply(status=500))
         sim.add_task("task-seven", 5, finished=5, status=7)
+        sim.add_task(FORGOTTEN, 5, finished=5, status=0)
         state_file = tmp / "state.json"
         state_file.write_text(_old_state(time.time() - OLD), encoding="utf-8")
 
@@ -256,6 +261,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ],
             "defaults": {"min_poll_interval": "1s"},
             "state_file": str(state_file),
+            "forget_completed_after": "1h",
         }
         config_file = tmp / "config.yaml"
         config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -319,7 +325,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
         def every_task_scraped() -> bool:
             series = query(prometheus_url, "shoplazza_upload_task_poll_success")
-            return {item["metric"]["task_id"] for item in series} == {*ACME_TASKS, *BETA_TASKS}
+            watched = {*ACME_TASKS, *BETA_TASKS} - {FORGOTTEN}
+            return {item["metric"]["task_id"] for item in series} == watched
 
         wait_until(
             every_task_scraped,
@@ -417,6 +424,9 @@ def test_dashboard_state_age_stale_and_stuck_queries_per_task(stack: Stack) -> N
             f"state {tasks_of(stack, state)}, stuck {tasks_of(stack, stuck)}, "
             f"stale {tasks_of(stack, stale)}"
         )
+    # The forgotten task has no series left, so no query or alert can name it.
+    everything = f'shoplazza_upload_task_poll_success{{task_id="{FORGOTTEN}"}}'
+    assert query(stack.prometheus_url, everything) == []
     ages = tasks_of(stack, age)
     # Completed tasks are left out, however old their data (task-done: 20 minutes).
     assert set(ages) == {"task-running", "task-stuck", "task-broken", "task-seven", "task-beta"}
@@ -437,7 +447,7 @@ def test_dashboard_variables_find_stores_and_tasks(stack: Stack) -> None:
         "/api/v1/label/task_id/values",
         **{"match[]": 'shoplazza_upload_task_poll_success{store=~"acme"}'},
     )
-    assert set(tasks) == set(ACME_TASKS)
+    assert set(tasks) == set(ACME_TASKS) - {FORGOTTEN}
 
 
 def test_every_rule_evaluates_ok(stack: Stack) -> None:

@@ -505,3 +505,28 @@ def test_container_healthcheck_command_passes(stack: Stack) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=10, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_readme_queries_name_the_right_tasks(stack: Stack) -> None:
+    """The README's stuck, stale and unknown-status queries, with a task in each state."""
+    from tests.test_readme import promql_examples
+
+    exprs = promql_examples()
+    (stuck,) = [e for e in exprs if "last_progress_timestamp_seconds" in e]
+    (stale,) = [e for e in exprs if "last_success_timestamp_seconds" in e]
+    (unknown,) = [e for e in exprs if e == "shoplazza_upload_task_status > 1"]
+    (failing,) = [e for e in exprs if e == "shoplazza_upload_task_poll_success == 0"]
+    expected = {
+        stuck: {"task-stuck"},
+        stale: {"task-broken"},
+        unknown: {"task-seven"},
+        failing: {"task-broken", "task-missing"},
+    }
+
+    def found() -> dict[str, set[str]]:
+        return {expr: set(tasks_of(stack, expr)) for expr in expected}
+
+    try:
+        wait_until(lambda: found() == expected, "the README's queries", DATA_DEADLINE, [])
+    except pytest.fail.Exception:
+        pytest.fail(f"README queries gave {found()}")

@@ -7,9 +7,13 @@
 #     -v "$PWD/config.yaml:/etc/shoplazza-upload-exporter/config.yaml:ro" \
 #     shoplazza-upload-exporter
 #
-# Stage 1 builds the wheel of this project; stage 2 installs that wheel (by its path,
-# which also keeps hadolint's DL3013 quiet) and its dependencies into a slim image that
-# runs as a fixed non-root uid/gid (65532, as in distroless "nonroot").
+# Stage 1 builds the wheel of this project; stage 2 installs the runtime dependencies
+# exactly as pinned, with their hashes, in requirements.lock (--require-hashes), then the
+# wheel alone (--no-deps, by its path, which also keeps hadolint's DL3013 quiet), into a
+# slim image that runs as a fixed non-root uid/gid (65532, as in distroless "nonroot").
+# Regenerate the lock after changing dependencies in pyproject.toml (README, "Container
+# image"):
+#   uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -o requirements.lock
 
 FROM python:3.12-slim-bookworm AS build
 WORKDIR /src
@@ -20,11 +24,14 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 FROM python:3.12-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
 # COPY rather than a BuildKit bind mount, so the legacy builder builds it too.
+COPY requirements.lock /tmp/requirements.lock
 COPY --from=build /wheels /tmp/wheels
-RUN pip install --no-cache-dir /tmp/wheels/shoplazza_upload_exporter-*.whl \
-    && rm -rf /tmp/wheels \
+RUN pip install --no-cache-dir --require-hashes -r /tmp/requirements.lock \
+    && pip install --no-cache-dir --no-deps /tmp/wheels/shoplazza_upload_exporter-*.whl \
+    && rm -rf /tmp/wheels /tmp/requirements.lock \
     && groupadd --system --gid 65532 exporter \
     && useradd --system --no-log-init --uid 65532 --gid 65532 --home-dir /nonexistent \
        --shell /usr/sbin/nologin exporter \

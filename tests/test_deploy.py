@@ -9,6 +9,7 @@ Operator's CRDs and for how the objects fit together).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -33,20 +34,35 @@ PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "upload-tasks.json"
 K8S_DIR = REPO / "deploy" / "kubernetes"
 RUNBOOK = REPO / "docs" / "runbook.md"
+RUNBOOK_URL_CONFIG = K8S_DIR / "runbook-url.yaml"
+README = REPO / "README.md"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
+LOCK = REPO / "requirements.lock"
+PYPROJECT = REPO / "pyproject.toml"
+# The documented command that writes the lock file (README, docs/design.md, Dockerfile).
+LOCK_COMMAND = (
+    "uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes"
+    " -o requirements.lock"
+)
 
 # Kubernetes versions the manifests are validated against: the oldest one that
 # kubernetes-validate>=1.28 (pyproject) bundles schemas for, and the newest one installed.
 K8S_VERSIONS = sorted({"1.28.0", kubernetes_validate.latest_version()})
 
-KNOWN_METRICS = TASK_METRICS | STORE_METRICS | GLOBAL_METRICS | {"up"}
+# The per-task families of the amended metrics table (exported beside TASK_METRICS).
+NEW_TASK_METRICS = frozenset(
+    {"shoplazza_upload_task_completed_timestamp_seconds", "shoplazza_upload_task_info"}
+)
+KNOWN_METRICS = TASK_METRICS | NEW_TASK_METRICS | STORE_METRICS | GLOBAL_METRICS | {"up"}
 
 # The alerts the deployment promises, with the labels their annotations must name.
 REQUIRED_ALERTS: dict[str, tuple[str, ...]] = {
     "ShoplazzaUploadTaskStuck": ("store", "task_id"),
     "ShoplazzaUploadTaskFailedFiles": ("store", "task_id"),
+    "ShoplazzaUploadTaskFailureRatioHigh": ("store", "task_id"),
     "ShoplazzaUploadTaskStale": ("store", "task_id"),
+    "ShoplazzaUploadTaskUnknownStatus": ("store", "task_id"),
     "ShoplazzaApiErrorRatioHigh": ("store",),
     "ShoplazzaApiRateLimited": ("store",),
     "ShoplazzaExporterConfigReloadFailed": ("instance",),
@@ -161,16 +177,20 @@ def dashboard_queries() -> list[str]:
     ]
 
 
+@functools.cache
+def rendered_kustomization(directory: Path = K8S_DIR) -> tuple[dict[str, Any], ...]:
+    """The objects ``kubectl kustomize`` renders from a directory (what `apply -k` applies)."""
+    result = run(tool("kubectl"), "kustomize", str(directory))
+    assert result.returncode == 0, result.stderr
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
 def k8s_objects() -> dict[str, dict[str, Any]]:
-    """Every object of the kustomization, keyed by kind (one of each kind here)."""
-    kustomization = load_yaml(K8S_DIR / "kustomization.yaml")
+    """Every object kustomize renders from deploy/kubernetes, keyed by kind (one of each)."""
     objects: dict[str, dict[str, Any]] = {}
-    for name in kustomization["resources"]:
-        with (K8S_DIR / name).open(encoding="utf-8") as handle:
-            for doc in yaml.safe_load_all(handle):
-                if doc:
-                    assert doc["kind"] not in objects, f"second {doc['kind']} in {name}"
-                    objects[doc["kind"]] = doc
+    for doc in rendered_kustomization():
+        assert doc["kind"] not in objects, f"second {doc['kind']} rendered"
+        objects[doc["kind"]] = doc
     return objects
 
 
@@ -254,6 +274,65 @@ def test_dockerignore_keeps_what_the_wheel_needs() -> None:
         assert needed in lines
 
 
+def test_dockerfile_installs_the_lock_with_hashes() -> None:
+    instructions = dockerfile_instructions()
+    runtime = instructions[[name for name, _ in instructions].index("FROM", 1) :]
+    runs = " && ".join(arguments for name, arguments in runtime if name == "RUN")
+    lock_install = re.search(r"pip install ([^&]*)-r (\S+)", runs)
+    assert lock_install is not None and "--require-hashes" in lock_install.group(1)
+    assert lock_install.group(2).endswith("requirements.lock")
+    wheel_install = re.search(r"pip install ([^&]*)/wheels/\S+\.whl", runs)
+    assert wheel_install is not None and "--no-deps" in wheel_install.group(1)
+    assert runs.index("requirements.lock") < runs.index(".whl")
+    copies = [arguments for name, arguments in runtime if name == "COPY"]
+    assert any(arguments.startswith("requirements.lock ") for arguments in copies)
+    env = " ".join(arguments for name, arguments in runtime if name == "ENV")
+    assert "PIP_ROOT_USER_ACTION=ignore" in env.split()
+    assert "!requirements.lock" in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+
+
+def lock_pins() -> dict[str, tuple[str, list[str]]]:
+    """Normalised name -> (pinned version, hashes) of requirements.lock."""
+    from packaging.utils import canonicalize_name
+
+    text = re.sub(r"\\\n\s*", " ", LOCK.read_text(encoding="utf-8"))
+    pins: dict[str, tuple[str, list[str]]] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = re.match(r"([A-Za-z0-9._-]+)==(\S+?)(?:\s*;[^-]*)?((?:\s+--hash=\S+)*)\s*$", line)
+        assert match is not None, f"not an exact pin with hashes: {line!r}"
+        hashes = re.findall(r"--hash=(sha256:[0-9a-f]{64})", match.group(3))
+        pins[canonicalize_name(match.group(1))] = (match.group(2), hashes)
+    return pins
+
+
+def test_lock_satisfies_pyproject() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = lock_pins()
+    assert pins
+    for name, (version, hashes) in pins.items():
+        assert hashes, f"{name}=={version} has no hash"
+    project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+    for line in project["dependencies"]:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement} is missing from requirements.lock: run {LOCK_COMMAND}"
+        version = pins[name][0]
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"requirements.lock pins {name}=={version}, outside {requirement}: run {LOCK_COMMAND}"
+        )
+    header = LOCK.read_text(encoding="utf-8").splitlines()[:3]
+    assert any(LOCK_COMMAND in line for line in header), "the lock names its command"
+    assert LOCK_COMMAND in README.read_text(encoding="utf-8")
+    assert LOCK_COMMAND in DOCKERFILE.read_text(encoding="utf-8")
+    assert LOCK_COMMAND in (REPO / "docs" / "design.md").read_text(encoding="utf-8")
+
+
 # --- alert rules -------------------------------------------------------------------------
 
 
@@ -294,14 +373,26 @@ def test_alert_labels_and_annotations(rule: dict[str, Any]) -> None:
             assert "{{ $labels." + label + " }}" in annotations[key], (key, label)
 
 
-def test_runbook_urls_point_at_runbook_sections() -> None:
+def runbook_base_url() -> str:
+    """The one runbook base URL users set (kustomize's source; alerts.yml carries it too)."""
+    base: str = load_yaml(RUNBOOK_URL_CONFIG)["data"]["runbook_base_url"]
+    return base
+
+
+def test_runbook_urls_are_absolute_and_built_from_one_base() -> None:
+    base = runbook_base_url()
+    assert re.fullmatch(r"https://[^\s#]+/runbook\.md", base), base
     headings = re.findall(r"^## (.+)$", RUNBOOK.read_text(encoding="utf-8"), re.MULTILINE)
     anchors = {slug(heading) for heading in headings}
     for rule in alert_rules():
-        path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
-        assert path == "docs/runbook.md"
-        assert anchor == slug(rule["alert"]), rule["alert"]
-        assert anchor in anchors, f"docs/runbook.md has no section {rule['alert']}"
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"{base}#{slug(rule['alert'])}", rule["alert"]
+        assert slug(rule["alert"]) in anchors, f"docs/runbook.md has no section {rule['alert']}"
+    # The documented one-line change of alerts.yml replaces every base and nothing else.
+    assert f"sed -i 's#{base}#https://YOUR/runbook.md#' deploy/prometheus/alerts.yml" in (
+        ALERTS.read_text(encoding="utf-8")
+    )
+    assert ALERTS.read_text(encoding="utf-8").count(base) == len(alert_rules()) + 2
 
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
@@ -316,6 +407,44 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
     names = {rule["alert"] for rule in alert_rules()}
     assert names - firing == set(), "alerts without a firing test case"
     assert names - quiet == set(), "alerts without a no-alert test case"
+
+
+# The task states of the README's table, as the task ids of the promtool case that holds
+# one task in each (deploy/prometheus/alerts_test.yml, first case).
+STATE_TASKS = {
+    "not polled": "t-not-polled",
+    "in progress": "t-moving",
+    "stuck": "t-stuck",
+    "failing polls": "t-failing",
+    "completed": "t-done",
+    "completed with failed files": "t-done-failed",
+    "unknown status": "t-seven",
+    "forgotten": "t-forgotten",
+}
+
+
+def test_every_alert_is_tested_with_a_task_in_every_state() -> None:
+    """One promtool case holds every state; every alert is evaluated there, after 10m."""
+    case = load_yaml(ALERTS_TEST)["tests"][0]
+    tasks = {
+        match.group(1)
+        for item in case["input_series"]
+        for match in [re.search(r'task_id="([^"]+)"', item["series"])]
+        if match
+    }
+    assert set(STATE_TASKS.values()) <= tasks
+    evaluated = {check["alertname"] for check in case["alert_rule_test"]}
+    assert evaluated == {rule["alert"] for rule in alert_rules()}
+    for check in case["alert_rule_test"]:
+        for alert in check.get("exp_alerts") or []:
+            assert alert["exp_labels"].get("task_id", "") in tasks | {""}
+    # The task alerts are checked before and after their `for:` and after a forget.
+    times = {
+        check["eval_time"]
+        for check in case["alert_rule_test"]
+        if check["alertname"].startswith("ShoplazzaUploadTask")
+    }
+    assert {"9m", "20m", "45m"} <= times
 
 
 def test_alerts_use_only_exported_metrics() -> None:
@@ -409,6 +538,79 @@ def test_dashboard_stuck_threshold_matches_the_alert() -> None:
         assert found.group(1) == alert_threshold.group(1)
 
 
+def panel(title: str) -> dict[str, Any]:
+    """The dashboard panel of this title."""
+    panels = all_panels(dashboard()["panels"])
+    (found,) = [p for p in panels if p["title"] == title and p["type"] != "row"]
+    return found
+
+
+def mapped_texts(mappings: list[dict[str, Any]]) -> dict[str, str]:
+    """Value (or "from..to" for ranges) -> display text of Grafana value mappings."""
+    texts: dict[str, str] = {}
+    for mapping in mappings:
+        if mapping["type"] == "value":
+            texts.update({k: v["text"] for k, v in mapping["options"].items()})
+        elif mapping["type"] == "range":
+            options = mapping["options"]
+            texts[f"{options['from']}..{options['to']}"] = options["result"]["text"]
+    return texts
+
+
+def test_dashboard_task_table_has_states_labels_mappings_and_eta() -> None:
+    table = panel("Tasks")
+    exprs = {target["refId"]: target["expr"] for target in table["targets"]}
+    renamed = table["transformations"][1]["options"]["renameByName"]
+    overrides = {
+        item["matcher"]["options"]: {prop["id"]: prop["value"] for prop in item["properties"]}
+        for item in table["fieldConfig"]["overrides"]
+    }
+
+    def mappings(column: str) -> dict[str, str]:
+        return mapped_texts(overrides[column]["mappings"])
+
+    assert mappings("Status") == {
+        "0": "0 completed",
+        "1": "1 in progress",
+        "2..None": "unknown status",
+    }
+    assert mappings("Completed") == {"0": "no", "1": "yes"}
+    assert mappings("Last poll") == {"0": "failing", "1": "ok"}
+    assert set(mappings("State").values()) == {
+        "in progress",
+        "stuck",
+        "completed",
+        "completed with failures",
+        "failing polls / not polled yet",
+        "unknown status",
+    }
+    for column in ("State", "Status", "Completed", "Last poll", "Time to completion"):
+        assert column in renamed.values(), column
+    # Context labels: the info metric's labels become columns, merged on store and task_id.
+    assert any(expr.startswith("shoplazza_upload_task_info{") for expr in exprs.values())
+    assert table["transformations"][0]["id"] == "merge"
+    (eta,) = [ref for ref, name in renamed.items() if name == "Time to completion"]
+    assert "deriv(shoplazza_upload_task_files_finished" in exprs[eta.split("#")[1].strip()]
+    assert overrides["Time to completion"]["unit"] == "s"
+
+
+def test_dashboard_poll_and_reload_panels_map_their_values() -> None:
+    assert mapped_texts(panel("Poll success")["fieldConfig"]["defaults"]["mappings"]) == {
+        "0": "failing",
+        "1": "ok",
+    }
+    reload = panel("Last config reload")["fieldConfig"]["defaults"]["mappings"]
+    assert mapped_texts(reload) == {"0": "failed", "1": "ok"}
+
+
+def test_dashboard_never_shows_completed_tasks_as_stale() -> None:
+    """Completed tasks are never polled again: age queries must leave them out."""
+    guard = re.compile(r"and on \(store, task_id\) shoplazza_upload_task_completed\{[^}]*\} == 0")
+    for expr in dashboard_queries():
+        if "last_success_timestamp_seconds" in expr:
+            assert guard.search(expr), expr
+
+
 def test_dashboard_queries_filter_by_store_and_task() -> None:
     for expr in dashboard_queries():
         found = list(selectors(expr))
@@ -457,12 +659,38 @@ def test_kustomization_lists_every_manifest() -> None:
     assert sorted(kustomization["resources"]) == sorted(manifests)
     assert set(k8s_objects()) == {
         "ConfigMap",
-        "Secret",
         "Deployment",
         "Service",
         "ServiceMonitor",
         "PrometheusRule",
     }
+
+
+def test_apply_never_writes_a_token() -> None:
+    """`kubectl apply -k` must not overwrite the real token Secret with a placeholder."""
+    kinds = [doc["kind"] for doc in rendered_kustomization()]
+    assert "Secret" not in kinds
+    kustomization = load_yaml(K8S_DIR / "kustomization.yaml")
+    assert "secretGenerator" not in kustomization
+    # The local configuration of the runbook URL is never applied either.
+    names = [doc["metadata"]["name"] for doc in rendered_kustomization()]
+    assert "shoplazza-upload-exporter-runbook" not in names
+
+
+def test_runbook_base_url_is_set_once_for_every_rule(tmp_path: Path) -> None:
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(K8S_DIR, copy)
+    config = copy / RUNBOOK_URL_CONFIG.name
+    base = runbook_base_url()
+    mine = "https://wiki.internal.example/ops/shoplazza/runbook.md"
+    config.write_text(config.read_text(encoding="utf-8").replace(base, mine), encoding="utf-8")
+    (rule,) = [doc for doc in rendered_kustomization(copy) if doc["kind"] == "PrometheusRule"]
+    urls = [
+        item["annotations"]["runbook_url"]
+        for group in rule["spec"]["groups"]
+        for item in group["rules"]
+    ]
+    assert urls == [f"{mine}#{slug(item['alert'])}" for item in alert_rules()]
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -547,9 +775,38 @@ def test_task_id_directory_is_an_emptydir_shared_by_both_containers() -> None:
     assert exporter_mounts["upload-tasks"]["mountPath"] == "/var/run/upload-tasks"
 
 
+def readme_section(heading: str) -> str:
+    """The text of a README section (up to the next heading of the same or a higher level)."""
+    text = README.read_text(encoding="utf-8")
+    level = heading.split(" ", 1)[0]
+    start = text.index(heading + "\n")
+    end = re.search(rf"^#{{1,{len(level)}}} ", text[start + len(heading) :], re.MULTILINE)
+    return text[start : start + len(heading) + (end.start() if end else len(text))]
+
+
+def readme_secret_command() -> tuple[str, dict[str, str]]:
+    """The Secret name and {key: file} of the README's `kubectl create secret` line."""
+    match = re.search(
+        r"kubectl create secret generic (\S+)((?: --from-file=\S+)+)",
+        readme_section("## Kubernetes sidecar"),
+    )
+    assert match is not None, "the README shows how to create the token Secret"
+    keys = dict(item.split("=", 1) for item in re.findall(r"--from-file=(\S+)", match.group(2)))
+    return match.group(1), keys
+
+
+def readme_sidecar() -> dict[str, Any]:
+    """The README's short version of the sidecar (containers and volumes)."""
+    section = readme_section("## Kubernetes sidecar")
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    data: dict[str, Any] = yaml.safe_load(block)
+    return data
+
+
 def test_config_paths_match_the_mounts() -> None:
     objects = k8s_objects()
-    deployment, config_map, secret = objects["Deployment"], objects["ConfigMap"], objects["Secret"]
+    deployment, config_map = objects["Deployment"], objects["ConfigMap"]
+    secret_name, secret_keys = readme_secret_command()
     pod = deployment["spec"]["template"]["spec"]
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     exporter = container(deployment, "exporter")
@@ -566,12 +823,43 @@ def test_config_paths_match_the_mounts() -> None:
     for store in config["stores"]:
         token_path = Path(store["access_token_file"])
         token_volume = volumes[mounts[str(token_path.parent)]]
-        assert token_volume["secret"]["secretName"] == secret["metadata"]["name"]
-        assert token_path.name in secret["stringData"]
+        assert token_volume["secret"]["secretName"] == secret_name
+        assert token_path.name in secret_keys
         for pattern in store["task_id_files"]:
             assert mounts[str(Path(pattern).parent)] == "upload-tasks"
     state_dir = str(Path(config["state_file"]).parent)
     assert "emptyDir" in volumes[mounts[state_dir]]
+
+
+def test_readme_sidecar_matches_the_manifests() -> None:
+    """Names, paths and ports of the README's snippets are those of the manifests."""
+    snippet = readme_sidecar()
+    deployment = k8s_objects()["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    real = container(deployment, "exporter")
+    (short,) = [item for item in snippet["containers"] if item["name"] == "exporter"]
+    assert short["image"] == real["image"]
+    assert short["args"][0] == real["args"][0]
+    assert short["ports"] == [
+        {key: port[key] for key in ("name", "containerPort")} for port in real["ports"]
+    ]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert short[probe]["httpGet"] == real[probe]["httpGet"]
+    real_mounts = {m["name"]: m["mountPath"] for m in real["volumeMounts"]}
+    for mount in short["volumeMounts"]:
+        assert real_mounts[mount["name"]] == mount["mountPath"], mount
+    real_volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    for volume in snippet["volumes"]:
+        kind = next(key for key in volume if key != "name")
+        assert kind in real_volumes[volume["name"]], volume
+        for key, value in volume[kind].items():
+            assert real_volumes[volume["name"]][kind][key] == value, volume
+    secret_name, _ = readme_secret_command()
+    (token,) = [v for v in snippet["volumes"] if "secret" in v]
+    assert token["secret"]["secretName"] == secret_name
+    section = readme_section("## Kubernetes sidecar")
+    assert "kubectl apply -k deploy/kubernetes" in section
+    assert str(RUNBOOK_URL_CONFIG.relative_to(REPO)) in readme_section("## Alerts")
 
 
 def test_configmap_config_is_accepted_by_the_exporter(tmp_path: Path) -> None:
@@ -581,8 +869,8 @@ def test_configmap_config_is_accepted_by_the_exporter(tmp_path: Path) -> None:
     text = objects["ConfigMap"]["data"]["config.yaml"]
     secret_dir = "/var/run/secrets/shoplazza"
     assert secret_dir + "/" in text
-    for key in objects["Secret"]["stringData"]:
-        (tmp_path / key).write_text("fake-token-0123456789\n", encoding="utf-8")
+    for key in readme_secret_command()[1]:
+        (tmp_path / key).write_text("fake-token-of-32-characters-long\n", encoding="utf-8")
     state_dir = "/var/lib/shoplazza-upload-exporter"  # must exist at load: a stand-in here
     (tmp_path / "state").mkdir()
     config = parse_config(

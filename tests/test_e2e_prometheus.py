@@ -3,13 +3,18 @@
 Starts the Shoplazza API simulator in process, the real exporter as a subprocess pointed
 at it, and Debian's ``prometheus`` scraping the exporter every second with
 deploy/prometheus/alerts.yml loaded. Then every query of the Grafana dashboard must
-return data through Prometheus' HTTP API, and every alert rule must evaluate healthy.
+return data through Prometheus' HTTP API, every alert rule must evaluate healthy, and the
+dashboard's state, data-age, stale and stuck queries must name exactly the right tasks,
+with a task in each state. Tasks that look 20 minutes old (stuck, stale, completed long
+ago, forgotten) come from a state file written before the exporter starts: the exporter
+keeps their last progress and last success times, as it does across restarts.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -27,15 +32,33 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from tests.test_deploy import ALERTS, REPO, concrete, dashboard_queries, healthcheck_command
+from tests.test_deploy import (
+    ALERTS,
+    NEW_TASK_METRICS,
+    REPO,
+    concrete,
+    dashboard_queries,
+    healthcheck_command,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
 T = TypeVar("T")
 
-TOKEN = "sim-token-not-a-secret"
-ACME_TASKS = ("task-done", "task-running", "task-failing")
+TOKEN = "sim-token-of-the-e2e-test"
+# One task per state (README, "Task states"):
+ACME_TASKS = (
+    "task-done",  # completed 20 minutes ago (state file), never polled again
+    "task-running",  # in progress, one file finished every 2 seconds
+    "task-failing",  # completed with 2 failed files
+    "task-stuck",  # in progress, no progress for 20 minutes (state file), polls fine
+    "task-broken",  # answered 20 minutes ago (state file), every poll fails since: 500
+    "task-seven",  # status 7
+    "task-forgotten",  # completed 2 hours ago (state file): forgotten after 1 hour
+)
+FORGOTTEN = "task-forgotten"
 BETA_TASKS = ("task-beta", "task-missing")  # task-missing is unknown to the simulator: 404
+OLD = 20 * 60  # seconds: older than the stuck (15 min) and stale (10 min) thresholds
 STARTUP_DEADLINE = 20.0
 DATA_DEADLINE = 30.0
 
@@ -154,6 +177,41 @@ def stop(process: Process) -> None:
             process.popen.wait(timeout=10)
 
 
+def _one_file_every(seconds: float) -> Callable[[Any, float], None]:
+    def progress(task: Any, elapsed: float) -> None:
+        task.finished = min(task.total, int(elapsed / seconds))
+
+    return progress
+
+
+def _old_state(when: float) -> str:
+    """A state file in which three acme tasks were last seen ``when`` (Unix time)."""
+    from exporter.model import TaskSnapshot, TaskState
+    from exporter.state import dump_state
+
+    def seen(task_id: str, snapshot: TaskSnapshot) -> TaskState:
+        done = when if snapshot.completed else None
+        return TaskState(
+            "acme",
+            task_id,
+            snapshot=snapshot,
+            poll_success=True,
+            last_code="200",
+            last_success=when,
+            last_progress=when,
+            completed_at=done,
+        )
+
+    tasks = [
+        seen("task-done", TaskSnapshot(3, 3, 0, 3, 0)),
+        seen("task-stuck", TaskSnapshot(10, 4, 1, 4, 0)),
+        seen("task-broken", TaskSnapshot(10, 2, 1, 2, 0)),
+        seen(FORGOTTEN, TaskSnapshot(5, 5, 0, 3, 2)),
+    ]
+    tasks[-1].completed_at = tasks[-1].last_success = tasks[-1].last_progress = when - 6000
+    return dump_state(tasks, {})
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Simulator, exporter and Prometheus, running; all stopped afterwards."""
@@ -179,6 +237,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ],
         )
         sim.add_task("task-beta", 4, finished=1, status=1)
+        sim.add_task("task-running", 1000, finished=0, status=1, progress=_one_file_every(2.0))
+        sim.add_task("task-stuck", 10, finished=4, status=1)
+        sim.add_task("task-broken", 10, finished=2, status=1)
+        sim.behave("task-broken", simulator_module.Reply(status=500))
+        sim.add_task("task-seven", 5, finished=5, status=7)
+        sim.add_task(FORGOTTEN, 5, finished=5, status=0)
+        state_file = tmp / "state.json"
+        state_file.write_text(_old_state(time.time() - OLD), encoding="utf-8")
 
         token_file = tmp / "token"
         token_file.write_text(TOKEN + "\n", encoding="utf-8")
@@ -194,6 +260,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 {"name": "beta", **store, "task_id_files": [str(task_dir / "*.txt")]},
             ],
             "defaults": {"min_poll_interval": "1s"},
+            "state_file": str(state_file),
+            "forget_completed_after": "1h",
         }
         config_file = tmp / "config.yaml"
         config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -257,7 +325,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
         def every_task_scraped() -> bool:
             series = query(prometheus_url, "shoplazza_upload_task_poll_success")
-            return {item["metric"]["task_id"] for item in series} == {*ACME_TASKS, *BETA_TASKS}
+            watched = {*ACME_TASKS, *BETA_TASKS} - {FORGOTTEN}
+            return {item["metric"]["task_id"] for item in series} == watched
 
         wait_until(
             every_task_scraped,
@@ -272,9 +341,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         sim.stop()
 
 
+def exported_families(stack: Stack) -> set[str]:
+    """The metric families the running exporter exports."""
+    status, body = http_get(f"{stack.exporter_url}/metrics")
+    assert status == 200
+    return {line.split()[2] for line in body.decode().splitlines() if line.startswith("# TYPE ")}
+
+
 def test_dashboard_queries_return_data(stack: Stack) -> None:
-    queries = sorted({concrete(expr) for expr in dashboard_queries()})
-    assert queries
+    # Families of the amended metrics table that this exporter may not export yet; every
+    # query that needs none of them must answer, and once exported, all of them must.
+    exported = exported_families(stack)
+    missing = NEW_TASK_METRICS - exported
+    queries = sorted(
+        concrete(expr)
+        for expr in set(dashboard_queries())
+        if not any(name in expr for name in missing)
+    )
+    assert len(queries) >= len(set(dashboard_queries())) - 1
     pending = set(queries)
 
     def all_answered() -> bool:
@@ -289,6 +373,68 @@ def test_dashboard_queries_return_data(stack: Stack) -> None:
         pytest.fail("dashboard queries without data:\n" + "\n".join(sorted(pending)))
 
 
+def panel_expr(title: str, ref: str = "A") -> str:
+    """A dashboard panel's query, concrete; a stat's ``count(X) or vector(0)`` gives X."""
+    from tests.test_deploy import panel
+
+    (expr,) = [t["expr"] for t in panel(title)["targets"] if t["refId"] == ref]
+    inner = re.fullmatch(r"count\((.*)\) or vector\(0\)", expr)
+    return concrete(inner.group(1) if inner else expr)
+
+
+def tasks_of(stack: Stack, expr: str) -> dict[str, float]:
+    """task_id -> value of an instant query's result."""
+    return {
+        item["metric"]["task_id"]: float(item["value"][1])
+        for item in query(stack.prometheus_url, expr)
+    }
+
+
+# Dashboard "State" codes (deploy/grafana/upload-tasks.json, the Tasks table's mappings).
+EXPECTED_STATES = {
+    "task-done": 3,  # completed
+    "task-running": 1,  # in progress
+    "task-failing": 4,  # completed with failures
+    "task-stuck": 2,  # stuck
+    "task-broken": 5,  # failing polls
+    "task-seven": 6,  # unknown status
+    "task-beta": 1,  # in progress
+    "task-missing": 5,  # failing polls (never answered)
+}
+
+
+def test_dashboard_state_age_stale_and_stuck_queries_per_task(stack: Stack) -> None:
+    """With a task in each state, each query names exactly the tasks it should."""
+    state = panel_expr("Tasks", "S")
+    age = panel_expr("Data age")
+    stale = panel_expr("Stale data")
+    stuck = panel_expr("Stuck")
+
+    def settled() -> bool:
+        return (
+            tasks_of(stack, state) == EXPECTED_STATES
+            and set(tasks_of(stack, stuck)) == {"task-stuck"}
+            and set(tasks_of(stack, stale)) == {"task-broken"}
+        )
+
+    try:
+        wait_until(settled, "the dashboard's state queries to settle", DATA_DEADLINE, [])
+    except pytest.fail.Exception:
+        pytest.fail(
+            f"state {tasks_of(stack, state)}, stuck {tasks_of(stack, stuck)}, "
+            f"stale {tasks_of(stack, stale)}"
+        )
+    # The forgotten task has no series left, so no query or alert can name it.
+    everything = f'shoplazza_upload_task_poll_success{{task_id="{FORGOTTEN}"}}'
+    assert query(stack.prometheus_url, everything) == []
+    ages = tasks_of(stack, age)
+    # Completed tasks are left out, however old their data (task-done: 20 minutes).
+    assert set(ages) == {"task-running", "task-stuck", "task-broken", "task-seven", "task-beta"}
+    assert ages["task-broken"] >= OLD
+    assert ages["task-running"] < 60
+    assert set(tasks_of(stack, panel_expr("Tasks", "T"))) <= {"task-running", "task-beta"}
+
+
 def test_dashboard_variables_find_stores_and_tasks(stack: Stack) -> None:
     stores = api(
         stack.prometheus_url,
@@ -301,7 +447,7 @@ def test_dashboard_variables_find_stores_and_tasks(stack: Stack) -> None:
         "/api/v1/label/task_id/values",
         **{"match[]": 'shoplazza_upload_task_poll_success{store=~"acme"}'},
     )
-    assert set(tasks) == set(ACME_TASKS)
+    assert set(tasks) == set(ACME_TASKS) - {FORGOTTEN}
 
 
 def test_every_rule_evaluates_ok(stack: Stack) -> None:
@@ -325,26 +471,29 @@ def test_every_rule_evaluates_ok(stack: Stack) -> None:
 
 
 def test_alerts_follow_the_tasks(stack: Stack) -> None:
+    wanted = {
+        ("ShoplazzaUploadTaskFailedFiles", "task-failing"): "pending",  # for: 5m
+        ("ShoplazzaUploadTaskStuck", "task-stuck"): "firing",
+        ("ShoplazzaUploadTaskStale", "task-broken"): "pending",  # for: 10m
+        ("ShoplazzaUploadTaskStale", "task-missing"): "pending",
+        ("ShoplazzaUploadTaskUnknownStatus", "task-seven"): "pending",  # for: 10m
+    }
+
     def active() -> dict[tuple[str, str], str] | None:
         alerts = api(stack.prometheus_url, "/api/v1/alerts")["alerts"]
         found = {
             (alert["labels"]["alertname"], alert["labels"].get("task_id", "")): alert["state"]
             for alert in alerts
         }
-        wanted = {
-            ("ShoplazzaUploadTaskFailedFiles", "task-failing"),
-            ("ShoplazzaUploadTaskStale", "task-missing"),
-        }
-        return found if wanted <= set(found) else None
+        return found if set(wanted) <= set(found) else None
 
     found = wait_until(active, "the task alerts to become active", DATA_DEADLINE, [])
-    assert found[("ShoplazzaUploadTaskFailedFiles", "task-failing")] == "firing"
-    assert found[("ShoplazzaUploadTaskStale", "task-missing")] == "pending"
-    # Healthy tasks and the running exporter raise nothing else.
-    assert {name for name, _ in found} <= {
-        "ShoplazzaUploadTaskFailedFiles",
-        "ShoplazzaUploadTaskStale",
-        "ShoplazzaApiErrorRatioHigh",  # pending: beta's 404s are a high share of its requests
+    assert {key: found[key] for key in wanted} == wanted
+    # Nothing else about tasks: not the completed one with old data, not the running ones.
+    task_alerts = {key for key in found if key[0].startswith("ShoplazzaUploadTask")}
+    assert task_alerts == set(wanted)
+    assert {name for name, _ in found} - {name for name, _ in wanted} <= {
+        "ShoplazzaApiErrorRatioHigh",  # pending: the 404s and 500s are a high share of requests
     }
 
 
@@ -356,3 +505,28 @@ def test_container_healthcheck_command_passes(stack: Stack) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=10, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_readme_queries_name_the_right_tasks(stack: Stack) -> None:
+    """The README's stuck, stale and unknown-status queries, with a task in each state."""
+    from tests.test_readme import promql_examples
+
+    exprs = promql_examples()
+    (stuck,) = [e for e in exprs if "last_progress_timestamp_seconds" in e]
+    (stale,) = [e for e in exprs if "last_success_timestamp_seconds" in e]
+    (unknown,) = [e for e in exprs if e == "shoplazza_upload_task_status > 1"]
+    (failing,) = [e for e in exprs if e == "shoplazza_upload_task_poll_success == 0"]
+    expected = {
+        stuck: {"task-stuck"},
+        stale: {"task-broken"},
+        unknown: {"task-seven"},
+        failing: {"task-broken", "task-missing"},
+    }
+
+    def found() -> dict[str, set[str]]:
+        return {expr: set(tasks_of(stack, expr)) for expr in expected}
+
+    try:
+        wait_until(lambda: found() == expected, "the README's queries", DATA_DEADLINE, [])
+    except pytest.fail.Exception:
+        pytest.fail(f"README queries gave {found()}")

@@ -17,6 +17,10 @@ from exporter.collector import render_task_families, store_families
 from exporter.model import ExporterView
 from exporter.status import render_html, render_json
 
+# A person opening a page sees fresh data at once: the pages refresh due tasks first, like
+# a scrape with this deadline (docs/design.md, "Status pages").
+PAGE_REFRESH_DEADLINE = 2.0
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
@@ -146,12 +150,14 @@ class App:
         return "200 OK", headers, body
 
     def index(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
-        """The status page."""
+        """The status page, after refreshing due tasks like a scrape (2 s deadline)."""
+        self.exporter.refresh(PAGE_REFRESH_DEADLINE)
         html = render_html(self.exporter.views())
         return "200 OK", [("Content-Type", "text/html; charset=utf-8")], html.encode()
 
     def tasks(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
-        """The status page's data as JSON."""
+        """The status page's data as JSON, after the same refresh."""
+        self.exporter.refresh(PAGE_REFRESH_DEADLINE)
         body = render_json(self.exporter.views())
         return "200 OK", [("Content-Type", "application/json")], body.encode()
 

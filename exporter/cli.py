@@ -148,7 +148,10 @@ def _demo_config(directory: str, base_url: str, token: str, task_ids: Sequence[s
     with open(token_file, "w", encoding="utf-8") as fh:
         fh.write(token)
     path = os.path.join(directory, "config.yaml")
-    ids = "".join(f"      - {task_id}\n" for task_id in task_ids)
+    ids = "".join(
+        f"      - {{id: {task_id}, labels: {{source: {task_id.removeprefix('demo-')}.csv}}}}\n"
+        for task_id in task_ids
+    )
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(
             "# Written by --demo: the exporter watching the embedded simulator.\n"
@@ -158,6 +161,7 @@ def _demo_config(directory: str, base_url: str, token: str, task_ids: Sequence[s
             f"    access_token_file: {token_file}\n"
             "    min_poll_interval: 1s\n"
             "    timeout: 2s\n"
+            "    stuck_after: 10s  # the demo's stuck task turns amber quickly\n"
             "    task_ids:\n" + ids
         )
     return path

@@ -66,21 +66,23 @@ class _Families:
 
 
 class _Piece:
-    """A cached part of the body and, once a gzip scrape asked, its raw deflate and CRC."""
+    """A part of the body: its chunks (cached lines, never joined) and, once a gzip scrape
+    asked, their raw deflate, flushed to a byte boundary and not final."""
 
-    __slots__ = ("_crc", "_deflated", "raw")
+    __slots__ = ("_deflated", "chunks")
 
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
         self._deflated: bytes | None = None
-        self._crc: int | None = None
 
     @property
     def deflated(self) -> bytes:
-        """The raw deflate of the part, flushed to a byte boundary, not final."""
+        """The chunks' raw deflate, made once."""
         if self._deflated is None:
             compressor = zlib.compressobj(1, zlib.DEFLATED, -15)
-            self._deflated = compressor.compress(self.raw) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            out = [compressor.compress(chunk) for chunk in self.chunks]
+            out.append(compressor.flush(zlib.Z_SYNC_FLUSH))
+            self._deflated = b"".join(out)
         return self._deflated
 
 
@@ -176,11 +178,11 @@ class Exposition:
         )
         families = described()
         cached = families[: len(TASK_NAMES) + len(STORE_FAMILIES)]  # the rest is the tail
-        self._headers = {fmt: [_Piece(_header(fmt, f)) for f in cached] for fmt in _ENCODERS}
-        self._text_headers = [h.raw for h in self._headers["text"]]
+        self._headers = {fmt: [_Piece([_header(fmt, f)]) for f in cached] for fmt in _ENCODERS}
+        self._text_headers = [h.chunks[0] for h in self._headers["text"]]
         self._stores: dict[str, _Store] = {}
         self._order: tuple[str, ...] = ()
-        self._sections = [_Piece(b"") for _ in cached]
+        self._sections = [_Piece([]) for _ in cached]
         self.generation = 0  # grows whenever a cached section changes
         self._prefix_crc: dict[str, tuple[int, int, int]] = {}  # fmt: (generation, crc, size)
         self._filtered: dict[tuple[object, ...], bytes] = {}
@@ -218,14 +220,12 @@ class Exposition:
         stores = [self._stores[name] for name in order]
         if tasks_changed:
             for i in range(len(TASK_NAMES)):
-                self._sections[i] = _Piece(
-                    b"".join(seg.chunks[i] for store in stores for seg in store.segments)
-                )
+                chunks = [seg.chunks[i] for store in stores for seg in store.segments]
+                self._sections[i] = _Piece(chunks)
         if stats_changed:
             for i in range(len(STORE_FAMILIES)):
-                self._sections[len(TASK_NAMES) + i] = _Piece(
-                    b"".join(store.stats[i] for store in stores)
-                )
+                chunks = [store.stats[i] for store in stores]
+                self._sections[len(TASK_NAMES) + i] = _Piece(chunks)
         if tasks_changed or stats_changed:
             self.generation += 1
 
@@ -285,20 +285,19 @@ class Exposition:
             pieces += (header, section)
         tail = self._tail(view, fmt)
         if not gzipped:
-            return b"".join([*(p.raw for p in pieces), tail])
+            return b"".join([*(chunk for p in pieces for chunk in p.chunks), tail])
         cached = self._prefix_crc.get(fmt)
         if cached is None or cached[0] != self.generation:
             crc = size = 0
-            for piece in pieces:
-                crc = zlib.crc32(piece.raw, crc)
-                size += len(piece.raw)
+            for chunk in (chunk for p in pieces for chunk in p.chunks):
+                crc = zlib.crc32(chunk, crc)
+                size += len(chunk)
             cached = self._prefix_crc[fmt] = (self.generation, crc, size)
-        tail_piece = _Piece(tail)
         trailer = struct.pack(
             "<II", zlib.crc32(tail, cached[1]), (cached[2] + len(tail)) & 0xFFFFFFFF
         )
         deflated = [p.deflated for p in pieces]
-        return b"".join([_GZIP_HEADER, *deflated, tail_piece.deflated, _FINAL_BLOCK, trailer])
+        return b"".join([_GZIP_HEADER, *deflated, _Piece([tail]).deflated, _FINAL_BLOCK, trailer])
 
     def _generic(
         self,
@@ -327,6 +326,6 @@ class Exposition:
 
 
 def _gzip(data: bytes) -> bytes:
-    piece = _Piece(data)
+    piece = _Piece([data])
     trailer = struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
     return b"".join([_GZIP_HEADER, piece.deflated, _FINAL_BLOCK, trailer])

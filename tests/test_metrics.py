@@ -52,6 +52,18 @@ def exporter(sim: Simulator, tmp_path: Path, clock: FakeClock) -> Iterator[Expor
     exp.close()
 
 
+# Metrics added with the exposition work, by type (labels are checked in the tests below).
+NEW_METRICS = {
+    "shoplazza_upload_task_completed_timestamp_seconds": "gauge",
+    "shoplazza_upload_task_info": "gauge",
+    "shoplazza_exporter_store_files_invalid": "gauge",
+    "shoplazza_exporter_state_file_last_write_successful": "gauge",
+    "shoplazza_exporter_web_config_last_reload_successful": "gauge",
+    "shoplazza_exporter_shard_info": "gauge",
+    "shoplazza_exporter_stores": "gauge",
+}
+
+
 def types_of(text: str) -> dict[str, str]:
     return {
         line.split()[2]: line.split()[3] for line in text.splitlines() if line.startswith("# TYPE")
@@ -336,6 +348,8 @@ def test_new_metrics_from_the_view_fields() -> None:
         assert sample(text, "shoplazza_exporter_stores", owned="true") == 4
         assert sample(text, "shoplazza_exporter_stores", owned="false") == 8
         assert sample(text, "shoplazza_exporter_store_files_invalid") == 2
+        if state_ok is not None:
+            assert set(NEW_METRICS.items()) <= set(types_of(text).items())
         for name, ok in (
             ("shoplazza_exporter_state_file_last_write_successful", state_ok),
             ("shoplazza_exporter_web_config_last_reload_successful", web_ok),

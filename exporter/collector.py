@@ -1,18 +1,22 @@
-"""Metric families from the poller's memory (contract section 5); it knows no HTTP.
+"""Metric families from an :class:`ExporterView`; it knows no HTTP (docs/design.md, "Exposition").
 
-The per-task families are most of a scrape (ten series per task), and prometheus_client's
-encoders spend most of a second on 10,000 tasks escaping label values that the
-configuration has already restricted to ``[A-Za-z0-9_.-]``. So :func:`render_task_families`
-writes them directly in either exposition format, and the registry path
-(:class:`TaskCollector`) builds the same families as ``Metric`` objects for everything else.
+Everything the exporter shows of itself and its tasks is defined here once, as
+prometheus_client families: gauges per task, counters and a histogram per store
+(``CounterMetricFamily`` / ``HistogramMetricFamily``) and the exporter-wide gauges.
+:class:`TaskCollector` yields them for a registry (``name[]`` filters go through
+``restricted_registry``); :mod:`exporter.exposition` writes the per-task gauges directly and
+caches every part, byte-identical to what the encoders make of these families.
+
+Every value passes :func:`number` and every label value :func:`label_value` first, so no
+stored value (an integer of a thousand digits, NaN, a lone surrogate) can make rendering
+raise (docs/design.md, "Exposition").
 
 A sample of what it yields::
 
     # HELP shoplazza_upload_task_files Files in the upload task (the API's total).
     # TYPE shoplazza_upload_task_files gauge
     shoplazza_upload_task_files{store="acme",task_id="300b5e33"} 3.0
-    # TYPE shoplazza_upload_task_poll_success gauge
-    shoplazza_upload_task_poll_success{store="acme",task_id="300b5e33"} 1.0
+    # HELP shoplazza_api_errors_total Requests that did not yield valid task data, ...
     # TYPE shoplazza_api_errors_total counter
     shoplazza_api_errors_total{code="429",store="acme"} 0.0
 """
@@ -20,19 +24,25 @@ A sample of what it yields::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Iterable, Iterator
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from typing import cast
 
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go
 
 from exporter import __version__
 from exporter.model import DURATION_BUCKETS, ExporterView, StoreView, TaskState
 
-# (name, help, value of a snapshot) for the per-task gauges that need data.
-_TASK_GAUGES: tuple[tuple[str, str], ...] = (
+# (name, help) of the per-task gauges, in exposition order.
+TASK_GAUGES: tuple[tuple[str, str], ...] = (
     ("shoplazza_upload_task_files", "Files in the upload task (the API's total)."),
     ("shoplazza_upload_task_files_finished", "Files of the upload task processed so far."),
     ("shoplazza_upload_task_files_succeeded", "Files stored successfully (success_list length)."),
@@ -51,165 +61,254 @@ _TASK_GAUGES: tuple[tuple[str, str], ...] = (
         "shoplazza_upload_task_last_success_timestamp_seconds",
         "Unix time of the last successful poll of the task.",
     ),
+    (
+        "shoplazza_upload_task_completed_timestamp_seconds",
+        "Unix time the task was first seen completed (only for completed tasks).",
+    ),
+    (
+        "shoplazza_upload_task_poll_success",
+        "1 if the last poll of this task succeeded, else 0.",
+    ),
+    (
+        "shoplazza_upload_task_info",
+        "1 for every watched task, with its context labels.",
+    ),
 )
-_POLL_SUCCESS = (
-    "shoplazza_upload_task_poll_success",
-    "1 if the last poll of this task succeeded, else 0.",
-)
+COMPLETED_AT = 9  # index of completed_timestamp_seconds in TASK_GAUGES
+POLL_SUCCESS = 10
+INFO = 11
 
-
-def _task_values(task: TaskState) -> tuple[float, ...] | None:
-    """The values of the data gauges, in ``_TASK_GAUGES`` order; None before any data."""
-    snap = task.snapshot
-    if snap is None:
-        return None
-    nan = math.nan
-    return (
-        snap.total,
-        snap.finished,
-        snap.succeeded,
-        snap.failed,
-        snap.status,
-        1.0 if snap.completed else 0.0,
-        snap.progress_ratio,
-        task.last_progress if task.last_progress is not None else nan,
-        task.last_success if task.last_success is not None else nan,
-    )
-
-
-def task_families(views: Iterable[StoreView]) -> Iterator[Metric]:
-    """The per-task gauges as ``Metric`` objects."""
-    families = [Metric(name, doc, "gauge") for name, doc in _TASK_GAUGES]
-    poll = Metric(*_POLL_SUCCESS, "gauge")
-    for view in views:
-        for task in view.tasks:
-            labels = {"store": view.name, "task_id": task.task_id}
-            poll.samples.append(
-                Sample(poll.name, labels, 1.0 if task.poll_success else 0.0, None, None)
-            )
-            values = _task_values(task)
-            if values is None:
-                continue
-            for family, value in zip(families, values, strict=True):
-                family.samples.append(Sample(family.name, labels, float(value), None, None))
-    yield from families
-    yield poll
-
-
-# prometheus_client's own number formatting ("3.0", "1.7958836822220578e+09", "NaN").
-_fmt = cast(Callable[[float], str], _untyped_float_to_go)
-
-
-def _label(value: str) -> str:
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
-    return value
-
-
-def render_task_families(views: Iterable[StoreView], names: Collection[str] | None = None) -> str:
-    """The per-task gauges as exposition text, the same in 0.0.4 and OpenMetrics 1.0.
-
-    For gauges both formats (as prometheus_client writes them) have HELP then TYPE, the same
-    label escaping and number formatting; OpenMetrics' final ``# EOF`` is the encoder's.
-    """
-    all_gauges = (*_TASK_GAUGES, _POLL_SUCCESS)
-    wanted = [i for i, (name, _) in enumerate(all_gauges) if names is None or name in names]
-    if not wanted:
-        return ""
-    lines: list[list[str]] = [[] for _ in all_gauges]
-    poll = len(_TASK_GAUGES)
-    for view in views:
-        store = _label(view.name)
-        for task in view.tasks:
-            labels = f'{{store="{store}",task_id="{_label(task.task_id)}"}} '
-            lines[poll].append(labels + ("1.0" if task.poll_success else "0.0"))
-            values = _task_values(task)
-            if values is not None:
-                for i, value in enumerate(values):
-                    lines[i].append(labels + _fmt(value))
-    out: list[str] = []
-    for i in wanted:
-        name, doc = all_gauges[i]
-        out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
-        if lines[i]:
-            out.append(name + f"\n{name}".join(lines[i]) + "\n")
-    return "".join(out)
-
-
-def store_families(view: ExporterView) -> Iterator[Metric]:
-    """Per-store counters, histogram and gauges, and the exporter-wide gauges."""
-    views, reload_status, version = view.stores, view.reload, view.version
-    requests = Metric(
+# (name, help, type) of the per-store families, in exposition order.
+STORE_FAMILIES: tuple[tuple[str, str, str], ...] = (
+    (
         "shoplazza_api_requests",
         "Requests sent to the Shoplazza API, by HTTP status or failure kind.",
         "counter",
-    )
-    errors = Metric(
+    ),
+    (
         "shoplazza_api_errors",
         "Requests that did not yield valid task data, by HTTP status or failure kind.",
         "counter",
-    )
-    duration = Metric(
+    ),
+    (
         "shoplazza_api_request_duration_seconds",
         "Duration of requests to the Shoplazza API.",
         "histogram",
-    )
-    skipped = Metric(
+    ),
+    (
         "shoplazza_exporter_polls_skipped",
         "Due task polls a scrape answered without, by reason.",
         "counter",
-    )
-    watched = Metric("shoplazza_exporter_watched_tasks", "Upload tasks watched per store.", "gauge")
-    for sv in views:
-        store = {"store": sv.name}
-        for code, count in sv.requests:
-            requests.add_sample("shoplazza_api_requests_total", {**store, "code": code}, count)
-        for code, count in sv.errors:
-            errors.add_sample("shoplazza_api_errors_total", {**store, "code": code}, count)
-        for reason, count in sv.skipped:
-            skipped.add_sample(
-                "shoplazza_exporter_polls_skipped_total", {**store, "reason": reason}, count
-            )
-        bucket = "shoplazza_api_request_duration_seconds_bucket"
-        for bound, count in zip(DURATION_BUCKETS, sv.buckets, strict=True):
-            duration.add_sample(bucket, {**store, "le": repr(float(bound))}, count)
-        duration.add_sample(bucket, {**store, "le": "+Inf"}, sv.duration_count)
-        duration.add_sample(
-            "shoplazza_api_request_duration_seconds_count", store, sv.duration_count
-        )
-        duration.add_sample("shoplazza_api_request_duration_seconds_sum", store, sv.duration_sum)
-        watched.add_sample(watched.name, store, len(sv.tasks))
-    yield from (requests, errors, duration, skipped, watched)
-    reload_ok = Metric(
+    ),
+    ("shoplazza_exporter_watched_tasks", "Upload tasks watched per store.", "gauge"),
+)
+
+# (name, help) of the exporter-wide gauges, in exposition order.
+GLOBAL_GAUGES: tuple[tuple[str, str], ...] = (
+    (
         "shoplazza_exporter_config_last_reload_successful",
         "1 if the last configuration reload succeeded, else 0.",
-        "gauge",
-    )
-    reload_ok.add_sample(reload_ok.name, {}, 1.0 if reload_status.successful else 0.0)
-    reload_ts = Metric(
+    ),
+    (
         "shoplazza_exporter_config_last_reload_success_timestamp_seconds",
         "Unix time of the last successful configuration reload.",
-        "gauge",
+    ),
+    ("shoplazza_exporter_build_info", "Build information; always 1."),
+    (
+        "shoplazza_exporter_store_files_invalid",
+        "Store files whose last read failed (their last good version stays in use).",
+    ),
+    (
+        "shoplazza_exporter_state_file_last_write_successful",
+        "1 if the last write of the state file succeeded, else 0.",
+    ),
+    (
+        "shoplazza_exporter_web_config_last_reload_successful",
+        "1 if the last load of the web configuration file succeeded, else 0.",
+    ),
+    ("shoplazza_exporter_shard_info", "This process's shard; always 1."),
+    (
+        "shoplazza_exporter_stores",
+        'Configured stores: owned="true" served by this process, "false" by another shard.',
+    ),
+)
+
+# Context label names that cannot be shown as such are left out (docs/design.md, "Exposition").
+_LABEL_NAME = re.compile(r"(?!__)[a-zA-Z_][a-zA-Z0-9_]*\Z")
+# prometheus_client's own number formatting ("3.0", "1.7958836822220578e+09", "NaN", "+Inf").
+go_float = cast(Callable[[float], str], _untyped_float_to_go)
+_BOUNDS = (*(go_float(b) for b in DURATION_BUCKETS), "+Inf")
+
+
+def number(value: object) -> float:
+    """Any stored value as a float, never raising: huge integers become ±Inf, junk NaN."""
+    if type(value) is float:
+        return value
+    if value is None:
+        return math.nan
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError:  # an int beyond float range
+        return math.inf if value > 0 else -math.inf  # type: ignore[operator]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def label_value(value: object) -> str:
+    """Any stored value as a label value that encodes to UTF-8 (lone surrogates become '?')."""
+    text = value if type(value) is str else str(value)
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def task_labels(store: str, task: TaskState) -> dict[str, str]:
+    """The labels of the info gauge: context labels, then ``store`` and ``task_id`` (they win)."""
+    labels = {
+        sys.intern(k): sys.intern(label_value(v))
+        for k, v in task.labels
+        if type(k) is str and _LABEL_NAME.match(k)
+    }
+    labels["store"] = label_value(store)
+    labels["task_id"] = label_value(task.task_id)
+    return labels
+
+
+def task_values(task: TaskState) -> tuple[float | None, ...]:
+    """The value of each gauge of ``TASK_GAUGES`` for one task; None where none is exported."""
+    snap = task.snapshot
+    poll = 1.0 if task.poll_success else 0.0
+    if snap is None:  # before the first success only poll_success (and info)
+        return (None,) * COMPLETED_AT + (None, poll, 1.0)
+    completed = snap.completed
+    try:
+        ratio = number(snap.progress_ratio)
+    except (ArithmeticError, TypeError, ValueError):  # e.g. huge ints: their quotient overflows
+        total, finished = number(snap.total), number(snap.finished)
+        ratio = min(finished / total, 1.0) if math.isfinite(total) and total > 0 else math.nan
+    return (
+        number(snap.total),
+        number(snap.finished),
+        number(snap.succeeded),
+        number(snap.failed),
+        number(snap.status),
+        1.0 if completed else 0.0,
+        ratio,
+        number(task.last_progress),
+        number(task.last_success),
+        number(task.completed_at) if completed and task.completed_at is not None else None,
+        poll,
+        1.0,
     )
-    reload_ts.add_sample(reload_ts.name, {}, reload_status.last_success)
-    info = Metric("shoplazza_exporter_build_info", "Build information; always 1.", "gauge")
-    info.add_sample(info.name, {"version": version}, 1.0)
-    yield from (reload_ok, reload_ts, info)
+
+
+def task_families(stores: Iterable[StoreView]) -> list[Metric]:
+    """The per-task gauges as prometheus_client families."""
+    families: list[Metric] = [GaugeMetricFamily(name, doc) for name, doc in TASK_GAUGES]
+    for view in stores:
+        store = label_value(view.name)
+        for task in view.tasks:
+            base = {"store": store, "task_id": label_value(task.task_id)}
+            for family, value in zip(families, task_values(task), strict=True):
+                if value is not None:
+                    labels = task_labels(view.name, task) if family is families[INFO] else base
+                    family.add_sample(family.name, labels, value)
+    return families
+
+
+def store_families(view: StoreView) -> list[Metric]:
+    """The counters, histogram and gauge of one store."""
+    store = label_value(view.name)
+    doc = {name: (name, help_) for name, help_, _ in STORE_FAMILIES}
+    requests = CounterMetricFamily(*doc["shoplazza_api_requests"], labels=("store", "code"))
+    errors = CounterMetricFamily(*doc["shoplazza_api_errors"], labels=("store", "code"))
+    duration = HistogramMetricFamily(
+        *doc["shoplazza_api_request_duration_seconds"], labels=("store",)
+    )
+    skipped = CounterMetricFamily(
+        *doc["shoplazza_exporter_polls_skipped"], labels=("store", "reason")
+    )
+    watched = GaugeMetricFamily(*doc["shoplazza_exporter_watched_tasks"], labels=("store",))
+    for family, counts in ((requests, view.requests), (errors, view.errors)):
+        for code, count in counts:
+            family.add_metric((store, label_value(code)), number(count))
+    for reason, count in view.skipped:
+        skipped.add_metric((store, label_value(reason)), number(count))
+    buckets = [(b, number(c)) for b, c in zip(_BOUNDS, view.buckets, strict=False)]
+    if len(buckets) == len(DURATION_BUCKETS):  # a view with the wrong shape shows no histogram
+        buckets.append(("+Inf", number(view.duration_count)))
+        duration.add_metric((store,), buckets, number(view.duration_sum))
+    watched.add_metric((store,), len(view.tasks))
+    return [requests, errors, duration, skipped, watched]
+
+
+def all_store_families(stores: Iterable[StoreView]) -> list[Metric]:
+    """The per-store families of every store, merged family by family."""
+    merged = [Metric(name, doc, kind) for name, doc, kind in STORE_FAMILIES]
+    for view in stores:
+        for into, family in zip(merged, store_families(view), strict=True):
+            into.samples.extend(family.samples)
+    return merged
+
+
+def global_families(view: ExporterView) -> list[Metric]:
+    """The exporter-wide gauges; the state-file and web-config ones only when configured."""
+    (reload_ok, reload_ts, build, invalid, state_ok, web_ok, shard, stores) = [
+        GaugeMetricFamily(name, doc) for name, doc in GLOBAL_GAUGES
+    ]
+    reload_ok.add_sample(reload_ok.name, {}, 1.0 if view.reload.successful else 0.0)
+    reload_ts.add_sample(reload_ts.name, {}, number(view.reload.last_success))
+    build.add_sample(build.name, {"version": label_value(view.version)}, 1.0)
+    invalid.add_sample(invalid.name, {}, number(view.store_files_invalid))
+    shard_labels = {
+        "shard": label_value(view.shard),
+        "total_shards": label_value(view.total_shards),
+    }
+    shard.add_sample(shard.name, shard_labels, 1.0)
+    stores.add_sample(stores.name, {"owned": "true"}, number(view.stores_owned))
+    stores.add_sample(stores.name, {"owned": "false"}, number(view.stores_other))
+    families = [reload_ok, reload_ts, build, invalid]
+    for family, ok in ((state_ok, view.state_file_ok), (web_ok, view.web_config_ok)):
+        if ok is not None:
+            family.add_sample(family.name, {}, 1.0 if ok else 0.0)
+            families.append(family)
+    return [*families, shard, stores]
+
+
+def described() -> list[Metric]:
+    """Every family this module can yield, without samples (for ``describe()``)."""
+    return [
+        *(GaugeMetricFamily(name, doc) for name, doc in TASK_GAUGES),
+        *(Metric(name, doc, kind) for name, doc, kind in STORE_FAMILIES),
+        *(GaugeMetricFamily(name, doc) for name, doc in GLOBAL_GAUGES),
+    ]
 
 
 class TaskCollector(Collector):
-    """Yields every contract metric from a fresh :class:`StoreView` list."""
+    """Yields every exporter metric from the :class:`ExporterView` that ``views`` returns.
 
-    def __init__(self, views: Callable[[], ExporterView], version: str = __version__) -> None:
+    ``views`` may return None (nothing to show yet): then it yields nothing.
+    """
+
+    def __init__(
+        self, views: Callable[[], ExporterView | None], version: str = __version__
+    ) -> None:
         self._views = views
         self.version = version
 
     def describe(self) -> Iterable[Metric]:
-        """Nothing to describe up front: registering must not call the API."""
-        return []
+        """The families by name only: registering must not call the API."""
+        return described()
 
     def collect(self) -> Iterator[Metric]:
-        """Render the poller's memory."""
+        """Render a view of memory."""
         view = self._views()
+        if view is None:
+            return
         yield from task_families(view.stores)
-        yield from store_families(view)
+        yield from all_store_families(view.stores)
+        yield from global_families(view)

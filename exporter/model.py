@@ -25,7 +25,7 @@ SKIP_REASONS = ("rate_limited", "backoff", "deadline")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FailedFile:
     """One entry of ``failure_list``, reduced to what a person needs to act on it."""
 
@@ -33,7 +33,7 @@ class FailedFile:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskSnapshot:
     """The parsed state of one upload task as the API last reported it."""
 
@@ -57,7 +57,7 @@ class TaskSnapshot:
         return self.finished / self.total
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskState:
     """What the exporter knows of one watched task."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -49,6 +50,18 @@ def exporter(sim: Simulator, tmp_path: Path, clock: FakeClock) -> Iterator[Expor
     exp = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
     yield exp
     exp.close()
+
+
+# Metrics added with the exposition work, by type (labels are checked in the tests below).
+NEW_METRICS = {
+    "shoplazza_upload_task_completed_timestamp_seconds": "gauge",
+    "shoplazza_upload_task_info": "gauge",
+    "shoplazza_exporter_store_files_invalid": "gauge",
+    "shoplazza_exporter_state_file_last_write_successful": "gauge",
+    "shoplazza_exporter_web_config_last_reload_successful": "gauge",
+    "shoplazza_exporter_shard_info": "gauge",
+    "shoplazza_exporter_stores": "gauge",
+}
 
 
 def types_of(text: str) -> dict[str, str]:
@@ -280,30 +293,66 @@ def test_connection_refused_is_counted(tmp_path: Path) -> None:
     exporter.close()
 
 
-@pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
-def test_direct_task_rendering_matches_prometheus_client(
-    exporter: Exporter, openmetrics: bool
-) -> None:
-    from prometheus_client import exposition
-    from prometheus_client.openmetrics import exposition as om_exposition
+def test_name_filter_on_counters_and_histograms(exporter: Exporter) -> None:
+    app = App(exporter)
+    scrape(app)
+    for name in ("shoplazza_api_requests_total", "shoplazza_api_request_duration_seconds_count"):
+        status, _, body = wsgi(app, f"/metrics?name[]={name}")
+        assert status == 200
+        text = body.decode()
+        assert {line.split("{")[0] for line in text.splitlines() if line[0] != "#"} == {name}
+        assert sample(text, name, store="shop") is not None
+    status, _, body = wsgi(
+        app, "/metrics?name[]=shoplazza_api_requests_total&name[]=process_resident_memory_bytes"
+    )
+    assert sample(body.decode(), "shoplazza_api_requests_total", code="200") == 3
+    assert (sample(body.decode(), "process_resident_memory_bytes") or 0) > 0
 
-    from exporter.collector import render_task_families, task_families
-    from exporter.model import StoreView, TaskSnapshot, TaskState
 
-    scrape(App(exporter))
-    views = list(exporter.views().stores)
-    odd = TaskState(store="shop", task_id='we"ird\\id\nx', poll_success=True, last_success=1.5)
-    odd.snapshot = TaskSnapshot(total=10**12, finished=3, status=7, succeeded=1, failed=2)
-    views.append(StoreView("other", (odd,), (), (), (), (), 0, 0.0))
+def test_new_metrics_from_a_running_exporter(exporter: Exporter, clock: FakeClock) -> None:
+    text = scrape(App(exporter))
+    done = "shoplazza_upload_task_completed_timestamp_seconds"
+    assert types_of(text)[done] == "gauge"
+    assert sample(text, done, task_id="t0") == pytest.approx(clock.time())
+    assert sample(text, done, task_id="t1") is None  # in progress
+    assert sample(text, done, task_id="missing") is None  # no data
+    for task_id in ("t1", "t0", "empty", "missing"):
+        assert sample(text, "shoplazza_upload_task_info", store="shop", task_id=task_id) == 1
+    assert (sample(text, "process_resident_memory_bytes") or 0) > 0
+    assert sample(text, "shoplazza_exporter_shard_info", shard="0", total_shards="1") == 1
+    assert sample(text, "shoplazza_exporter_store_files_invalid") == 0
+    assert "shoplazza_exporter_state_file_last_write_successful" not in text  # no state_file
+    assert "shoplazza_exporter_web_config_last_reload_successful" not in text
 
-    class Families:
-        def collect(self) -> list[object]:
-            return list(task_families(views))
 
-    encode = om_exposition.generate_latest if openmetrics else exposition.generate_latest
-    theirs = encode(Families()).decode()  # type: ignore[arg-type]
-    ours = render_task_families(views)
-    assert ours == theirs.removesuffix("# EOF\n")
-    names = {"shoplazza_upload_task_files", "shoplazza_upload_task_poll_success"}
-    filtered = render_task_families(views, names)
-    assert {line.split()[2] for line in filtered.splitlines() if line.startswith("# TYPE")} == names
+def test_new_metrics_from_the_view_fields() -> None:
+    from exporter.exposition import Exposition
+    from exporter.model import ExporterView, ReloadStatus, StoreView, TaskSnapshot, TaskState
+
+    labelled = TaskState("acme", "t1", TaskSnapshot(4, 4, 0, 4, 0), True, completed_at=1e9,
+                         labels=(("source", "cat.csv"), ("importer", "nightly sync")))  # fmt: skip
+    running = TaskState("acme", "t2", TaskSnapshot(4, 1, 1, 1, 0), True, completed_at=5.0)
+    store = StoreView("acme", (labelled, running), (), (), (), (0,) * 12, 0, 0.0)
+    base = ExporterView((store,), 0.0, "9", ReloadStatus(True, 1.0), shard=1, total_shards=3,
+                        stores_owned=4, stores_other=8, store_files_invalid=2)  # fmt: skip
+    for state_ok, web_ok in ((None, None), (True, False), (False, True)):
+        view = dataclasses.replace(base, state_file_ok=state_ok, web_config_ok=web_ok)
+        text = Exposition(extra=()).render(view, "", None, False)[1].decode()
+        done = "shoplazza_upload_task_completed_timestamp_seconds"
+        assert sample(text, done, task_id="t1") == 1e9
+        assert sample(text, done, task_id="t2") is None  # only completed tasks
+        info = "shoplazza_upload_task_info"
+        assert sample(text, info, task_id="t1", source="cat.csv", importer="nightly sync") == 1
+        assert sample(text, info, task_id="t2") == 1
+        assert sample(text, "shoplazza_exporter_shard_info", shard="1", total_shards="3") == 1
+        assert sample(text, "shoplazza_exporter_stores", owned="true") == 4
+        assert sample(text, "shoplazza_exporter_stores", owned="false") == 8
+        assert sample(text, "shoplazza_exporter_store_files_invalid") == 2
+        if state_ok is not None:
+            assert set(NEW_METRICS.items()) <= set(types_of(text).items())
+        for name, ok in (
+            ("shoplazza_exporter_state_file_last_write_successful", state_ok),
+            ("shoplazza_exporter_web_config_last_reload_successful", web_ok),
+        ):
+            assert sample(text, name) == (None if ok is None else float(ok)), name
+            assert (f"# TYPE {name} gauge" in text) == (ok is not None), name

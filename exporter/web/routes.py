@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs
 
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import Metric
-
-from exporter.collector import render_task_families, store_families
+from exporter.exposition import Exposition
 from exporter.model import ExporterView
 from exporter.status import render_html, render_json
 
@@ -74,31 +70,12 @@ def _text(status: str, body: str) -> tuple[str, list[tuple[str, str]], bytes]:
     return status, [("Content-Type", "text/plain; charset=utf-8")], body.encode()
 
 
-class _Families:
-    """What the encoders need from a registry: ``collect()``, here of ready families."""
-
-    def __init__(self, families: Iterable[Metric], names: frozenset[str] | None) -> None:
-        self._families = list(families)
-        self._names = names
-
-    def collect(self) -> Iterator[Metric]:
-        """The families, only those with a sample named in ``name[]`` when it is given."""
-        if self._names is None:
-            yield from self._families
-            return
-        for metric in self._families:
-            samples = [s for s in metric.samples if s.name in self._names]
-            if samples or metric.name in self._names:
-                kept = Metric(metric.name, metric.documentation, metric.type, metric.unit)
-                kept.samples = samples or metric.samples
-                yield kept
-
-
 class App:
     """Routes requests to the exporter's endpoints."""
 
     def __init__(self, exporter: ExporterPort) -> None:
         self.exporter = exporter
+        self.exposition = Exposition()
         self._render_seconds = 0.0
         self.routes: dict[str, tuple[frozenset[str], Handler]] = {
             "/metrics": (frozenset({"GET", "HEAD"}), self.metrics),
@@ -133,16 +110,14 @@ class App:
         started = time.monotonic()
         params = parse_qs(environ.get("QUERY_STRING", ""))
         names = frozenset(params["name[]"]) if "name[]" in params else None
-        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
-        view = self.exporter.views()
-        # The per-task families are written directly (see exporter.collector), the rest
-        # through prometheus_client's encoder, which ends OpenMetrics with "# EOF".
-        tasks = render_task_families(view.stores, names).encode()
-        rest = store_families(view)
-        body = tasks + encoder(_Families(rest, names))
+        gzipped = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
+        # Incremental and cached, byte-identical to prometheus_client (docs/design.md,
+        # "Exposition"); it cannot raise on any stored value.
+        content_type, body = self.exposition.render(
+            self.exporter.views(), environ.get("HTTP_ACCEPT", ""), names, gzipped
+        )
         headers = [("Content-Type", content_type)]
-        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
-            body = gzip.compress(body, compresslevel=1)
+        if gzipped:
             headers.append(("Content-Encoding", "gzip"))
         # The estimate follows the last renders, rising at once and falling slowly.
         took = time.monotonic() - started

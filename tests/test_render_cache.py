@@ -1,0 +1,332 @@
+"""The incremental /metrics renderer: byte-identity, cache invalidation, hostile values, memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import math
+import shutil
+import subprocess
+import tracemalloc
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from exporter.collector import TaskCollector
+from exporter.exposition import SEGMENT, Exposition
+from exporter.model import (
+    DURATION_BUCKETS,
+    ERROR_CODES,
+    SKIP_REASONS,
+    ExporterView,
+    ReloadStatus,
+    StoreView,
+    TaskSnapshot,
+    TaskState,
+)
+
+ACCEPTS = (
+    "",
+    "text/plain;version=0.0.4",
+    "text/plain;version=1.0.0;escaping=allow-utf-8",
+    "text/plain;version=1.0.0;escaping=underscores",
+    "text/plain;version=1.0.0;escaping=dots",
+    "text/plain;version=1.0.0;escaping=values",
+    "application/openmetrics-text",
+    "application/openmetrics-text;version=1.0.0",
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8",
+    "application/openmetrics-text;version=1.0.0;escaping=dots",
+    "application/openmetrics-text;version=1.0.0;escaping=values",
+    "application/openmetrics-text;version=2.0.0",
+)
+FILTERS = (
+    frozenset({"shoplazza_api_requests_total"}),
+    frozenset({"shoplazza_api_request_duration_seconds_count"}),
+    frozenset({"shoplazza_upload_task_files", "shoplazza_upload_task_info"}),
+    frozenset({"shoplazza_exporter_stores", "shoplazza_exporter_shard_info"}),
+    frozenset({"no_such_metric"}),
+)
+
+
+def task(task_id: str, n: int = 0, *, store: str = "shop", done: bool = False) -> TaskState:
+    """A task with data: n files of 10 finished, completed when ``done``."""
+    snap = TaskSnapshot(total=10, finished=10 if done else n, status=0 if done else 1,
+                        succeeded=n, failed=1 if n % 3 == 0 else 0)  # fmt: skip
+    return TaskState(
+        store=store,
+        task_id=task_id,
+        snapshot=snap,
+        poll_success=True,
+        last_success=1_800_000_000.5 + n,
+        last_progress=1_800_000_000.25,
+        completed_at=1_800_000_100.0 if done else None,
+        labels=(("source", f"file{n % 2}.csv"),),
+    )
+
+
+def store(name: str, tasks: list[TaskState], requests: int = 0, revision: int = -1) -> StoreView:
+    return StoreView(
+        name=name,
+        tasks=tuple(tasks),
+        requests=(("200", requests), ("404", 1)) if requests else (),
+        errors=tuple((code, 0) for code in ERROR_CODES),
+        skipped=tuple((reason, 0) for reason in SKIP_REASONS),
+        buckets=tuple(range(len(DURATION_BUCKETS))),
+        duration_count=requests,
+        duration_sum=0.125 * requests,
+        revision=revision,
+    )
+
+
+def exporter_view(*stores: StoreView, **fields: object) -> ExporterView:
+    defaults: dict[str, object] = {
+        "stores": stores,
+        "now": 1_800_000_200.0,
+        "version": "1.2.3",
+        "reload": ReloadStatus(True, 1_800_000_000.0),
+        "stores_owned": len(stores),
+        "state_file_ok": True,
+        "web_config_ok": False,
+    }
+    defaults.update(fields)
+    return ExporterView(**defaults)  # type: ignore[arg-type]
+
+
+def sample_view() -> ExporterView:
+    big = [task(f"t{i:03d}", i, done=i % 10 != 0) for i in range(SEGMENT * 2 + 5)]
+    small = [task("a", 3, store="other"), TaskState(store="other", task_id="unpolled")]
+    return exporter_view(store("shop", big, requests=7), store("other", small))
+
+
+def generic(view: ExporterView, accept: str, names: frozenset[str] | None = None) -> bytes:
+    """What prometheus_client's encoder writes for the same families."""
+    registry = CollectorRegistry()
+    registry.register(TaskCollector(lambda: view))
+    encoder, _ = choose_encoder(accept)
+    return encoder(registry if names is None else registry.restricted_registry(names))
+
+
+def ours(exposition: Exposition, view: ExporterView, accept: str = "", **kw: object) -> bytes:
+    names = kw.get("names")
+    assert names is None or isinstance(names, frozenset)
+    plain = exposition.render(view, accept, names, False)[1]
+    zipped = exposition.render(view, accept, names, True)[1]
+    assert gzip.decompress(zipped) == plain
+    return plain
+
+
+@pytest.mark.parametrize("accept", ACCEPTS)
+def test_byte_identical_to_prometheus_client_for_every_format(accept: str) -> None:
+    view = sample_view()
+    exposition = Exposition(extra=())
+    assert ours(exposition, view, accept) == generic(view, accept)
+    assert ours(exposition, view, accept) == generic(view, accept)  # from the cache
+    for names in FILTERS:
+        assert ours(exposition, view, accept, names=names) == generic(view, accept, names)
+
+
+def test_content_type_follows_accept() -> None:
+    exposition = Exposition(extra=())
+    view = sample_view()
+    for accept in ACCEPTS:
+        assert exposition.render(view, accept, None, False)[0] == choose_encoder(accept)[1]
+
+
+def test_process_and_python_metrics_on_its_own_registry() -> None:
+    exposition = Exposition()
+    body = exposition.render(sample_view(), "", None, False)[1].decode()
+    assert "\nprocess_resident_memory_bytes " in body
+    assert "\npython_info{" in body
+    assert "\npython_gc_objects_collected_total{" in body
+    # Between scrapes the registry holds no view: only prometheus_client's own metrics.
+    assert exposition.registry.get_sample_value("process_resident_memory_bytes")
+    assert exposition.registry.get_sample_value("shoplazza_exporter_build_info") is None
+    om = exposition.render(sample_view(), "application/openmetrics-text", None, True)[1]
+    assert gzip.decompress(om).endswith(b"\n# EOF\n") and om.count(b"# EOF") <= 1
+    filtered = exposition.render(
+        sample_view(), "", frozenset({"process_resident_memory_bytes"}), False
+    )[1]
+    assert filtered.startswith(b"# HELP process_resident_memory_bytes")
+
+
+def _mutations() -> list[tuple[str, Callable[[ExporterView], ExporterView]]]:
+    """Every kind of change a view can see, each applied to the view before it."""
+
+    def on_task(index: int, **fields: object) -> Callable[[ExporterView], ExporterView]:
+        def apply(view: ExporterView) -> ExporterView:
+            shop = view.stores[0]
+            tasks = list(shop.tasks)
+            tasks[index] = dataclasses.replace(tasks[index], **fields)  # type: ignore[arg-type]
+            return dataclasses.replace(view, stores=(replace_tasks(shop, tasks), *view.stores[1:]))
+
+        return apply
+
+    def on_snapshot(index: int, **fields: Any) -> Callable[[ExporterView], ExporterView]:
+        def apply(view: ExporterView) -> ExporterView:
+            old = view.stores[0].tasks[index].snapshot
+            assert old is not None
+            return on_task(index, snapshot=dataclasses.replace(old, **fields))(view)
+
+        return apply
+
+    def replace_tasks(view: StoreView, tasks: list[TaskState]) -> StoreView:
+        return dataclasses.replace(view, tasks=tuple(tasks))
+
+    def on_store(index: int, **fields: object) -> Callable[[ExporterView], ExporterView]:
+        def apply(view: ExporterView) -> ExporterView:
+            stores = list(view.stores)
+            stores[index] = dataclasses.replace(stores[index], **fields)  # type: ignore[arg-type]
+            return dataclasses.replace(view, stores=tuple(stores))
+
+        return apply
+
+    def fields(**kw: object) -> Callable[[ExporterView], ExporterView]:
+        return lambda view: dataclasses.replace(view, **kw)  # type: ignore[arg-type]
+
+    last = SEGMENT * 2 + 4
+    steps: list[tuple[str, Callable[[ExporterView], ExporterView]]] = [
+        (f"snapshot.{name}", on_snapshot(last, **{name: 4}))
+        for name in ("total", "finished", "status", "succeeded", "failed")
+    ]
+    steps += [
+        ("completed", on_snapshot(10, status=0)),
+        ("poll_success", on_task(SEGMENT + 1, poll_success=False)),
+        ("last_success", on_task(0, last_success=1_900_000_000.0)),
+        ("last_progress", on_task(1, last_progress=1_900_000_000.0)),
+        ("completed_at", on_task(2, completed_at=1_900_000_001.0)),
+        ("labels", on_task(3, labels=(("importer", "nightly"), ("source", "x.csv")))),
+        ("first data", on_task(SEGMENT, snapshot=None)),
+        ("task_id", on_task(7, task_id="renamed")),
+        ("new task", lambda v: on_store(0, tasks=(*v.stores[0].tasks, task("new", 2)))(v)),
+        ("removed task", lambda v: on_store(0, tasks=v.stores[0].tasks[1:])(v)),
+        ("forgotten", lambda v: on_store(0, tasks=v.stores[0].tasks[:-SEGMENT])(v)),
+        ("counter", on_store(0, requests=(("200", 8), ("404", 1)))),
+        ("error counter", on_store(1, errors=(("429", 1),))),
+        ("skipped", on_store(1, skipped=(("deadline", 3),))),
+        ("histogram", on_store(0, buckets=tuple(range(1, 13)), duration_count=13)),
+        ("duration sum", on_store(0, duration_sum=9.5)),
+        ("new store", lambda v: fields(stores=(*v.stores, store("third", [task("z")])))(v)),
+        ("store order", lambda v: fields(stores=tuple(reversed(v.stores)))(v)),
+        ("removed store", lambda v: fields(stores=v.stores[1:])(v)),
+        ("reload", fields(reload=ReloadStatus(False, 1_800_000_500.0))),
+        ("shard", fields(shard=2, total_shards=3, stores_owned=1, stores_other=5)),
+        ("store files", fields(store_files_invalid=2)),
+        ("state file", fields(state_file_ok=None)),
+        ("web config", fields(web_config_ok=True)),
+        ("version", fields(version="1.2.4")),
+    ]
+    return steps
+
+
+@pytest.mark.parametrize("tracked", [False, True], ids=["values", "revision"])
+@pytest.mark.parametrize("accept", ["", "application/openmetrics-text"])
+def test_every_change_shows_in_the_next_scrape(tracked: bool, accept: str) -> None:
+    view = sample_view()
+    exposition = Exposition(extra=())
+    names = FILTERS[0] | FILTERS[2] | FILTERS[3]
+    revision = 0
+    for step, mutate in _mutations():
+        before = ours(exposition, view, accept)
+        ours(exposition, view, accept, names=names)
+        view = mutate(view)
+        if tracked:  # the poller bumps the revision of every store whose view changed
+            revision += 1
+            view = dataclasses.replace(
+                view, stores=tuple(dataclasses.replace(s, revision=revision) for s in view.stores)
+            )
+        after = ours(exposition, view, accept)
+        assert after == generic(view, accept), step
+        assert after != before, step
+        assert ours(exposition, view, accept, names=names) == generic(view, accept, names), step
+
+
+def test_unchanged_revision_skips_the_tasks_values() -> None:
+    """With revisions tracked, an equal revision is trusted (the poller's promise)."""
+    view = exporter_view(store("shop", [task("a", 1)], revision=5))
+    exposition = Exposition(extra=())
+    first = ours(exposition, view)
+    changed = dataclasses.replace(view.stores[0], tasks=(task("a", 2),))
+    assert ours(exposition, exporter_view(changed)) == first  # same revision: cached
+    bumped = dataclasses.replace(changed, revision=6)
+    assert ours(exposition, exporter_view(bumped)) == generic(exporter_view(bumped), "")
+
+
+NUMBER = cast(tuple[str, str], ("n", 5))  # not a str: stored values are not trusted
+HOSTILE = TaskSnapshot(total=10**400, finished=10**1000, status=-(10**500), succeeded=3, failed=0)
+
+
+def hostile_view() -> ExporterView:
+    odd = 'we"ird\\ \n\x00\x1b\u202e \ud800 ✓'
+    tasks = [
+        TaskState(
+            store="s",
+            task_id=odd,
+            snapshot=HOSTILE,
+            poll_success=True,
+            last_success=math.nan,
+            last_progress=math.inf,
+            completed_at=10**400,
+            labels=((odd, "x"), ("__reserved", "x"), ("store", "evil"), ("ok", odd), NUMBER),
+        )
+    ]
+    nan, inf = cast(int, math.nan), cast(int, math.inf)
+    weird = TaskSnapshot(total=0, finished=5, status=0, succeeded=nan, failed=inf)
+    tasks.append(TaskState(store="s", task_id="w", snapshot=weird, completed_at=-0.0))
+    tasks.append(TaskState(store="s", task_id="z", snapshot=TaskSnapshot(0, 0, 1, 0, 0)))
+    view = StoreView(
+        name=odd,
+        tasks=tuple(tasks),
+        requests=(("200", 10**400), (odd, -1)),
+        errors=(("500", math.nan),),  # type: ignore[arg-type]
+        skipped=(),
+        buckets=(10**400,) * len(DURATION_BUCKETS),
+        duration_count=10**400,
+        duration_sum=math.inf,
+    )
+    short = dataclasses.replace(view, name="short", buckets=(1, 2))
+    return exporter_view(view, short, version=odd, store_files_invalid=10**400)
+
+
+@pytest.mark.parametrize("accept", ACCEPTS)
+def test_hostile_values_never_raise_and_match_the_encoder(accept: str) -> None:
+    view = hostile_view()
+    exposition = Exposition()
+    for gzipped in (False, True):
+        for names in (None, *FILTERS):
+            exposition.render(view, accept, names, gzipped)
+    plain = Exposition(extra=())
+    assert ours(plain, view, accept) == generic(view, accept)
+    for names in FILTERS:
+        assert ours(plain, view, accept, names=names) == generic(view, accept, names)
+
+
+def test_hostile_values_pass_promtool() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is needed: scripts/test.sh installs Debian's prometheus"
+    body = Exposition().render(hostile_view(), "", None, False)[1]
+    assert b"shoplazza_upload_task_files{" in body and b"+Inf" in body
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == b"" and result.stderr.strip() == b""
+
+
+def test_memory_per_task_is_bounded() -> None:
+    """The cache holds about a kilobyte per task (lines and change keys); 4 KiB is the bound."""
+    count = 3000
+    tasks = [task(f"{i:024x}", i % 10, done=i % 10 != 0) for i in range(count)]
+    view = exporter_view(store("shop", tasks, requests=5))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        exposition = Exposition(extra=())
+        exposition.render(view, "", None, True)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert exposition.generation == 1
+    assert held / count < 4096, f"{held / count:.0f} bytes per task"

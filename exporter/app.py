@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -14,6 +15,7 @@ from exporter.collector import TaskCollector
 from exporter.config import Config, ConfigError, StoreConfig, load_config
 from exporter.model import ExporterView, ReloadStatus
 from exporter.poller import Poller
+from exporter.sharding import Shard
 from exporter.state import StateWriter, load_state
 
 log = logging.getLogger("exporter")
@@ -29,8 +31,13 @@ class Exporter:
         environ: Mapping[str, str] | None = None,
         clock: Clock | None = None,
         client_factory: Callable[[StoreConfig], StoreClient] | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.config_path = config_path
+        self.shard = shard or Shard()
+        self._stores_owned = 0
+        self._stores_other = 0
+        self._closed = False
         self._environ = environ
         self.clock = clock or SystemClock()
         self.reload_status = ReloadStatus()
@@ -69,7 +76,12 @@ class Exporter:
     def _apply(self, config: Config) -> None:
         for warning in config.warnings:
             log.warning("configuration warning", extra={"err": warning})
-        self.poller.apply_config(config)
+        # This process polls, exports and lists only the stores its shard owns
+        # (docs/design.md, "Sharding").
+        owned = tuple(store for store in config.stores if self.shard.owns(store.name))
+        self.poller.apply_config(dataclasses.replace(config, stores=owned))
+        self._stores_owned = len(owned)
+        self._stores_other = len(config.stores) - len(owned)
         previous = self.config.state_file if self.config else None
         if config.state_file != previous:
             if self.state_writer is not None:
@@ -99,6 +111,10 @@ class Exporter:
             now=self.clock.time(),
             version=self.collector.version,
             reload=status,
+            shard=self.shard.index,
+            total_shards=self.shard.total,
+            stores_owned=self._stores_owned,
+            stores_other=self._stores_other,
         )
 
     @property
@@ -107,7 +123,10 @@ class Exporter:
         return self.config is not None
 
     def close(self) -> None:
-        """Stop polling (requests in flight are abandoned) and flush the state file."""
+        """Stop polling (requests in flight are abandoned) and flush the state file, once."""
+        if self._closed:
+            return
+        self._closed = True
         self.poller.stop()
         if self.state_writer is not None:
             self.state_writer.close()

@@ -29,7 +29,7 @@ from exporter.clock import Clock, SystemClock
 from exporter.config import Config, StoreConfig
 from exporter.discovery import TaskFiles
 from exporter.model import StoreView, TaskState
-from exporter.scheduler import FETCH_WORKERS, Scheduler, Store, Watched
+from exporter.scheduler import FETCH_WORKERS, HOUSEKEEPING_PERIOD, Scheduler, Store, Watched
 
 log = logging.getLogger("exporter.poller")
 
@@ -58,6 +58,7 @@ class Poller:
         client_factory: Callable[[StoreConfig], StoreClient] | None = None,
         on_change: Callable[[], None] | None = None,
         workers: int = FETCH_WORKERS,
+        housekeeping_every: float = HOUSEKEEPING_PERIOD,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         self._client_factory = client_factory or StoreClient
@@ -81,6 +82,7 @@ class Poller:
             housekeeping=self.housekeeping,
             changed=self._changed,
             workers=workers,
+            housekeeping_every=housekeeping_every,
         )
 
     # ---- configuration -------------------------------------------------------------

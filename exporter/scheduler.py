@@ -115,6 +115,7 @@ class Scheduler:
         housekeeping: Callable[[], None],
         changed: Callable[[], None],
         workers: int = FETCH_WORKERS,
+        housekeeping_every: float = HOUSEKEEPING_PERIOD,
     ) -> None:
         self.lock = lock
         self.clock = clock
@@ -122,6 +123,7 @@ class Scheduler:
         self._changed = changed
         self._housekeeping = housekeeping
         self.max_workers = max(1, workers)
+        self._period = housekeeping_every
         self._timers: list[tuple[float, int, Store]] = []
         self._seq = itertools.count()
         self._ready: deque[Store] = deque()
@@ -174,7 +176,7 @@ class Scheduler:
 
     def _run(self) -> None:
         """The scheduler thread: fire due timers; run housekeeping every period."""
-        housekeeping_at = self.clock.monotonic() + HOUSEKEEPING_PERIOD
+        housekeeping_at = self.clock.monotonic() + self._period
         while True:
             with self.lock:
                 while True:
@@ -195,7 +197,7 @@ class Scheduler:
                 self._housekeeping()  # without the lock: it reads task files
             except Exception as exc:  # a bug must not stop the timers of every store
                 log.error("housekeeping failed", extra={"err": exc})
-            housekeeping_at = self.clock.monotonic() + HOUSEKEEPING_PERIOD
+            housekeeping_at = self.clock.monotonic() + self._period
 
     def _next_job(self) -> tuple[Store, Watched, StoreClient] | None:
         """Wait for a store that may start a request now and start it (lock held)."""

@@ -92,8 +92,11 @@ class Poller:
         with self._discovery:
             with self._lock:
                 known = {name: store.files for name, store in self.stores.items()}
-            files: dict[str, TaskFiles] = {}
+            files: dict[str, TaskFiles | None] = {}
             for store_config in config.stores:  # file reads, without the lock
+                if not store_config.task_id_files:
+                    files[store_config.name] = None  # a fleet's stores often list ids only
+                    continue
                 found = known.get(store_config.name)
                 if found is None or found.patterns != store_config.task_id_files:
                     found = TaskFiles(
@@ -105,7 +108,7 @@ class Poller:
                 self._apply(config, files)
         self._changed()
 
-    def _apply(self, config: Config, files: dict[str, TaskFiles]) -> None:
+    def _apply(self, config: Config, files: dict[str, TaskFiles | None]) -> None:
         self.forget_after = config.forget_completed_after
         now = self.clock.monotonic()
         wanted = {store.name: store for store in config.stores}

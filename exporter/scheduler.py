@@ -29,7 +29,7 @@ from exporter.model import CONNECTION_ERROR, StoreView, TaskState
 log = logging.getLogger("exporter.poller")
 
 #: Fetch workers at most: requests in flight across all stores of one process.
-FETCH_WORKERS = 64
+FETCH_WORKERS = 32
 #: Seconds between two housekeeping runs (task files, forgetting) without scrapes.
 HOUSEKEEPING_PERIOD = 1.0
 

@@ -35,6 +35,9 @@ log = logging.getLogger("exporter.poller")
 
 _CLIENT_KEYS = ("base_url", "token", "api_version", "timeout", "max_concurrency", "tls")
 _Labels = tuple[tuple[str, str], ...]
+# Slack when comparing a store's next due time with now: a due check is never skipped for
+# a rounding difference between ``last + interval`` and ``now - last``.
+_EPSILON = 1e-6
 
 
 def _labels(configured: _Labels | None, listed: _Labels | None) -> _Labels:
@@ -132,6 +135,7 @@ class Poller:
                     store.client = self._client_factory(store_config)
                 if store.config != store_config:
                     self._touch(store)  # stuck_after, labels: what its view shows
+                    store.next_due = float("-inf")  # min_poll_interval may have changed
                 store.bucket.configure(store_config.requests_per_second, store_config.burst)
             store.config = store_config
             store.files = files[name]
@@ -171,6 +175,7 @@ class Poller:
             store.tasks[task_id] = task
             if not state.completed:
                 store.active[task_id] = task
+                store.next_due = float("-inf")
             changed = True
         if changed:
             self._touch(store)
@@ -200,7 +205,7 @@ class Poller:
             deadline = now + timeout
             waiting: list[tuple[Store, Watched, int]] = []
             for store in self.stores.values():
-                if store.active:
+                if store.active and store.next_due <= now + _EPSILON:
                     waiting.extend(self._due(store, now))
             while waiting:
                 waiting = [w for w in waiting if w[1].attempts == w[2] and w[1].pending]
@@ -230,13 +235,17 @@ class Poller:
         waiting: list[tuple[Store, Watched, int]] = []
         queued: list[Watched] = []
         min_interval = store.config.min_poll_interval
+        next_due = float("inf")
         for task in store.active.values():
             if task.queued:
                 queued.append(task)  # queued by an earlier scrape: shared, not re-sent
                 continue
             last = task.last_attempt
-            if last is not None and now - last < poll_interval(min_interval, task.failures):
-                continue
+            if last is not None:
+                interval = poll_interval(min_interval, task.failures)
+                if now - last < interval:
+                    next_due = min(next_due, last + interval)
+                    continue
             if task.in_flight:
                 waiting.append((store, task, task.attempts))
                 continue
@@ -244,6 +253,8 @@ class Poller:
             task.rank = (float("-inf") if last is None else last, next(self._seq))
             store.push(task)
             queued.append(task)
+        # Until then no scrape needs to look at this store's tasks (see Store.next_due).
+        store.next_due = float("-inf") if queued or waiting else next_due
         if not queued:
             return waiting
         allowance = store.bucket.allowance(now)
@@ -327,6 +338,9 @@ class Poller:
         task.in_flight = False
         task.attempts += 1
         task.failures = 0 if result.ok else task.failures + 1
+        if task.last_attempt is not None:
+            interval = poll_interval(store.config.min_poll_interval, task.failures)
+            store.next_due = min(store.next_due, task.last_attempt + interval)
         state = self._record(task.state, result)
         if state != task.state:
             task.state = state

@@ -81,6 +81,9 @@ class Store:
         self.timer: float | None = None  # when of its live timer heap entry
         self.revision = 0
         self.view: StoreView | None = None
+        # No task of the store is due before this (monotonic); -inf: look at every scrape.
+        # Lets a steady scrape of a fleet skip the stores with nothing due at a glance.
+        self.next_due = float("-inf")
 
     @property
     def name(self) -> str:

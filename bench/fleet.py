@@ -7,7 +7,8 @@ default budget per store (2 req/s, burst 10, max_concurrency 4) and a ``min_poll
 of an hour, so that after the first round nothing is due. Reads the exporter's threads and
 RSS from /proc while it works. Prints a markdown table per scenario:
 
-- threads and RSS: idle after start, peak during the first round, at the end;
+- threads and RSS: idle after start, peak, at the end; and RSS once every task is polled,
+  before the first full /metrics (what polling holds, apart from rendering);
 - first round: from the first scrape until every task has been fetched once, against the
   floor the budgets set (per store: tokens beyond the burst at the store's rate, and
   ``max_concurrency`` waves of upstream latency) and the floor of the fetch worker pool
@@ -179,6 +180,7 @@ def run(scenario: Scenario, latency: float, scrapes: int, tmp: Path) -> dict[str
             if not sim.wait_for(lambda s: s.count() >= len(ids) and s.in_flight == 0, 600):
                 raise RuntimeError(f"first round incomplete: {sim.count()} of {len(ids)}")
             first_round = time.monotonic() - t0
+            _, round_rss = watch.read()  # polled, before any full /metrics was rendered
             polled = _wait(lambda: _polled(session, url) >= len(ids), 60, proc)
             latencies: list[float] = []
             size = 0
@@ -203,6 +205,7 @@ def run(scenario: Scenario, latency: float, scrapes: int, tmp: Path) -> dict[str
         "RSS idle / peak / end": (
             f"{_mb(idle_rss)} / {_mb(max(watch.max_rss, end_rss))} / {_mb(end_rss)}"
         ),
+        "RSS after the first round, before full scrapes": _mb(round_rss),
         "first scrape (starts the round)": fmt_seconds(first_scrape),
         "first round: every task fetched once": fmt_seconds(first_round),
         "  floor set by the budgets": fmt_seconds(_budget_floor(scenario, latency)),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -350,15 +352,28 @@ def test_failed_files_beyond_the_kept_list_are_logged_as_a_count(
     exporter.close()
 
 
-def test_scrape_waits_only_for_what_the_balance_allows_at_its_start(tmp_path: Path) -> None:
-    """10 due tasks, burst 3, 1 req/s: the scrape answers after 3, the rest go on behind it."""
-    clock = ScaledClock(speed=10)
+@contextlib.contextmanager
+def scaled_store(
+    tmp_path: Path, speed: float, tasks: int, **keys: Any
+) -> Iterator[tuple[ScaledClock, Simulator, Exporter]]:
+    """A store of ``tasks`` in-progress tasks on a simulator sharing a sped-up clock."""
+    clock = ScaledClock(speed=speed)
     with Simulator(tokens=(TOKEN,), clock=clock.monotonic) as sim:
-        ids = [f"t{i}" for i in range(10)]
+        ids = [f"t{i}" for i in range(tasks)]
         for task_id in ids:
             sim.add_task(task_id, total=5, finished=1)
-        text = config_yaml(sim.url, ids, min_poll_interval="1m", requests_per_second=1, burst=3)
+        text = config_yaml(sim.url, ids, **keys)
         exporter = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
+        try:
+            yield clock, sim, exporter
+        finally:
+            exporter.close()
+
+
+def test_scrape_waits_only_for_what_the_balance_allows_at_its_start(tmp_path: Path) -> None:
+    """10 due tasks, burst 3, 1 req/s: the scrape answers after 3, the rest go on behind it."""
+    keys = {"min_poll_interval": "1m", "requests_per_second": 1, "burst": 3}
+    with scaled_store(tmp_path, 10, 10, **keys) as (clock, sim, exporter):
         start = clock.monotonic()
         exporter.poller.refresh(8)  # a deadline the budget could fill with 8 more requests
         took = clock.monotonic() - start
@@ -371,7 +386,6 @@ def test_scrape_waits_only_for_what_the_balance_allows_at_its_start(tmp_path: Pa
         starts = sorted(r.at for r in sim.requests)  # real seconds
         assert (starts[-1] - starts[0]) * clock.speed >= 7 * 0.9  # 7 more at 1 req/s
         assert sim.throttled == 0
-        exporter.close()
 
 
 def test_scrape_of_a_paused_store_waits_for_nothing(sim: Simulator, tmp_path: Path) -> None:

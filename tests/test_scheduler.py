@@ -20,6 +20,7 @@ from tests.helpers import (
     wait_until,
     write,
 )
+from tests.test_poller import scaled_store
 
 
 def _load(path: str) -> Config:
@@ -60,18 +61,12 @@ def test_threads_do_not_grow_with_stores(sim: Simulator, tmp_path: Path) -> None
 
 def test_a_store_waiting_for_budget_is_woken_by_its_timer(tmp_path: Path) -> None:
     """Background work of a store whose bucket is empty resumes without any scrape."""
-    clock = ScaledClock(speed=20)
-    with Simulator(tokens=(TOKEN,), clock=clock.monotonic) as sim:
-        ids = [f"t{i}" for i in range(6)]
-        for task_id in ids:
-            sim.add_task(task_id, total=3, finished=1)
-        text = config_yaml(sim.url, ids, min_poll_interval="1h", requests_per_second=1, burst=1)
-        exporter = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
+    keys = {"min_poll_interval": "1h", "requests_per_second": 1, "burst": 1}
+    with scaled_store(tmp_path, 20, 6, **keys) as (clock, sim, exporter):
         exporter.poller.refresh(0.5)
         assert sim.wait_for(lambda s: s.count() == 6, timeout=5)
         starts = sorted(r.at for r in sim.requests)
         assert (starts[-1] - starts[0]) * clock.speed >= 5 * 0.9  # one a second, not a burst
-        exporter.close()
 
 
 def test_view_reads_memory_only_discovery_happens_in_refresh(

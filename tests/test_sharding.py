@@ -84,12 +84,17 @@ def test_cli_shard_flags_out_of_range_are_a_usage_error(
     assert "Traceback" not in err
 
 
-def test_exporter_serves_only_its_stores(sim: Simulator, tmp_path: Path) -> None:
-    names = [f"shop{i:02d}" for i in range(30)]
+def _fleet(sim: Simulator, tmp_path: Path, stores: int) -> tuple[list[str], str]:
+    """``stores`` stores of one completed task ``<store>-t`` each; their names and config."""
+    names = [f"shop{i:02d}" for i in range(stores)]
     for name in names:
         sim.add_task(f"{name}-t", total=2, finished=2, status=0)
     text = "stores:\n" + "".join(store_yaml(n, sim.url, [f"{n}-t"]) for n in names)
-    path = write(tmp_path / "c.yaml", text)
+    return names, write(tmp_path / "c.yaml", text)
+
+
+def test_exporter_serves_only_its_stores(sim: Simulator, tmp_path: Path) -> None:
+    names, path = _fleet(sim, tmp_path, 30)
     seen: list[str] = []
     for index in range(3):
         exporter = Exporter(path, environ={TOKEN_ENV: TOKEN}, shard=Shard(index, 3))
@@ -107,11 +112,7 @@ def test_exporter_serves_only_its_stores(sim: Simulator, tmp_path: Path) -> None
 
 
 def test_two_processes_split_the_stores(sim: Simulator, tmp_path: Path) -> None:
-    names = [f"shop{i:02d}" for i in range(12)]
-    for name in names:
-        sim.add_task(f"{name}-t", total=2, finished=2, status=0)
-    text = "stores:\n" + "".join(store_yaml(n, sim.url, [f"{n}-t"]) for n in names)
-    path = write(tmp_path / "c.yaml", text)
+    names, path = _fleet(sim, tmp_path, 12)
     procs = [
         ExporterProcess(["--config.file", path, "--shard", str(i), "--total-shards", "2"], tmp_path)
         for i in range(2)

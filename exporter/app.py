@@ -100,7 +100,7 @@ class Exporter:
             writer.mark_dirty()
 
     def refresh(self, timeout: float) -> None:
-        """Fetch due tasks, waiting at most ``timeout`` seconds (contract section 6)."""
+        """Fetch due tasks, waiting at most ``timeout`` seconds (docs/design.md, "The model")."""
         self.poller.refresh(timeout)
 
     def views(self) -> ExporterView:

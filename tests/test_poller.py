@@ -1,4 +1,4 @@
-"""Polling semantics (contract section 6) against the simulator's own leaky bucket."""
+"""Polling semantics (docs/design.md, "The model") against the simulator's own leaky bucket."""
 
 from __future__ import annotations
 

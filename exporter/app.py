@@ -76,12 +76,7 @@ class Exporter:
     def _apply(self, config: Config) -> None:
         for warning in config.warnings:
             log.warning("configuration warning", extra={"err": warning})
-        # This process polls, exports and lists only the stores its shard owns
-        # (docs/design.md, "Sharding").
-        owned = tuple(store for store in config.stores if self.shard.owns(store.name))
-        self.poller.apply_config(dataclasses.replace(config, stores=owned))
-        self._stores_owned = len(owned)
-        self._stores_other = len(config.stores) - len(owned)
+        self._watch(config)
         previous = self.config.state_file if self.config else None
         if config.state_file != previous:
             if self.state_writer is not None:
@@ -93,6 +88,17 @@ class Exporter:
         self.config = config
         self.reload_status.successful = True
         self.reload_status.last_success = self.clock.time()
+
+    def _watch(self, config: Config) -> None:
+        """Hand the poller the stores of ``config`` that this shard owns, only those.
+
+        Every path that changes the watched stores goes through here (docs/design.md,
+        "Sharding"): this process polls, exports and lists only the stores it owns.
+        """
+        owned = tuple(store for store in config.stores if self.shard.owns(store.name))
+        self.poller.apply_config(dataclasses.replace(config, stores=owned))
+        self._stores_owned = len(owned)
+        self._stores_other = len(config.stores) - len(owned)
 
     def _dirty(self) -> None:
         writer = self.state_writer

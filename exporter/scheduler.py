@@ -245,6 +245,10 @@ class Scheduler:
                 if self.stopped:
                     return
                 store.in_flight -= 1
-                self._fetched(store, task, result)
+                try:
+                    self._fetched(store, task, result)
+                except Exception as exc:  # a bug must not wedge the task or kill the worker
+                    task.in_flight = False
+                    log.error("cannot record a poll", extra={"store": store.name, "err": exc})
                 self.kick(store, self.clock.monotonic())
             self._changed()  # without the lock: it may read the poller (state file)

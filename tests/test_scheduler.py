@@ -6,6 +6,8 @@ import dataclasses
 import threading
 from pathlib import Path
 
+import pytest
+
 from exporter.clock import ScaledClock
 from exporter.config import Config, load_config
 from exporter.demo.simulator import Reply, Simulator
@@ -193,3 +195,31 @@ def test_close_stops_the_poller_once(sim: Simulator, tmp_path: Path) -> None:
     exporter.close()
     exporter.close()
     assert stops == [1]
+
+
+def test_labels_of_task_file_lines_reach_the_task(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``TaskFiles.labels`` (labels after an id in a task file), under configured ones."""
+    import exporter.poller as poller_module
+    from exporter.discovery import TaskFiles
+
+    class LabelledFiles(TaskFiles):  # the labels a task file line carries, as discovery keeps them
+        def refresh(self, force: bool = False) -> bool:
+            changed = super().refresh(force)
+            self.labels = {i: (("source", f"{i}.csv"), ("importer", "nightly")) for i in self.ids}
+            return changed
+
+    monkeypatch.setattr(poller_module, "TaskFiles", LabelledFiles)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("a\nb\n", encoding="utf-8")
+    base = _load(write(tmp_path / "c.yaml", config_yaml(sim.url, [], task_id_files=f"['{ids}']")))
+    store = dataclasses.replace(base.stores[0], task_labels=(("b", (("source", "manual"),)),))
+    poller = Poller(clock=FakeClock())
+    poller.apply_config(dataclasses.replace(base, stores=(store,)))
+    labels = {t.task_id: dict(t.labels) for t in poller.view()[0].tasks}
+    assert labels == {
+        "a": {"source": "a.csv", "importer": "nightly"},
+        "b": {"source": "manual", "importer": "nightly"},
+    }
+    poller.stop()

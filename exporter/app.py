@@ -16,6 +16,7 @@ from exporter.config import Config, ConfigError, StoreConfig, load_config
 from exporter.discovery import StoreFiles
 from exporter.model import ExporterView, ReloadStatus
 from exporter.poller import Poller
+from exporter.sharding import Shard
 from exporter.state import StateWriter, load_state
 
 log = logging.getLogger("exporter")
@@ -31,8 +32,13 @@ class Exporter:
         environ: Mapping[str, str] | None = None,
         clock: Clock | None = None,
         client_factory: Callable[[StoreConfig], StoreClient] | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.config_path = config_path
+        self.shard = shard or Shard()
+        self._stores_owned = 0
+        self._stores_other = 0
+        self._closed = False
         self._environ = environ
         self.clock = clock or SystemClock()
         self.reload_status = ReloadStatus()
@@ -81,7 +87,7 @@ class Exporter:
     def _apply(self, config: Config) -> None:
         for warning in config.warnings:
             log.warning("configuration warning", extra={"err": warning})
-        self.poller.apply_config(self._with_store_files(config))
+        self._watch(self._with_store_files(config))
         previous = self.config.state_file if self.config else None
         if config.state_file != previous:
             if self.state_writer is not None:
@@ -106,11 +112,22 @@ class Exporter:
         if files is not None and files.refresh(force=True):
             with self._reload_lock:
                 if self.config is not None:
-                    self.poller.apply_config(self._with_store_files(self.config))
+                    self._watch(self._with_store_files(self.config))
 
     def _watch_store_files(self) -> None:
         while not self._stopped.wait(1.0):
             self._check_store_files()
+
+    def _watch(self, config: Config) -> None:
+        """Hand the poller the stores of ``config`` that this shard owns, only those.
+
+        Every path that changes the watched stores goes through here (docs/design.md,
+        "Sharding"): this process polls, exports and lists only the stores it owns.
+        """
+        owned = tuple(store for store in config.stores if self.shard.owns(store.name))
+        self.poller.apply_config(dataclasses.replace(config, stores=owned))
+        self._stores_owned = len(owned)
+        self._stores_other = len(config.stores) - len(owned)
 
     def _dirty(self) -> None:
         writer = self.state_writer
@@ -118,7 +135,7 @@ class Exporter:
             writer.mark_dirty()
 
     def refresh(self, timeout: float) -> None:
-        """Fetch due tasks, waiting at most ``timeout`` seconds (contract section 6)."""
+        """Fetch due tasks, waiting at most ``timeout`` seconds (docs/design.md, "The model")."""
         self._check_store_files()
         self.poller.refresh(timeout)
 
@@ -132,6 +149,10 @@ class Exporter:
             version=self.collector.version,
             reload=status,
             store_files_invalid=self.store_files.invalid if self.store_files else 0,
+            shard=self.shard.index,
+            total_shards=self.shard.total,
+            stores_owned=self._stores_owned,
+            stores_other=self._stores_other,
         )
 
     @property
@@ -140,7 +161,10 @@ class Exporter:
         return self.config is not None
 
     def close(self) -> None:
-        """Stop polling (requests in flight are abandoned) and flush the state file."""
+        """Stop polling (requests in flight are abandoned) and flush the state file, once."""
+        if self._closed:
+            return
+        self._closed = True
         self._stopped.set()
         self.poller.stop()
         if self.state_writer is not None:

@@ -21,6 +21,7 @@ from exporter.config import ConfigError, load_config
 from exporter.discovery import StoreFiles
 from exporter.errors import LoadError
 from exporter.logs import LEVELS, setup_logging
+from exporter.sharding import Shard
 from exporter.web.routes import App
 from exporter.web.server import ExporterServer
 from exporter.web.webconfig import WebConfigError, load_web_config
@@ -77,6 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
         dest="config_check",
         action="store_true",
         help="validate the configuration (token files included) and exit",
+    )
+    add(
+        "--shard",
+        dest="shard",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the shard this process serves, 0 <= N < M (default: 0)",
+    )
+    add(
+        "--total-shards",
+        dest="total_shards",
+        type=int,
+        default=1,
+        metavar="M",
+        help="processes the stores are spread over by rendezvous hashing (default: 1)",
     )
     add(
         "--demo",
@@ -169,7 +186,12 @@ def _demo_config(directory: str, base_url: str, token: str, task_ids: Sequence[s
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the exporter; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.shard < args.total_shards:
+        parser.error(  # exits 2, like every usage error
+            f"--shard {args.shard} --total-shards {args.total_shards}: want 0 <= N < M"
+        )
     setup_logging(args.log_level, args.log_format)
     if args.config_check:
         return check_config(args.config_file, args.web_config_file)
@@ -194,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack, signals: _Signals) -> int:
-    exporter = Exporter(config_file)
+    exporter = Exporter(config_file, shard=Shard(args.shard, args.total_shards))
     try:
         exporter.start()
     except ConfigError as exc:
@@ -234,7 +256,7 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack, signals
             if server.web_config is not None:
                 server.web_config.check()
     log.info("shutting down")
-    exporter.poller.stop()  # scrapes waiting on the API answer from memory now
+    exporter.close()  # scrapes waiting on the API answer from memory now; once only
     server.shutdown()
     return 0
 

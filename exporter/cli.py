@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import resource
 import signal
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from exporter.config import ConfigError, load_config
 from exporter.discovery import StoreFiles
 from exporter.errors import LoadError
 from exporter.logs import LEVELS, setup_logging
+from exporter.runtime import raise_open_files_limit, return_large_buffers_to_the_system
 from exporter.sharding import Shard
 from exporter.web.routes import App
 from exporter.web.server import ExporterServer
@@ -102,29 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--version", action="version", version=f"{PROGRAM}, version {__version__}")
     return parser
-
-
-def raise_open_files_limit() -> int:
-    """Raise the soft open-files limit to the hard one, as Go programs do; the new soft limit.
-
-    Each connection the server holds is a file descriptor; Python keeps the soft limit it
-    was given (often 1024), far below what the hard limit allows (docs/design.md,
-    "The HTTP server").
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == hard:
-        log.info("open files limit", extra={"limit": soft})
-        return soft
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError) as exc:
-        log.warning(
-            "cannot raise the open files limit",
-            extra={"limit": soft, "hard_limit": hard, "err": str(exc)},
-        )
-        return soft
-    log.info("open files limit raised", extra={"limit": hard, "previous": soft})
-    return hard
 
 
 def link_web_config_health(exporter: Exporter, server: ExporterServer) -> None:
@@ -224,6 +201,7 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack, signals
         return 1
     stack.callback(exporter.close)
     raise_open_files_limit()  # before the server sizes its connection limit from it
+    return_large_buffers_to_the_system()
     try:
         server = ExporterServer(App(exporter), args.listen_address, args.web_config_file)
     except WebConfigError as exc:

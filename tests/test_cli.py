@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import resource
 import signal
 import subprocess
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from exporter.cli import link_web_config_health, raise_open_files_limit
+from exporter.cli import link_web_config_health
 from exporter.demo.simulator import Simulator
+from exporter.runtime import raise_open_files_limit, return_large_buffers_to_the_system
 from exporter.web.routes import App
 from exporter.web.server import ExporterServer
 from tests.helpers import (
@@ -120,3 +122,9 @@ def test_web_config_health_reaches_the_exporter_view(sim: Simulator, tmp_path: P
         plain.shutdown()
         server.shutdown()
         exporter.close()
+
+
+def test_large_buffers_go_back_to_the_system_on_glibc() -> None:
+    # mallopt exists only in glibc; elsewhere the call must be a harmless no-op.
+    expected = platform.libc_ver()[0] == "glibc"
+    assert return_large_buffers_to_the_system() is expected

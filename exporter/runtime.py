@@ -1,0 +1,65 @@
+"""Process-wide tuning done once at start: the open-files limit and the allocator.
+
+Both are facts of the platform the exporter runs on, not of its logic (docs/design.md,
+"The HTTP server" and "Exposition").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import resource
+
+log = logging.getLogger("exporter")
+
+# glibc's mallopt() parameter for the size from which allocations are mmap()ed.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1 << 20
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft open-files limit to the hard one, as Go programs do; the new soft limit.
+
+    Each connection the server holds is a file descriptor; Python keeps the soft limit it
+    was given (often 1024), far below what the hard limit allows (docs/design.md,
+    "The HTTP server").
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        log.info("open files limit", extra={"limit": soft})
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning(
+            "cannot raise the open files limit",
+            extra={"limit": soft, "hard_limit": hard, "err": str(exc)},
+        )
+        return soft
+    log.info("open files limit raised", extra={"limit": hard, "previous": soft})
+    return hard
+
+
+def return_large_buffers_to_the_system(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Have glibc mmap() every allocation from ``threshold`` bytes on; True when it took.
+
+    A scrape builds bodies of megabytes on one of several worker threads. glibc's default
+    threshold grows after such a buffer is freed, so the next ones come from per-thread
+    arenas that keep the memory: steady scrapes of 10,000 tasks then held 170 MiB instead of
+    70 MiB (docs/design.md, "Exposition"). A fixed threshold gives big buffers back to the
+    system when they are freed. Elsewhere than glibc this does nothing.
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    ok = bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+    log.debug("allocator tuned", extra={"mmap_threshold": threshold, "ok": ok})
+    return ok

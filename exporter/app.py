@@ -16,10 +16,14 @@ from exporter.config import Config, ConfigError, StoreConfig, load_config
 from exporter.discovery import StoreFiles
 from exporter.model import ExporterView, ReloadStatus
 from exporter.poller import Poller
+from exporter.runtime import release_free_memory
 from exporter.sharding import Shard
 from exporter.state import StateWriter, load_state
 
 log = logging.getLogger("exporter")
+
+# Seconds between two returns of unused allocator memory (docs/design.md, "Exposition").
+TRIM_INTERVAL = 30.0
 
 
 class Exporter:
@@ -63,7 +67,7 @@ class Exporter:
         self.store_files = StoreFiles(config, environ=self._environ, clock=self.clock.monotonic)
         self.store_files.refresh(force=True)
         self._apply(config)
-        threading.Thread(target=self._watch_store_files, name="store-files", daemon=True).start()
+        threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
         return config
 
     def reload(self) -> tuple[bool, str]:
@@ -114,9 +118,14 @@ class Exporter:
                 if self.config is not None:
                     self._watch(self._with_store_files(self.config))
 
-    def _watch_store_files(self) -> None:
+    def _housekeeping(self) -> None:
+        """Each second: store files; every ``TRIM_INTERVAL`` s: free memory to the system."""
+        last_trim = self.clock.monotonic()
         while not self._stopped.wait(1.0):
             self._check_store_files()
+            if self.clock.monotonic() - last_trim >= TRIM_INTERVAL:
+                release_free_memory()
+                last_trim = self.clock.monotonic()
 
     def _watch(self, config: Config) -> None:
         """Hand the poller the stores of ``config`` that this shard owns, only those.

@@ -15,7 +15,11 @@ import requests
 
 from exporter.cli import link_web_config_health
 from exporter.demo.simulator import Simulator
-from exporter.runtime import raise_open_files_limit, return_large_buffers_to_the_system
+from exporter.runtime import (
+    raise_open_files_limit,
+    release_free_memory,
+    return_large_buffers_to_the_system,
+)
 from exporter.web.routes import App
 from exporter.web.server import ExporterServer
 from tests.helpers import (
@@ -128,3 +132,4 @@ def test_large_buffers_go_back_to_the_system_on_glibc() -> None:
     # mallopt exists only in glibc; elsewhere the call must be a harmless no-op.
     expected = platform.libc_ver()[0] == "glibc"
     assert return_large_buffers_to_the_system() is expected
+    assert release_free_memory() is expected

@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from bench.common import TOKEN, TOKEN_ENV, WALL_START, markdown_table, percentile
+from exporter.app import TRIM_INTERVAL
 from exporter.collector import TaskCollector
 from exporter.demo.simulator import Simulator
 from exporter.exposition import Exposition, default_collectors
@@ -92,6 +93,7 @@ class Result:
     body: int
     rss: int  # KiB, exporter process, after the scrapes
     hwm: int  # KiB, peak
+    settled: int  # KiB, after one housekeeping round (memory given back) and one more scrape
     state_bytes: float  # tracemalloc, per task
     cache_bytes: float  # tracemalloc, per task
 
@@ -239,7 +241,7 @@ def in_process(workload: Workload, state: Path, scrapes: int, result: Result) ->
 
 def run(workload: Workload, scrapes: int, tmp: Path) -> Result:
     """Measure one workload."""
-    result = Result(workload, {}, [], {}, [], 0, 0, 0, 0.0, 0.0)
+    result = Result(workload, {}, [], {}, [], 0, 0, 0, 0, 0.0, 0.0)
     state = tmp / f"{workload.name}.state.json"
     tasks = tasks_of(workload)
     write_atomically(str(state), dump_state(tasks, {}))
@@ -276,6 +278,10 @@ def run(workload: Workload, scrapes: int, tmp: Path) -> Result:
                 raise RuntimeError("a steady scrape polled the API; the figures would include it")
             status = proc_status(child.pid)
             result.rss, result.hwm = status["VmRSS"], status["VmHWM"]
+            # The exporter gives unused allocator memory back every TRIM_INTERVAL seconds.
+            time.sleep(TRIM_INTERVAL + 1.5)
+            get(port, "/metrics", TEXT)
+            result.settled = proc_status(child.pid)["VmRSS"]
         finally:
             child.terminate()
             child.wait(timeout=30)
@@ -330,6 +336,7 @@ def report(results: list[Result], scrapes: int) -> str:
         "/-/healthy",
         "body",
         "RSS",
+        "settled RSS",
         "peak RSS",
         "state B/task",
         "cache B/task",
@@ -350,6 +357,7 @@ def report(results: list[Result], scrapes: int) -> str:
                 ms(r.healthy),
                 f"{r.body / 2**20:,.1f} MiB",
                 f"{r.rss / 1024:,.0f} MiB",
+                f"{r.settled / 1024:,.0f} MiB",
                 f"{r.hwm / 1024:,.0f} MiB",
                 f"{r.state_bytes:,.0f}",
                 f"{r.cache_bytes:,.0f}",
@@ -364,8 +372,9 @@ def report(results: list[Result], scrapes: int) -> str:
             "exporter as a child process, a new loopback connection per scrape, nothing due. "
             "render: the cached render alone, in this process. generic: prometheus_client's "
             "generate_latest over the same families. RSS: the exporter process after the "
-            "scrapes (VmRSS, VmHWM). B/task: tracemalloc, task state (loaded from the state "
-            "file) and render cache (all three formats).",
+            "scrapes (VmRSS, VmHWM); settled: after its next return of unused memory "
+            f"({TRIM_INTERVAL:.0f} s housekeeping) and one more scrape. B/task: tracemalloc, "
+            "task state (loaded from the state file) and render cache (all three formats).",
             "",
             markdown_table(header, rows),
             "",

@@ -15,6 +15,7 @@ import json
 import math
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -37,12 +38,19 @@ from exporter.model import (
 )
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
+# No float holds a larger integer exactly: above it a value is an invalid response
+# (docs/design.md, "Client": value limits).
+MAX_EXACT_INTEGER = 2**53
 MAX_RETRY_AFTER = 600.0
+MIN_RETRY_AFTER = 1.0
 REDACTED = "<redacted>"
 DEFAULT_RETRY_AFTER = 1.0
 USER_AGENT = f"shoplazza-upload-exporter/{__version__}"
 
 _DIGITS = re.compile(r"[0-9]{1,18}")
+# Retry-After is ASCII digits (RFC 9110 delay-seconds) or an HTTP date; float() would take
+# "1e3", "1_0", " nan" and Arabic-Indic digits.
+_DELAY_SECONDS = re.compile(r"[0-9]+")
 
 
 class InvalidResponse(ValueError):
@@ -76,7 +84,9 @@ def _integer(data: Mapping[str, Any], key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidResponse(f"{key}: expected a non-negative integer, got {_brief(value)}")
     if value < 0:
-        raise InvalidResponse(f"{key}: negative value {value}")
+        raise InvalidResponse(f"{key}: negative value {_brief(value)}")
+    if value > MAX_EXACT_INTEGER:
+        raise InvalidResponse(f"{key}: {_brief(value)} is above 2^53")
     return value
 
 
@@ -90,6 +100,8 @@ def _list(data: Mapping[str, Any], key: str) -> list[Any]:
 
 
 def _brief(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**40:
+        return f"an integer of {len(str(abs(value)))} digits"
     text = json.dumps(value)[:40] if not isinstance(value, str) else repr(value[:40])
     return f"{type(value).__name__} {text}"
 
@@ -121,7 +133,10 @@ def parse_task(body: object) -> TaskSnapshot:
     if "code" in body and not any(k in body for k in ("total", "finished", "status")):
         inner = body.get("data")
         if not isinstance(inner, Mapping):
-            raise InvalidResponse("wrapped response without a data object")
+            message = _api_message(body)  # e.g. {"code": "Unauthorized", "message": "..."}
+            raise InvalidResponse(
+                "wrapped response without a data object" + (f" ({message})" if message else "")
+            )
         data = inner
     total = _integer(data, "total")
     finished = _integer(data, "finished")
@@ -140,35 +155,47 @@ def parse_task(body: object) -> TaskSnapshot:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float:
-    """Seconds to pause after a 429: ``Retry-After`` as seconds or HTTP date, capped."""
-    if value is None or not value.strip():
+    """Seconds to pause after a 429: ``Retry-After`` as ASCII digits or an HTTP date.
+
+    Absent or anything else is 1 s; the pause is at least 1 s and at most 10 minutes.
+    """
+    if value is None:
         return DEFAULT_RETRY_AFTER
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
+    value = value.strip(" \t")
+    if _DELAY_SECONDS.fullmatch(value):
+        # A long run of digits is far above the cap (and int() refuses over 4300 digits).
+        digits = value.lstrip("0") or "0"
+        seconds = MAX_RETRY_AFTER if len(digits) > 6 else min(float(digits), MAX_RETRY_AFTER)
+    else:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+            seconds = when.timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, IndexError, OverflowError, OSError):
             return DEFAULT_RETRY_AFTER
-        if when.tzinfo is None:
+        if when.tzinfo is None or not math.isfinite(seconds):
             return DEFAULT_RETRY_AFTER
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if not math.isfinite(seconds):
-        return DEFAULT_RETRY_AFTER
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    return min(max(seconds, MIN_RETRY_AFTER), MAX_RETRY_AFTER)
+
+
+def _api_message(body: Mapping[str, Any]) -> str:
+    """The error text of an API body: ``error``, ``errors``, or 2025-06 ``code`` + ``message``."""
+    for key in ("error", "errors"):
+        if body.get(key):
+            return _text(body[key], 200)
+    message, code = body.get("message"), body.get("code")
+    parts = [_text(v, 200) for v in (code, message) if v not in (None, "")]
+    return ": ".join(parts)
 
 
 def _error_detail(response: requests.Response, body: bytes) -> str:
     """A short, loggable description of an error answer (never the request headers)."""
     try:
         decoded = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         decoded = None
-    if isinstance(decoded, Mapping):
-        for key in ("error", "errors", "message"):
-            if key in decoded:
-                return f"HTTP {response.status_code}: {_text(decoded[key], 200)}"
+    message = _api_message(decoded) if isinstance(decoded, Mapping) else ""
+    if message:
+        return f"HTTP {response.status_code}: {message}"
     return f"HTTP {response.status_code} {response.reason or ''}".strip()
 
 
@@ -347,8 +374,43 @@ def _redact(result: FetchResult, token: str) -> FetchResult:
 
 
 def _describe_exception(exc: requests.RequestException) -> str:
-    """A short description that never carries request headers (the token)."""
-    name = type(exc).__name__
-    reason = str(exc.args[0]) if exc.args else ""
-    # urllib3 messages embed the pool and URL, never headers; keep them short all the same.
+    """A short description of the root cause that never carries request headers (the token).
+
+    requests wraps everything in "HTTPSConnectionPool(...): Max retries exceeded", which
+    misleads (nothing is retried): name the cause, and a TLS problem as such.
+    """
+    tls = _find(exc, ssl.SSLError)
+    if tls is not None:
+        if isinstance(tls, ssl.SSLCertVerificationError) and tls.verify_message:
+            return f"TLS error: certificate verify failed: {tls.verify_message}"
+        return f"TLS error: {tls.reason or tls.strerror or type(tls).__name__}"[:300]
+    cause: BaseException = exc
+    while True:  # MaxRetryError -> its reason (NewConnectionError, ProtocolError, ...)
+        inner = getattr(cause, "reason", None)
+        if not isinstance(inner, BaseException) and cause.args:
+            inner = cause.args[0]
+        if not isinstance(inner, BaseException) or inner is cause:
+            break
+        cause = inner
+    reason = str(cause.args[0]) if cause.args else ""
+    reason = _OBJECT_REPR.sub("", reason)  # "<...HTTPConnection object at 0x7f..>: "
+    name = type(cause).__name__
     return f"{name}: {reason[:300]}" if reason else name
+
+
+_OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-f]+>:? ?")
+
+
+def _find(exc: BaseException, kind: type[ssl.SSLError]) -> ssl.SSLError | None:
+    """The first ``kind`` in the chain of reasons, args and causes of ``exc``."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo and len(seen) < 50:
+        item = todo.pop(0)
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, kind):
+            return item
+        todo.extend((getattr(item, "reason", None), *item.args, item.__cause__, item.__context__))
+    return None

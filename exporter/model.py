@@ -51,10 +51,12 @@ class TaskSnapshot:
 
     @property
     def progress_ratio(self) -> float:
-        """``finished/total``; when total is 0, 1 if completed else 0."""
-        if self.total == 0:
+        """``finished/total``, capped at 1; when total is 0, 1 if completed else 0."""
+        if self.total <= 0:
             return 1.0 if self.completed else 0.0
-        return self.finished / self.total
+        # The API may report finished > total: exported as is, but a ratio above 1 means
+        # nothing (docs/design.md, "Client": value limits).
+        return min(self.finished / self.total, 1.0)
 
 
 @dataclass

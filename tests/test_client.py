@@ -92,6 +92,18 @@ def test_error_detail_quotes_api_message(sim: Simulator, client: StoreClient) ->
     assert "task id malformed" in client.fetch("t1").detail
 
 
+@pytest.mark.parametrize("status", [200, 401, 403, 422])
+def test_2025_06_error_body_keeps_its_message(
+    sim: Simulator, client: StoreClient, status: int
+) -> None:
+    body = b'{"code": "InvalidAccessToken", "message": "access token expired at 12:00"}'
+    sim.script("t1", Reply(status=status, body=body))
+    result = client.fetch("t1")
+    assert not result.ok
+    assert "access token expired at 12:00" in result.detail
+    assert "InvalidAccessToken" in result.detail
+
+
 def test_wrong_token_is_401(sim: Simulator, client: StoreClient) -> None:
     sim.set_tokens("another")
     assert client.fetch("t1").code == "401"
@@ -136,6 +148,42 @@ def test_off_shape_200_is_invalid_response(
     result = client.fetch("t1")
     assert result.code == INVALID_RESPONSE
     assert not result.ok
+
+
+HUGE = "1" + "0" * 400
+
+
+@pytest.mark.parametrize("key", ["total", "finished", "status"])
+@pytest.mark.parametrize(
+    "value",
+    ["9007199254740993", '"9007199254740993"', HUGE, f'"{HUGE}"', "1e300", "1e16"],
+    ids=["2^53+1", "2^53+1-string", "10^400", "10^400-string", "1e300", "1e16"],
+)
+def test_integer_above_2_53_is_invalid_response(
+    sim: Simulator, client: StoreClient, key: str, value: str
+) -> None:
+    fields = {"total": "5", "finished": "3", "status": "1", key: value}
+    body = "{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}"
+    for wrapped in (body, '{"code":"Success","data":' + body + "}"):
+        sim.script("t1", Reply(status=200, body=wrapped.encode()))
+        result = client.fetch("t1")
+        assert result.code == INVALID_RESPONSE
+        assert key in result.detail and len(result.detail) < 200
+
+
+def test_integer_of_exactly_2_53_is_accepted(sim: Simulator, client: StoreClient) -> None:
+    limit = 9007199254740992
+    body = f'{{"total": {limit}, "finished": "{limit}", "status": 1}}'
+    sim.script("t1", Reply(status=200, body=body.encode()))
+    snap = client.fetch("t1").snapshot
+    assert snap is not None and snap.total == snap.finished == limit
+
+
+def test_finished_above_total_kept_but_ratio_capped(sim: Simulator, client: StoreClient) -> None:
+    sim.script("t1", Reply(status=200, body=b'{"total": 2, "finished": 5, "status": 1}'))
+    snap = client.fetch("t1").snapshot
+    assert snap is not None and (snap.total, snap.finished) == (2, 5)
+    assert snap.progress_ratio == 1.0
 
 
 def test_numeric_strings_and_missing_lists_accepted(sim: Simulator, client: StoreClient) -> None:
@@ -207,18 +255,52 @@ def test_invalid_task_id_never_reaches_url(client: StoreClient) -> None:
             client.url(bad)
 
 
-def test_retry_after_forms() -> None:
-    assert parse_retry_after(None) == 1.0
-    assert parse_retry_after("") == 1.0
-    assert parse_retry_after("7") == 7.0
-    assert parse_retry_after("2.5") == 2.5
-    assert parse_retry_after("100000") == 600.0
-    assert parse_retry_after("-5") == 0.0
-    assert parse_retry_after("soon") == 1.0
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, 1.0),
+        ("", 1.0),
+        ("7", 7.0),
+        (" 7 ", 7.0),
+        ("007", 7.0),
+        ("600", 600.0),
+        ("601", 600.0),
+        ("100000", 600.0),
+        ("9" * 5000, 600.0),  # int() refuses over 4300 digits; a float of it overflows
+        ("0", 1.0),  # at least 1 s
+        ("1", 1.0),
+        # Anything but ASCII digits or an HTTP date is "absent": 1 s.
+        ("-5", 1.0),
+        ("+5", 1.0),
+        ("2.5", 1.0),
+        ("1e3", 1.0),
+        ("1e309", 1.0),
+        ("1_0", 1.0),
+        ("\u0661\u0662", 1.0),  # Arabic-Indic digits: float() reads 12
+        ("\uff11\uff12", 1.0),  # fullwidth digits
+        ("nan", 1.0),
+        ("inf", 1.0),
+        ("soon", 1.0),
+        ("5 s", 1.0),
+        ("Mon, 01 Jan 99999 00:00:00 GMT", 1.0),
+    ],
+)
+def test_retry_after_is_strict(header: str | None, seconds: float) -> None:
+    assert parse_retry_after(header) == seconds
+
+
+def test_retry_after_http_date() -> None:
     now = time.time()
     date = email.utils.formatdate(now + 30, usegmt=True)
     assert 28 <= parse_retry_after(date, now=now) <= 31
-    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
+    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 1.0
+    assert parse_retry_after(email.utils.formatdate(now + 86400, usegmt=True), now=now) == 600.0
+
+
+@given(st.text(max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_retry_after_never_raises_and_stays_in_range(header: str) -> None:
+    assert 1.0 <= parse_retry_after(header) <= 600.0
 
 
 def test_429_carries_retry_after(sim: Simulator, client: StoreClient) -> None:
@@ -305,10 +387,25 @@ def test_tls_verified_with_ca_file(https_api: str, tls_dir: Path) -> None:
     assert client_for(https_api, tls_config=tls).fetch("t1").code == "200"
 
 
-def test_tls_unknown_ca_refused(https_api: str) -> None:
+def test_tls_unknown_ca_refused_with_a_clear_reason(https_api: str) -> None:
     result = client_for(https_api).fetch("t1")
     assert result.code == "connection_error"
-    assert "SSL" in result.detail or "certificate" in result.detail.lower()
+    assert result.detail.startswith("TLS error: certificate verify failed: ")
+    assert "Max retries" not in result.detail and "Pool" not in result.detail
+
+
+def test_tls_to_a_plain_http_server_named(sim: Simulator) -> None:
+    sim.add_task("t1", total=1)
+    result = client_for(sim.url.replace("http://", "https://")).fetch("t1")
+    assert result.code == "connection_error"
+    assert result.detail.startswith("TLS error: ")
+    assert "Max retries" not in result.detail
+
+
+def test_connection_refused_names_the_cause() -> None:
+    result = client_for(f"http://127.0.0.1:{free_port()}").fetch("t1")
+    assert "Connection refused" in result.detail
+    assert "Max retries" not in result.detail and " object at 0x" not in result.detail
 
 
 def test_tls_insecure_skip_verify(https_api: str) -> None:

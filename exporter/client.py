@@ -31,6 +31,7 @@ from exporter.config import TASK_ID_RE, ConfigError, StoreConfig, TokenSource, r
 from exporter.model import (
     CONNECTION_ERROR,
     INVALID_RESPONSE,
+    MAX_EXACT_INTEGER,
     MAX_KEPT_FAILURES,
     TIMEOUT,
     FailedFile,
@@ -38,9 +39,6 @@ from exporter.model import (
 )
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
-# No float holds a larger integer exactly: above it a value is an invalid response
-# (docs/design.md, "Client": value limits).
-MAX_EXACT_INTEGER = 2**53
 MAX_RETRY_AFTER = 600.0
 MIN_RETRY_AFTER = 1.0
 REDACTED = "<redacted>"

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 TIMEOUT = "timeout"
 CONNECTION_ERROR = "connection_error"
 INVALID_RESPONSE = "invalid_response"
+# The largest integer a float holds exactly (2^53): task counts above it are invalid.
+MAX_EXACT_INTEGER = 2**53
 # Failed files kept per task for the status page, the JSON API and the logs.
 MAX_KEPT_FAILURES = 1000
 

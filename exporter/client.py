@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import email.utils
 import json
+import logging
 import math
 import re
 import socket
@@ -37,6 +38,8 @@ from exporter.model import (
     FailedFile,
     TaskSnapshot,
 )
+
+log = logging.getLogger("exporter.client")
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_RETRY_AFTER = 600.0
@@ -212,6 +215,8 @@ class StoreClient:
         # clock, whatever clock schedules the polls.
         self._clock = time.monotonic
         self._token = store.token.value
+        self._token_lock = threading.Lock()
+        self._token_unreadable = False
         self.session = requests.Session()
         self.session.trust_env = False  # no ~/.netrc credentials, no env proxies by surprise
         adapter = HTTPAdapter(
@@ -234,11 +239,29 @@ class StoreClient:
         return f"{self.store.base_url}/openapi/{self.store.api_version}/file/task/{task_id}"
 
     def token(self) -> str:
-        """The current token: re-read from its file or variable, the last good one on error."""
-        # A rotation in progress must not stop polling: keep the last good token.
-        with contextlib.suppress(ConfigError, OSError, UnicodeDecodeError):
-            self._token = self._token_reader(self.store.token)
-        return self._token
+        """The current token: re-read from its file or variable, the last good one on error.
+
+        A rotation in progress must not stop polling: the last good token is kept. A token
+        that stays unreadable (a deleted file) is logged once when that starts, and again
+        only after it was readable in between.
+        """
+        try:
+            token = self._token_reader(self.store.token)
+        except (ConfigError, OSError, UnicodeDecodeError) as exc:
+            with self._token_lock:
+                report, self._token_unreadable = not self._token_unreadable, True
+            if report:
+                log.warning(
+                    "cannot read the access token, using the last good one",
+                    extra={"store": self.store.name, "err": str(exc).replace("\n", "; ")},
+                )
+            return self._token
+        with self._token_lock:
+            recovered, self._token_unreadable = self._token_unreadable, False
+            self._token = token
+        if recovered:
+            log.info("access token readable again", extra={"store": self.store.name})
+        return token
 
     def fetch(self, task_id: str) -> FetchResult:
         """Send one request and classify its outcome; never raises for network trouble.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -322,6 +323,41 @@ def test_token_file_rotation_used_from_next_request(sim: Simulator, tmp_path: Pa
     token_file.unlink()  # mid-rotation: the last good token keeps working
     client.fetch("t1")
     assert [r.token for r in sim.requests] == ["first", "second", "second"]
+
+
+def test_token_file_missing_is_warned_once_per_outage(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim.add_task("t1", total=1)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    text = f"stores:\n  - name: s\n    base_url: {sim.url}\n    access_token_file: {token_file}\n"
+    client = StoreClient(parse_config(text).stores[0])
+
+    def messages() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "exporter.client"]
+
+    with caplog.at_level(logging.INFO, logger="exporter.client"):
+        assert client.fetch("t1").ok
+        token_file.unlink()
+        for _ in range(3):
+            assert client.fetch("t1").ok  # the last good token
+        assert messages() == ["cannot read the access token, using the last good one"]
+        warning = next(r for r in caplog.records if r.name == "exporter.client")
+        err = str(getattr(warning, "err", ""))
+        assert warning.levelno == logging.WARNING and str(token_file) in err
+        assert getattr(warning, "store", None) == "s" and TOKEN not in err
+        token_file.write_text(TOKEN)
+        client.fetch("t1")
+        client.fetch("t1")
+        token_file.unlink()
+        client.fetch("t1")
+        client.fetch("t1")
+    assert messages() == [
+        "cannot read the access token, using the last good one",
+        "access token readable again",
+        "cannot read the access token, using the last good one",
+    ]
 
 
 json_values = st.recursive(

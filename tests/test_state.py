@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.demo.simulator import Simulator
 from exporter.model import FailedFile, TaskSnapshot, TaskState
 from exporter.state import (
     FORMAT,
@@ -18,7 +19,6 @@ from exporter.state import (
     retention_for,
     write_atomically,
 )
-from exporter.demo.simulator import Simulator
 from tests.helpers import FakeClock, config_yaml, make_exporter, store_yaml, wait_until, write
 
 

@@ -25,7 +25,7 @@ from exporter.client import (
 from exporter.config import parse_config
 from exporter.demo.simulator import Reply, Simulator
 from exporter.model import INVALID_RESPONSE
-from tests.helpers import TOKEN, TOKEN_ENV, config_yaml, free_port
+from tests.helpers import TOKEN, TOKEN_ENV, config_yaml, free_port, make_exporter
 
 
 def client_for(url: str, **keys: Any) -> StoreClient:
@@ -242,6 +242,24 @@ def test_body_over_limit_refused(sim: Simulator, client: StoreClient, chunked: b
     result = client.fetch("t1")
     assert result.code == INVALID_RESPONSE
     assert "exceeds" in result.detail
+
+
+def padded_task_body(size: int) -> bytes:
+    """A valid task body of exactly ``size`` bytes."""
+    head, tail = b'{"total": 1, "finished": 1, "status": 0, "pad": "', b'"}'
+    return head + b"x" * (size - len(head) - len(tail)) + tail
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_ten_mib_limit_is_exactly_ten_mib(
+    sim: Simulator, client: StoreClient, chunked: bool
+) -> None:
+    # Literal sizes, not derived from MAX_BODY_BYTES: raising the limit must fail here.
+    sim.script("t1", Reply(status=200, body=padded_task_body(10_485_761), chunked=chunked))
+    result = client.fetch("t1")
+    assert result.code == INVALID_RESPONSE and "exceeds" in result.detail
+    sim.script("t1", Reply(status=200, body=padded_task_body(10_485_760), chunked=chunked))
+    assert client.fetch("t1").ok
 
 
 def test_body_just_under_limit_is_parsed(sim: Simulator, client: StoreClient) -> None:
@@ -496,3 +514,33 @@ def test_endless_chunked_body_is_not_held(sim: Simulator, client: StoreClient) -
         tracemalloc.stop()
     assert result.code == INVALID_RESPONSE
     assert peak < 2 * MAX_BODY_BYTES + 4 * 1024 * 1024  # not 200 MiB
+
+
+def test_reload_follows_a_changed_token_source_and_base_url(sim: Simulator, tmp_path: Path) -> None:
+    sim.add_task("t1", total=3, finished=1)
+    file_token = "file-token-0123456789"
+    sim.set_tokens(TOKEN, file_token)
+    (tmp_path / "token").write_text(file_token + "\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(config_yaml(sim.url, ["t1"], min_poll_interval="0s"))
+    exporter = make_exporter(str(cfg))
+    try:
+        exporter.refresh(5)
+        assert [r.token for r in sim.requests] == [TOKEN]
+        text = f"stores:\n  - name: shop\n    base_url: {sim.url}\n"
+        text += f"    access_token_file: {tmp_path / 'token'}\n    task_ids: [t1]\n"
+        cfg.write_text(text + "    min_poll_interval: 0s\n")
+        assert exporter.reload()[0]
+        exporter.refresh(5)
+        assert [r.token for r in sim.requests] == [TOKEN, file_token]
+        with Simulator(tokens=(file_token,)) as other:
+            other.add_task("t1", total=3, finished=2)
+            cfg.write_text(text.replace(sim.url, other.url) + "    min_poll_interval: 0s\n")
+            assert exporter.reload()[0]
+            exporter.refresh(5)
+            assert sim.count("t1") == 2
+            assert [r.token for r in other.requests] == [file_token]
+            task = exporter.views().stores[0].tasks[0]
+            assert task.snapshot is not None and task.snapshot.finished == 2
+    finally:
+        exporter.close()

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from exporter.demo.simulator import Reply, Simulator
 from exporter.logs import setup_logging
-from tests.helpers import ExporterProcess, config_yaml, write
+from tests.helpers import TOKEN, ExporterProcess, config_yaml, make_exporter, write
 
 HOSTILE = "bad\x00thing \x1b[31mred\x1b[0m\nts=x level=error msg=forged\r\x7f\x85\u2028\u2029 end"
 RAW_UNSAFE = ["\x00", "\x1b", "\n", "\r", "\x7f", "\x85", "\u2028", "\u2029"]
@@ -130,3 +130,23 @@ def test_api_control_characters_never_reach_the_log_raw(
         assert any(p.get("err") == f"HTTP 422: {HOSTILE}" for p in parsed)
     else:
         assert all(line.startswith("ts=") for line in lines)
+
+
+def test_token_absent_from_the_rate_limited_line(
+    logger: tuple[logging.Logger, io.StringIO], sim: Simulator, tmp_path: Path
+) -> None:
+    _, stream = logger
+    setup_logging("debug", "logfmt", stream)
+    sim.add_task("t1", total=2, finished=1)
+    echo = json.dumps({"error": f"too many requests for access-token {TOKEN}"}).encode()
+    sim.script("t1", Reply(status=429, body=echo, headers={"Retry-After": "1", "X-Token": TOKEN}))
+    exporter = make_exporter(write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"])))
+    try:
+        exporter.refresh(5)
+    finally:
+        exporter.close()
+    assert sim.count("t1", status=429) == 1
+    lines = stream.getvalue().splitlines()
+    assert any("rate limited" in line for line in lines)
+    assert any("poll failed" in line and "<redacted>" in line for line in lines)
+    assert TOKEN not in stream.getvalue()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.app import Exporter
 from exporter.demo.simulator import Simulator
 from exporter.model import FailedFile, TaskSnapshot, TaskState
 from exporter.state import (
@@ -345,3 +346,42 @@ def test_exporter_view_reports_state_file_health(sim: Simulator, tmp_path: Path)
         assert other.views().state_file_ok is None
     finally:
         other.close()
+
+
+def test_forgotten_stays_forgotten_across_reload_and_restart(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    from exporter.web.routes import App
+    from tests.helpers import scrape
+
+    sim.add_task("done", total=2, finished=2, status=0)
+    sim.add_task("busy", total=3, finished=1)
+    state = tmp_path / "state.json"
+    top = f"forget_completed_after: 1m\nstate_file: {state}\n"
+    cfg = write(tmp_path / "c.yaml", config_yaml(sim.url, ["done", "busy"], top=top))
+    clock = FakeClock()
+
+    def shown(exporter: Exporter) -> bool:
+        ids = {t.task_id for store in exporter.views().stores for t in store.tasks}
+        return "done" in ids or 'task_id="done"' in scrape(App(exporter))
+
+    exporter = make_exporter(cfg, clock=clock)
+    try:
+        exporter.refresh(5)
+        assert shown(exporter)
+        clock.advance(61)
+        assert not shown(exporter)  # forgotten
+        assert exporter.reload()[0]
+        clock.advance(3600)
+        exporter.refresh(5)
+        assert not shown(exporter)
+    finally:
+        exporter.close()
+    assert sim.count("done") == 1
+    restarted = make_exporter(cfg, clock=clock)
+    try:
+        restarted.refresh(5)
+        assert not shown(restarted)
+        assert sim.count("done") == 1 and sim.count("busy") >= 2
+    finally:
+        restarted.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gzip
 import logging
-import math
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
@@ -23,8 +23,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("exporter.web.routes")
 
 DEFAULT_SCRAPE_TIMEOUT = 10.0
+MAX_SCRAPE_TIMEOUT = 120.0
 DEADLINE_MARGIN = 0.5
 MIN_DEADLINE = 0.1
+# A decimal number in ASCII, as Prometheus writes the header ("10", "9.5"); float() alone
+# would also take "nan", "inf", "1_0" and non-ASCII digits.
+_TIMEOUT_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 class ExporterPort(Protocol):
@@ -48,15 +52,18 @@ Handler = Callable[["WSGIEnvironment"], tuple[str, list[tuple[str, str]], bytes]
 
 
 def scrape_deadline(header: str | None) -> float:
-    """Seconds a scrape may take: the Prometheus timeout header minus 0.5 s, at least 0.1 s."""
-    if header:
-        try:
-            timeout = float(header)
-        except ValueError:
-            timeout = math.nan
-        if math.isfinite(timeout) and timeout > 0:
-            return max(timeout - DEADLINE_MARGIN, MIN_DEADLINE)
-    return DEFAULT_SCRAPE_TIMEOUT
+    """Seconds a scrape may take: the Prometheus timeout header minus 0.5 s, at least 0.1 s.
+
+    A value that is not a finite positive number means "no header" (10 s); values above
+    120 count as 120, so a hostile header cannot make a scrape wait out a long 429 pause.
+    """
+    text = (header or "").strip(" \t")
+    if not _TIMEOUT_RE.fullmatch(text):
+        return DEFAULT_SCRAPE_TIMEOUT
+    timeout = min(float(text), MAX_SCRAPE_TIMEOUT)  # "1e400" is inf here: above 120 too
+    if not timeout > 0:
+        return DEFAULT_SCRAPE_TIMEOUT
+    return max(timeout - DEADLINE_MARGIN, MIN_DEADLINE)
 
 
 def _text(status: str, body: str) -> tuple[str, list[tuple[str, str]], bytes]:

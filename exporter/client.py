@@ -52,6 +52,7 @@ _DIGITS = re.compile(r"[0-9]{1,18}")
 # Retry-After is ASCII digits (RFC 9110 delay-seconds) or an HTTP date; float() would take
 # "1e3", "1_0", " nan" and Arabic-Indic digits.
 _DELAY_SECONDS = re.compile(r"[0-9]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class InvalidResponse(ValueError):
@@ -108,10 +109,12 @@ def _brief(value: object) -> str:
 
 
 def _text(value: object, limit: int = 2048) -> str:
+    """API-supplied text as kept: at most ``limit`` characters, no lone surrogates."""
     if value is None:
         return ""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return text[:limit]
+    # JSON may carry "\ud800" alone: no encoder can write it (a page, a log line, a file).
+    return _SURROGATE.sub("\ufffd", text[:limit])
 
 
 def _failed_file(entry: object) -> FailedFile:

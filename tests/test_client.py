@@ -24,7 +24,7 @@ from exporter.client import (
 )
 from exporter.config import parse_config
 from exporter.demo.simulator import Reply, Simulator
-from exporter.model import INVALID_RESPONSE
+from exporter.model import INVALID_RESPONSE, FailedFile
 from tests.helpers import TOKEN, TOKEN_ENV, config_yaml, free_port, make_exporter
 
 
@@ -103,6 +103,15 @@ def test_2025_06_error_body_keeps_its_message(
     assert not result.ok
     assert "access token expired at 12:00" in result.detail
     assert "InvalidAccessToken" in result.detail
+
+
+def test_lone_surrogates_from_the_api_are_replaced(sim: Simulator, client: StoreClient) -> None:
+    sim.task("t1").failure_list.append({"origin_link": "\ud800x", "reason": "a\udfffb"})
+    sim.script("t1", Reply(status=422, body=b'{"error": "bad \\ud83d"}'))
+    assert client.fetch("t1").detail == "HTTP 422: bad \ufffd"
+    snap = client.fetch("t1").snapshot
+    assert snap is not None
+    assert snap.failures[-1] == FailedFile("\ufffdx", "a\ufffdb")
 
 
 def test_wrong_token_is_401(sim: Simulator, client: StoreClient) -> None:

@@ -233,7 +233,17 @@ def test_arbitrary_headers_never_break_metrics(
 ) -> None:
     sim.add_task("ok", total=5, finished=2, failure_list=[{"origin_link": "a", "reason": "\x00"}])
     sim.behave("bad", Reply(status=200, body=b'{"total": 1' + b"0" * 400 + b', "finished": 1}'))
-    cfg = write(tmp_path / "c.yaml", config_yaml(sim.url, ["ok", "bad", "missing"]))
+    # Due at every scrape: the header's deadline is waited on, not only parsed.
+    cfg = write(
+        tmp_path / "c.yaml",
+        config_yaml(
+            sim.url,
+            ["ok", "bad", "missing"],
+            min_poll_interval="0s",
+            requests_per_second=10000,
+            burst=10000,
+        ),
+    )
     exporter = make_exporter(cfg)
     try:
         app = App(exporter)

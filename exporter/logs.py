@@ -44,7 +44,7 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 # What a log line must not carry raw: C0 and C1 controls and DEL (a NUL, an ESC sequence
 # that recolours a terminal, a newline that forges a second event), the line and paragraph
 # separators some readers split on, and lone surrogates (not encodable: the line would be
-# lost). Written as \uXXXX instead (docs/design.md, "Client": control characters).
+# lost). Written as \uXXXX instead (docs/design.md, "Values from outside").
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 

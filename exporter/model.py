@@ -57,7 +57,7 @@ class TaskSnapshot:
         if self.total <= 0:
             return 1.0 if self.completed else 0.0
         # The API may report finished > total: exported as is, but a ratio above 1 means
-        # nothing (docs/design.md, "Client": value limits).
+        # nothing (docs/design.md, "Values from outside").
         return min(self.finished / self.total, 1.0)
 
 

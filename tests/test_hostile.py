@@ -1,4 +1,4 @@
-"""No outside value can make an endpoint answer 500 (docs/design.md, "Client": value limits).
+"""No outside value can make an endpoint answer 500 (docs/design.md, "Values from outside").
 
 Arbitrary API answers (any JSON types, sizes and nesting, integers up to 10^1000, unicode and
 control characters, raw bytes) go through the real path: simulator -> client -> poller ->

@@ -289,21 +289,27 @@ def test_retention_is_forget_completed_after_or_seven_days(forget: float, kept: 
     assert retention_for(forget) == kept
 
 
+def add_done_and_busy(sim: Simulator, tmp_path: Path) -> Path:
+    """Tasks "done" (completed) and "busy" in the simulator; returns a state file path."""
+    sim.add_task("done", total=2, finished=2, status=0)
+    sim.add_task("busy", total=3, finished=1)
+    return tmp_path / "state.json"
+
+
 def test_exporter_drops_state_of_a_removed_store_after_seven_days(
     sim: Simulator, tmp_path: Path
 ) -> None:
-    sim.add_task("a", total=2, finished=2, status=0)
-    sim.add_task("b", total=2, finished=1)
-    state = tmp_path / "state.json"
+    state = add_done_and_busy(sim, tmp_path)
     top = f"state_file: {state}\n"
-    both = top + "stores:\n" + store_yaml("one", sim.url, ["a"]) + store_yaml("two", sim.url, ["b"])
+    one = store_yaml("one", sim.url, ["done"])
+    both = top + "stores:\n" + one + store_yaml("two", sim.url, ["busy"])
     cfg = write(tmp_path / "c.yaml", both)
     clock = FakeClock()
     exporter = make_exporter(cfg, clock=clock)
     exporter.refresh(5)
     exporter.close()
-    assert {t.task_id for t in load_state(str(state))[0]} == {"a", "b"}
-    write(tmp_path / "c.yaml", top + "stores:\n" + store_yaml("one", sim.url, ["a"]))
+    assert {t.task_id for t in load_state(str(state))[0]} == {"done", "busy"}
+    write(tmp_path / "c.yaml", top + "stores:\n" + one)
     exporter = make_exporter(cfg, clock=clock)  # a restart without store "two"
     try:
         assert exporter.state_writer is not None
@@ -315,10 +321,10 @@ def test_exporter_drops_state_of_a_removed_store_after_seven_days(
         }
         clock.advance(7 * 24 * 3600 - 1)
         exporter.state_writer.flush()
-        assert {t.task_id for t in load_state(str(state))[0]} == {"a", "b"}
+        assert {t.task_id for t in load_state(str(state))[0]} == {"done", "busy"}
         clock.advance(1)
         exporter.state_writer.flush()
-        assert [t.task_id for t in load_state(str(state))[0]] == ["a"]
+        assert [t.task_id for t in load_state(str(state))[0]] == ["done"]
     finally:
         exporter.close()
 
@@ -354,9 +360,7 @@ def test_forgotten_stays_forgotten_across_reload_and_restart(
     from exporter.web.routes import App
     from tests.helpers import scrape
 
-    sim.add_task("done", total=2, finished=2, status=0)
-    sim.add_task("busy", total=3, finished=1)
-    state = tmp_path / "state.json"
+    state = add_done_and_busy(sim, tmp_path)
     top = f"forget_completed_after: 1m\nstate_file: {state}\n"
     cfg = write(tmp_path / "c.yaml", config_yaml(sim.url, ["done", "busy"], top=top))
     clock = FakeClock()

@@ -316,8 +316,8 @@ def test_exporter_drops_state_of_a_removed_store_after_seven_days(
         exporter.state_writer.flush()
         saved = json.loads(state.read_text())["tasks"]
         assert {t["task_id"]: t.get("last_watched") for t in saved} == {
-            "a": None,
-            "b": clock.time(),
+            "done": None,
+            "busy": clock.time(),
         }
         clock.advance(7 * 24 * 3600 - 1)
         exporter.state_writer.flush()

@@ -101,8 +101,13 @@ def test_2025_06_error_body_keeps_its_message(
     sim.script("t1", Reply(status=status, body=body))
     result = client.fetch("t1")
     assert not result.ok
-    assert "access token expired at 12:00" in result.detail
-    assert "InvalidAccessToken" in result.detail
+    if status == 200:
+        assert result.detail == (
+            "wrapped response without a data object"
+            " (InvalidAccessToken: access token expired at 12:00)"
+        )
+    else:
+        assert result.detail == f"HTTP {status}: InvalidAccessToken: access token expired at 12:00"
 
 
 def test_lone_surrogates_from_the_api_are_replaced(sim: Simulator, client: StoreClient) -> None:
@@ -112,6 +117,79 @@ def test_lone_surrogates_from_the_api_are_replaced(sim: Simulator, client: Store
     snap = client.fetch("t1").snapshot
     assert snap is not None
     assert snap.failures[-1] == FailedFile("\ufffdx", "a\ufffdb")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "detail"),
+    [
+        (502, b"<html>Bad Gateway</html>", "HTTP 502 Bad Gateway"),
+        (503, b"[1, 2]", "HTTP 503 Service Unavailable"),
+        (400, b'{"errors": []}', "HTTP 400 Bad Request"),
+        (400, b'{"error": "' + b"e" * 300 + b'"}', "HTTP 400: " + "e" * 200),
+        (401, b'{"code": "C", "message": "' + b"m" * 300 + b'"}', "HTTP 401: C: " + "m" * 200),
+        (404, b'{"message": "no such task"}', "HTTP 404: no such task"),
+    ],
+)
+def test_error_detail_texts(
+    sim: Simulator, client: StoreClient, status: int, body: bytes, detail: str
+) -> None:
+    sim.script("t1", Reply(status=status, body=body))
+    assert client.fetch("t1").detail == detail
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b"[1]", "expected a JSON object, got list"),
+        (b'{"finished": 1, "status": 1}', "total: missing"),
+        (b'{"total": 1, "finished": -2, "status": 1}', "finished: negative value int -2"),
+        (b'{"total": 1, "finished": 1, "status": "x"}', "status: expected a non-negative integer"),
+        (b'{"total": 1, "finished": 1, "status": 1, "failure_list": 3}', "failure_list: expected"),
+        (b'{"total": 1e300, "finished": 1, "status": 1}', "total: an integer above 10^40 is above"),
+        (b'{"code": "Success"}', "wrapped response without a data object (Success)"),
+    ],
+)
+def test_invalid_response_details(
+    sim: Simulator, client: StoreClient, body: bytes, detail: str
+) -> None:
+    sim.script("t1", Reply(status=200, body=body))
+    result = client.fetch("t1")
+    assert result.code == INVALID_RESPONSE and result.detail.startswith(detail)
+
+
+def test_flat_body_with_a_code_key_is_flat(sim: Simulator, client: StoreClient) -> None:
+    for body in (
+        b'{"code": "Success", "total": 3, "finished": 1, "status": 1}',
+        b'{"code": "Success", "status": 1, "finished": 1, "total": 3, "data": null}',
+    ):
+        sim.script("t1", Reply(status=200, body=body))
+        snap = client.fetch("t1").snapshot
+        assert snap is not None and (snap.total, snap.finished) == (3, 1)
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"origin_link": "o", "file_uri": "f", "reason": "r"}, FailedFile("o", "r")),
+        ({"file_uri": "f", "url": "u", "error": "e"}, FailedFile("f", "e")),
+        ({"url": "u", "error_message": "em", "message": "m"}, FailedFile("u", "em")),
+        ({"message": "m", "msg": "g"}, FailedFile("", "m")),
+        ({"msg": "g", "errors": ["x"]}, FailedFile("", "g")),
+        ({"errors": ["x", "é"]}, FailedFile("", '["x", "é"]')),
+        ({"reason": "", "error": "second"}, FailedFile("", "second")),
+        ({"reason": {"why": "ü"}}, FailedFile("", '{"why": "ü"}')),
+        ("http://img/plain.jpg", FailedFile("http://img/plain.jpg", "")),
+        (None, FailedFile("", "")),
+        (7, FailedFile("7", "")),
+    ],
+)
+def test_failed_file_entry_shapes(
+    sim: Simulator, client: StoreClient, entry: object, expected: FailedFile
+) -> None:
+    body = {"total": 1, "finished": 1, "status": 0, "failure_list": [entry]}
+    sim.script("t1", Reply(status=200, body=json.dumps(body).encode()))
+    snap = client.fetch("t1").snapshot
+    assert snap is not None and snap.failures == (expected,)
 
 
 def test_wrong_token_is_401(sim: Simulator, client: StoreClient) -> None:
@@ -318,6 +396,10 @@ def test_retry_after_is_strict(header: str | None, seconds: float) -> None:
 
 
 def test_retry_after_http_date() -> None:
+    past = time.time() - 100_000  # the given "now" counts, not the clock
+    assert 29 <= parse_retry_after(email.utils.formatdate(past + 30, usegmt=True), now=past) <= 31
+    # A date without a time zone ("-0000") means nothing exact: 1 s.
+    assert parse_retry_after("Sun, 06 Nov 2094 08:49:37 -0000") == 1.0
     now = time.time()
     date = email.utils.formatdate(now + 30, usegmt=True)
     assert 28 <= parse_retry_after(date, now=now) <= 31

@@ -549,7 +549,8 @@ def test_tls_to_a_plain_http_server_named(sim: Simulator) -> None:
 
 def test_connection_refused_names_the_cause() -> None:
     result = client_for(f"http://127.0.0.1:{free_port()}").fetch("t1")
-    assert "Connection refused" in result.detail
+    assert result.detail.startswith("NewConnectionError: ")
+    assert result.detail.endswith("Connection refused")
     assert "Max retries" not in result.detail and " object at 0x" not in result.detail
 
 
@@ -635,3 +636,71 @@ def test_reload_follows_a_changed_token_source_and_base_url(sim: Simulator, tmp_
             assert task.snapshot is not None and task.snapshot.finished == 2
     finally:
         exporter.close()
+
+
+def test_every_outcome_has_a_real_duration(sim: Simulator, client: StoreClient) -> None:
+    sim.script(
+        "t1",
+        Reply(status=200),
+        Reply(status=200, body=b"not json"),
+        Reply(status=200, body_size=10_485_761),
+        Reply(status=500),
+        Reply(status=429, headers={"Retry-After": "3"}),
+        Reply(status=302, headers={"Location": "http://elsewhere/"}),
+    )
+    results = [client.fetch("t1") for _ in range(6)]
+    assert [r.code for r in results] == [
+        *("200", INVALID_RESPONSE, INVALID_RESPONSE, "500", "429", "302"),
+    ]
+    for result in results:
+        assert 0 <= result.duration < 1.0  # the store's timeout is 1 s
+    assert [r.retry_after for r in results] == [None, None, None, None, 3.0, None]
+    refused = client_for(f"http://127.0.0.1:{free_port()}").fetch("t1")
+    assert 0 <= refused.duration < 1.0
+
+
+@pytest.mark.parametrize("status", [300, 301, 399])
+def test_3xx_is_never_success_and_named_a_redirect(
+    sim: Simulator, client: StoreClient, status: int
+) -> None:
+    sim.script("t1", Reply(status=status, headers={"Location": "http://x/"}))
+    result = client.fetch("t1")
+    assert result.code == str(status) and not result.ok
+    assert result.detail == f"HTTP {status} redirect to 'http://x/' not followed"
+
+
+def test_400_with_a_location_is_not_a_redirect(sim: Simulator, client: StoreClient) -> None:
+    sim.script("t1", Reply(status=400, body=b'{"error": "bad"}', headers={"Location": "/x"}))
+    assert client.fetch("t1").detail == "HTTP 400: bad"
+
+
+def test_token_redacted_wherever_it_appears_alone(sim: Simulator, client: StoreClient) -> None:
+    sim.task("t1").failure_list[:] = [
+        {"origin_link": "http://img/clean.jpg", "reason": f"token {TOKEN} refused"},
+        {"origin_link": f"http://img/{TOKEN}.jpg", "reason": "clean reason"},
+    ]
+    snap = client.fetch("t1").snapshot
+    assert snap is not None
+    assert snap.failures == (
+        FailedFile("http://img/clean.jpg", "token <redacted> refused"),
+        FailedFile("http://img/<redacted>.jpg", "clean reason"),
+    )
+
+
+def test_body_over_many_chunks_is_joined_exactly(sim: Simulator, client: StoreClient) -> None:
+    links = [f"http://img/{i:05d}-{'abcdefgh' * 8}.jpg" for i in range(1500)]  # > 128 KiB
+    task = sim.task("t1")
+    task.failure_list[:] = [{"origin_link": link, "reason": "r"} for link in links]
+    task.total = task.finished = 1500
+    snap = client.fetch("t1").snapshot
+    assert snap is not None and snap.failed == 1500
+    assert [f.origin_link for f in snap.failures] == links[:1000]
+
+
+def test_ca_file_of_another_authority_is_refused(https_api: str, tmp_path: Path) -> None:
+    import trustme
+
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    result = client_for(https_api, tls_config=f'{{ca_file: "{other}"}}').fetch("t1")
+    assert result.code == "connection_error" and result.detail.startswith("TLS error")

@@ -366,8 +366,9 @@ def test_forgotten_stays_forgotten_across_reload_and_restart(
     clock = FakeClock()
 
     def shown(exporter: Exporter) -> bool:
+        text = scrape(App(exporter))  # a scrape, as Prometheus does it, then the pages' view
         ids = {t.task_id for store in exporter.views().stores for t in store.tasks}
-        return "done" in ids or 'task_id="done"' in scrape(App(exporter))
+        return "done" in ids or 'task_id="done"' in text
 
     exporter = make_exporter(cfg, clock=clock)
     try:

@@ -18,7 +18,7 @@ from exporter.model import ExporterView, ReloadStatus
 from exporter.poller import Poller
 from exporter.runtime import release_free_memory
 from exporter.sharding import Shard
-from exporter.state import StateWriter, load_state
+from exporter.state import StateData, StateWriter, read_state, retention_for
 
 log = logging.getLogger("exporter")
 
@@ -51,6 +51,7 @@ class Exporter:
         self.state_writer: StateWriter | None = None
         self.store_files: StoreFiles | None = None
         self._stopped = threading.Event()
+        self._last_watched: dict[tuple[str, str], float] = {}  # from the state file
         self.poller = Poller(clock=self.clock, client_factory=client_factory, on_change=self._dirty)
         self.collector = TaskCollector(self.views)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -61,9 +62,9 @@ class Exporter:
     def start(self) -> Config:
         """Load the configuration and the state file; raises ConfigError when invalid."""
         config = load_config(self.config_path, self._environ)
-        if config.state_file:
-            tasks, forgotten = load_state(config.state_file)
-            self.poller.restore(tasks, forgotten)
+        saved = read_state(config.state_file) if config.state_file else StateData()
+        self.poller.restore(saved.tasks, saved.forgotten)
+        self._last_watched = saved.last_watched
         self.store_files = StoreFiles(config, environ=self._environ, clock=self.clock.monotonic)
         self.store_files.refresh(force=True)
         self._apply(config)
@@ -98,8 +99,16 @@ class Exporter:
                 self.state_writer.close()
                 self.state_writer = None
             if config.state_file:
-                self.state_writer = StateWriter(config.state_file, self.poller.persistent_state)
+                self.state_writer = StateWriter(
+                    config.state_file,
+                    self.poller.persistent_state,
+                    watched=self.poller.watched_keys,
+                    last_watched=self._last_watched,
+                    clock=self.clock.time,
+                )
                 self.state_writer.mark_dirty()
+        if self.state_writer is not None:
+            self.state_writer.retention = retention_for(config.forget_completed_after)
         self.config = config
         self.reload_status.successful = True
         self.reload_status.last_success = self.clock.time()
@@ -162,6 +171,7 @@ class Exporter:
             total_shards=self.shard.total,
             stores_owned=self._stores_owned,
             stores_other=self._stores_other,
+            state_file_ok=self.state_writer.last_write_ok if self.state_writer else None,
         )
 
     @property

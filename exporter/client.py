@@ -12,9 +12,11 @@ import contextlib
 import dataclasses
 import email.utils
 import json
+import logging
 import math
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -37,19 +39,27 @@ from exporter.config import (
 from exporter.model import (
     CONNECTION_ERROR,
     INVALID_RESPONSE,
+    MAX_EXACT_INTEGER,
     MAX_KEPT_FAILURES,
     TIMEOUT,
     FailedFile,
     TaskSnapshot,
 )
 
+log = logging.getLogger("exporter.client")
+
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_RETRY_AFTER = 600.0
+MIN_RETRY_AFTER = 1.0
 REDACTED = "<redacted>"
 DEFAULT_RETRY_AFTER = 1.0
 USER_AGENT = f"shoplazza-upload-exporter/{__version__}"
 
 _DIGITS = re.compile(r"[0-9]{1,18}")
+# Retry-After is ASCII digits (RFC 9110 delay-seconds) or an HTTP date; float() would take
+# "1e3", "1_0", " nan" and Arabic-Indic digits.
+_DELAY_SECONDS = re.compile(r"[0-9]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class InvalidResponse(ValueError):
@@ -83,7 +93,9 @@ def _integer(data: Mapping[str, Any], key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidResponse(f"{key}: expected a non-negative integer, got {_brief(value)}")
     if value < 0:
-        raise InvalidResponse(f"{key}: negative value {value}")
+        raise InvalidResponse(f"{key}: negative value {_brief(value)}")
+    if value > MAX_EXACT_INTEGER:
+        raise InvalidResponse(f"{key}: {_brief(value)} is above 2^53")
     return value
 
 
@@ -97,15 +109,19 @@ def _list(data: Mapping[str, Any], key: str) -> list[Any]:
 
 
 def _brief(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**40:
+        return "an integer above 10^40"  # str() of it is slow, and refused past 4300 digits
     text = json.dumps(value)[:40] if not isinstance(value, str) else repr(value[:40])
     return f"{type(value).__name__} {text}"
 
 
 def _text(value: object, limit: int = 2048) -> str:
+    """API-supplied text as kept: at most ``limit`` characters, no lone surrogates."""
     if value is None:
         return ""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return text[:limit]
+    # JSON may carry "\ud800" alone: no encoder can write it (a page, a log line, a file).
+    return _SURROGATE.sub("\ufffd", text[:limit])
 
 
 def _failed_file(entry: object) -> FailedFile:
@@ -128,7 +144,10 @@ def parse_task(body: object) -> TaskSnapshot:
     if "code" in body and not any(k in body for k in ("total", "finished", "status")):
         inner = body.get("data")
         if not isinstance(inner, Mapping):
-            raise InvalidResponse("wrapped response without a data object")
+            message = _api_message(body)  # e.g. {"code": "Unauthorized", "message": "..."}
+            raise InvalidResponse(
+                "wrapped response without a data object" + (f" ({message})" if message else "")
+            )
         data = inner
     total = _integer(data, "total")
     finished = _integer(data, "finished")
@@ -147,35 +166,47 @@ def parse_task(body: object) -> TaskSnapshot:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float:
-    """Seconds to pause after a 429: ``Retry-After`` as seconds or HTTP date, capped."""
-    if value is None or not value.strip():
+    """Seconds to pause after a 429: ``Retry-After`` as ASCII digits or an HTTP date.
+
+    Absent or anything else is 1 s; the pause is at least 1 s and at most 10 minutes.
+    """
+    if value is None:
         return DEFAULT_RETRY_AFTER
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
+    value = value.strip(" \t")
+    if _DELAY_SECONDS.fullmatch(value):
+        # A long run of digits is far above the cap (and int() refuses over 4300 digits).
+        digits = value.lstrip("0") or "0"
+        seconds = MAX_RETRY_AFTER if len(digits) > 6 else min(float(digits), MAX_RETRY_AFTER)
+    else:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+            seconds = when.timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, IndexError, OverflowError, OSError):
             return DEFAULT_RETRY_AFTER
-        if when.tzinfo is None:
+        if when.tzinfo is None or not math.isfinite(seconds):
             return DEFAULT_RETRY_AFTER
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if not math.isfinite(seconds):
-        return DEFAULT_RETRY_AFTER
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    return min(max(seconds, MIN_RETRY_AFTER), MAX_RETRY_AFTER)
+
+
+def _api_message(body: Mapping[str, Any]) -> str:
+    """The error text of an API body: ``error``, ``errors``, or 2025-06 ``code`` + ``message``."""
+    for key in ("error", "errors"):
+        if body.get(key):
+            return _text(body[key], 200)
+    message, code = body.get("message"), body.get("code")
+    parts = [_text(v, 200) for v in (code, message) if v not in (None, "")]
+    return ": ".join(parts)
 
 
 def _error_detail(response: requests.Response, body: bytes) -> str:
     """A short, loggable description of an error answer (never the request headers)."""
     try:
         decoded = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         decoded = None
-    if isinstance(decoded, Mapping):
-        for key in ("error", "errors", "message"):
-            if key in decoded:
-                return f"HTTP {response.status_code}: {_text(decoded[key], 200)}"
+    message = _api_message(decoded) if isinstance(decoded, Mapping) else ""
+    if message:
+        return f"HTTP {response.status_code}: {message}"
     return f"HTTP {response.status_code} {response.reason or ''}".strip()
 
 
@@ -194,6 +225,8 @@ class StoreClient:
         # clock, whatever clock schedules the polls.
         self._clock = time.monotonic
         self._token = store.token.value
+        self._token_lock = threading.Lock()
+        self._token_unreadable = False
         self.session = requests.Session()
         self.session.trust_env = False  # no ~/.netrc credentials, no env proxies by surprise
         adapter = HTTPAdapter(
@@ -216,11 +249,29 @@ class StoreClient:
         return f"{self.store.base_url}/openapi/{self.store.api_version}/file/task/{task_id}"
 
     def token(self) -> str:
-        """The current token: re-read from its file or variable, the last good one on error."""
-        # A rotation in progress must not stop polling: keep the last good token.
-        with contextlib.suppress(ConfigError, OSError, UnicodeDecodeError):
-            self._token = self._token_reader(self.store.token)
-        return self._token
+        """The current token: re-read from its file or variable, the last good one on error.
+
+        A rotation in progress must not stop polling: the last good token is kept. A token
+        that stays unreadable (a deleted file) is logged once when that starts, and again
+        only after it was readable in between.
+        """
+        try:
+            token = self._token_reader(self.store.token)
+        except (ConfigError, OSError, UnicodeDecodeError) as exc:
+            with self._token_lock:
+                report, self._token_unreadable = not self._token_unreadable, True
+            if report:
+                log.warning(
+                    "cannot read the access token, using the last good one",
+                    extra={"store": self.store.name, "err": str(exc).replace("\n", "; ")},
+                )
+            return self._token
+        with self._token_lock:
+            recovered, self._token_unreadable = self._token_unreadable, False
+            self._token = token
+        if recovered:
+            log.info("access token readable again", extra={"store": self.store.name})
+        return token
 
     def fetch(self, task_id: str) -> FetchResult:
         """Send one request and classify its outcome; never raises for network trouble.
@@ -354,8 +405,43 @@ def _redact(result: FetchResult, token: str) -> FetchResult:
 
 
 def _describe_exception(exc: requests.RequestException) -> str:
-    """A short description that never carries request headers (the token)."""
-    name = type(exc).__name__
-    reason = str(exc.args[0]) if exc.args else ""
-    # urllib3 messages embed the pool and URL, never headers; keep them short all the same.
+    """A short description of the root cause that never carries request headers (the token).
+
+    requests wraps everything in "HTTPSConnectionPool(...): Max retries exceeded", which
+    misleads (nothing is retried): name the cause, and a TLS problem as such.
+    """
+    tls = _find(exc, ssl.SSLError)
+    if tls is not None:
+        if isinstance(tls, ssl.SSLCertVerificationError) and tls.verify_message:
+            return f"TLS error: certificate verify failed: {tls.verify_message}"
+        return f"TLS error: {tls.reason or tls.strerror or type(tls).__name__}"[:300]
+    cause: BaseException = exc
+    while True:  # MaxRetryError -> its reason (NewConnectionError, ProtocolError, ...)
+        inner = getattr(cause, "reason", None)
+        if not isinstance(inner, BaseException) and cause.args:
+            inner = cause.args[0]
+        if not isinstance(inner, BaseException) or inner is cause:
+            break
+        cause = inner
+    reason = str(cause.args[0]) if cause.args else ""
+    reason = _OBJECT_REPR.sub("", reason)  # "<...HTTPConnection object at 0x7f..>: "
+    name = type(cause).__name__
     return f"{name}: {reason[:300]}" if reason else name
+
+
+_OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-f]+>:? ?")
+
+
+def _find(exc: BaseException, kind: type[ssl.SSLError]) -> ssl.SSLError | None:
+    """The first ``kind`` in the chain of reasons, args and causes of ``exc``."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo and len(seen) < 50:
+        item = todo.pop(0)
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, kind):
+            return item
+        todo.extend((getattr(item, "reason", None), *item.args, item.__cause__, item.__context__))
+    return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any, TextIO
@@ -40,14 +41,22 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
+# What a log line must not carry raw: C0 and C1 controls and DEL (a NUL, an ESC sequence
+# that recolours a terminal, a newline that forges a second event), the line and paragraph
+# separators some readers split on, and lone surrogates (not encodable: the line would be
+# lost). Written as \uXXXX instead (docs/design.md, "Values from outside").
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _escape_unsafe(text: str) -> str:
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def _logfmt_value(value: object) -> str:
     text = str(value)
-    if text and not any(c in text for c in ' ="\\\n\r\t') and text.isprintable():
+    if text and not any(c in text for c in ' ="\\') and text.isprintable():
         return text
-    escaped = (
-        text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    )
-    return f'"{escaped}"'
+    return '"' + _escape_unsafe(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -63,7 +72,8 @@ class JSONFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """One line of JSON."""
-        return json.dumps(_fields(record), default=str, ensure_ascii=False)
+        # json escapes C0 controls itself; DEL, C1, separators and surrogates are left.
+        return _escape_unsafe(json.dumps(_fields(record), default=str, ensure_ascii=False))
 
 
 def setup_logging(level: str = "info", fmt: str = "logfmt", stream: TextIO | None = None) -> None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 TIMEOUT = "timeout"
 CONNECTION_ERROR = "connection_error"
 INVALID_RESPONSE = "invalid_response"
+# The largest integer a float holds exactly (2^53): task counts above it are invalid.
+MAX_EXACT_INTEGER = 2**53
 # Failed files kept per task for the status page, the JSON API and the logs.
 MAX_KEPT_FAILURES = 1000
 
@@ -51,10 +53,12 @@ class TaskSnapshot:
 
     @property
     def progress_ratio(self) -> float:
-        """``finished/total``; when total is 0, 1 if completed else 0."""
-        if self.total == 0:
+        """``finished/total``, capped at 1; when total is 0, 1 if completed else 0."""
+        if self.total <= 0:
             return 1.0 if self.completed else 0.0
-        return self.finished / self.total
+        # The API may report finished > total: exported as is, but a ratio above 1 means
+        # nothing (docs/design.md, "Values from outside").
+        return min(self.finished / self.total, 1.0)
 
 
 @dataclass(slots=True)

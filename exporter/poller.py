@@ -465,6 +465,19 @@ class Poller:
             tasks.extend(t for t in self.restored.values() if t.snapshot is not None)
             return tasks, dict(self.forgotten)
 
+    def watched_keys(self) -> set[tuple[str, str]]:
+        """(store, task_id) of every configured task of the stores served, forgotten included.
+
+        The state file drops the entries of other tasks after a while (docs/design.md,
+        "State file": pruning).
+        """
+        with self.cond:
+            keys = {
+                (name, task_id) for name, store in self.stores.items() for task_id in store.tasks
+            }
+            keys.update(key for key in self.forgotten if key[0] in self.stores)
+            return keys
+
     def stop(self) -> None:
         """Stop polling; requests in flight are abandoned. Calling it again does nothing."""
         with self._lock:

@@ -1,4 +1,11 @@
-"""The state file: last known task data kept across restarts, written atomically."""
+"""The state file: last known task data kept across restarts, written atomically.
+
+Reading trusts nothing (docs/design.md, "State file"): an entry that is off-shape (a
+count above 2^53, a NaN time, a foreign type) is logged and skipped alone; a file that is
+not ours is logged and ignored whole. Writing records the outcome (``last_write_ok``),
+logs only when it changes, and drops the entries of tasks no longer configured once they
+have been unwatched for the retention time.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +16,35 @@ import math
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.model import FailedFile, TaskSnapshot, TaskState
+from exporter.config import STORE_NAME_RE, TASK_ID_RE
+from exporter.model import MAX_EXACT_INTEGER, MAX_KEPT_FAILURES, FailedFile, TaskSnapshot, TaskState
 
 log = logging.getLogger("exporter.state")
 
 FORMAT = "shoplazza-upload-exporter/state"
 VERSION = 1
+# How long the state of a task that is no longer configured is kept when
+# forget_completed_after is 0 (docs/design.md, "State file": pruning).
+DEFAULT_RETENTION = 7 * 24 * 3600.0
+
+Key = tuple[str, str]
+Snapshot = Callable[[], tuple[list[TaskState], dict[Key, float]]]
 
 
-def _task_to_json(task: TaskState) -> dict[str, Any]:
+def retention_for(forget_completed_after: float) -> float:
+    """Seconds an unwatched task's state is kept: ``forget_completed_after``, or 7 days."""
+    return forget_completed_after if forget_completed_after > 0 else DEFAULT_RETENTION
+
+
+def _task_to_json(task: TaskState, last_watched: float | None) -> dict[str, Any]:
     snap = task.snapshot
     assert snap is not None
-    return {
+    entry: dict[str, Any] = {
         "store": task.store,
         "task_id": task.task_id,
         "total": snap.total,
@@ -38,6 +59,9 @@ def _task_to_json(task: TaskState) -> dict[str, Any]:
         "last_progress": task.last_progress,
         "completed_at": task.completed_at,
     }
+    if last_watched is not None:
+        entry["last_watched"] = last_watched
+    return entry
 
 
 def _number(value: object) -> float | None:
@@ -45,98 +69,155 @@ def _number(value: object) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("expected a number")
+    if isinstance(value, int) and abs(value) > MAX_EXACT_INTEGER:
+        raise ValueError("number out of range")
     if not math.isfinite(value):
         raise ValueError("expected a finite number")
     return float(value)
 
 
-def _count(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("expected a non-negative integer")
+def _count(item: Mapping[str, object], key: str) -> int:
+    value = item.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EXACT_INTEGER:
+        raise ValueError(f"{key}: expected an integer from 0 to 2^53")
     return value
 
 
-def _task_from_json(item: object) -> TaskState:
+def _key(store: object, task_id: object) -> Key:
+    if not isinstance(store, str) or not STORE_NAME_RE.match(store):
+        raise ValueError("store is not a store name")
+    if not isinstance(task_id, str) or not TASK_ID_RE.match(task_id):
+        raise ValueError("task_id is not a task id")
+    return store, task_id
+
+
+def _task_from_json(item: object) -> tuple[TaskState, float | None]:
     if not isinstance(item, dict):
         raise ValueError("task entry is not an object")
+    store, task_id = _key(item.get("store"), item.get("task_id"))
     failures = item.get("failures", [])
     if not isinstance(failures, list) or not all(
         isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f) for f in failures
     ):
         raise ValueError("failures is not a list of [origin_link, reason]")
-    store, task_id, last_code = item.get("store"), item.get("task_id"), item.get("last_code")
-    if not isinstance(store, str) or not isinstance(task_id, str):
-        raise ValueError("store and task_id must be strings")
-    if last_code is not None and not isinstance(last_code, str):
-        raise ValueError("last_code must be a string")
+    last_code, poll_success = item.get("last_code"), item.get("poll_success", True)
+    if last_code is not None and not (isinstance(last_code, str) and len(last_code) <= 64):
+        raise ValueError("last_code must be a short string")
+    if not isinstance(poll_success, bool):
+        raise ValueError("poll_success must be true or false")
     snapshot = TaskSnapshot(
-        total=_count(item.get("total")),
-        finished=_count(item.get("finished")),
-        status=_count(item.get("status")),
-        succeeded=_count(item.get("succeeded")),
-        failed=_count(item.get("failed")),
-        failures=tuple(FailedFile(origin_link=a, reason=b) for a, b in failures),
+        total=_count(item, "total"),
+        finished=_count(item, "finished"),
+        status=_count(item, "status"),
+        succeeded=_count(item, "succeeded"),
+        failed=_count(item, "failed"),
+        failures=tuple(FailedFile(a, b) for a, b in failures[:MAX_KEPT_FAILURES]),
     )
-    return TaskState(
+    task = TaskState(
         store=store,
         task_id=task_id,
         snapshot=snapshot,
-        poll_success=bool(item.get("poll_success", True)),
+        poll_success=poll_success,
         last_code=last_code,
         last_success=_number(item.get("last_success")),
         last_progress=_number(item.get("last_progress")),
         completed_at=_number(item.get("completed_at")),
     )
+    return task, _number(item.get("last_watched"))
 
 
-def dump_state(tasks: list[TaskState], forgotten: dict[tuple[str, str], float]) -> str:
-    """The state file's text."""
+def _forgotten_from_json(entry: object) -> tuple[Key, float, float | None]:
+    if not (isinstance(entry, list) and len(entry) in (3, 4)):
+        raise ValueError("forgotten entries must be [store, task_id, time(, last_watched)]")
+    key = _key(entry[0], entry[1])
+    when = _number(entry[2])
+    if when is None:
+        raise ValueError("forgotten entries need a completion time")
+    return key, when, _number(entry[3]) if len(entry) == 4 else None
+
+
+def dump_state(
+    tasks: list[TaskState],
+    forgotten: dict[Key, float],
+    last_watched: Mapping[Key, float] | None = None,
+) -> str:
+    """The state file's text; ``last_watched`` times are recorded for unwatched entries."""
+    stamps = last_watched or {}
+
+    def forgotten_entry(key: Key, when: float) -> list[object]:
+        stamp = stamps.get(key)
+        return [*key, when] if stamp is None else [*key, when, stamp]
+
     return json.dumps(
         {
             "format": FORMAT,
             "version": VERSION,
-            "tasks": [_task_to_json(t) for t in tasks],
-            "forgotten": [[s, t, when] for (s, t), when in sorted(forgotten.items())],
+            "tasks": [_task_to_json(t, stamps.get((t.store, t.task_id))) for t in tasks],
+            "forgotten": [forgotten_entry(k, w) for k, w in sorted(forgotten.items())],
         },
         separators=(",", ":"),
     )
 
 
-def load_state(path: str) -> tuple[list[TaskState], dict[tuple[str, str], float]]:
-    """Read the state file; a missing, corrupt or foreign file yields nothing (logged)."""
+@dataclass
+class StateData:
+    """What a state file held: tasks, forgotten tasks, and when unwatched ones were watched."""
+
+    tasks: list[TaskState] = field(default_factory=list)
+    forgotten: dict[Key, float] = field(default_factory=dict)
+    last_watched: dict[Key, float] = field(default_factory=dict)
+
+
+def read_state(path: str) -> StateData:
+    """Read the state file; what cannot be trusted is logged and skipped."""
+    report = log.error
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except FileNotFoundError:
-        return [], {}
+        return StateData()
     except (OSError, ValueError, RecursionError) as exc:
-        log.error("ignoring unreadable state file", extra={"path": path, "err": exc})
-        return [], {}
-    try:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError("not a shoplazza-upload-exporter state file")
-        if data.get("version") != VERSION:
-            raise ValueError(f"unsupported state file version {data.get('version')!r}")
-        items, gone = data.get("tasks", []), data.get("forgotten", [])
-        if not isinstance(items, list) or not isinstance(gone, list):
-            raise ValueError("tasks and forgotten must be arrays")
-        tasks = [_task_from_json(item) for item in items]
-        forgotten: dict[tuple[str, str], float] = {}
-        for entry in gone:
-            if not (isinstance(entry, list) and len(entry) == 3):
-                raise ValueError("forgotten entries must be [store, task_id, time]")
-            store, task_id, when = entry
-            if not isinstance(store, str) or not isinstance(task_id, str):
-                raise ValueError("forgotten entries must be [store, task_id, time]")
-            when = _number(when)
-            if when is None:
-                raise ValueError("forgotten entries need a completion time")
-            forgotten[(store, task_id)] = when
-    except ValueError as exc:
-        log.error("ignoring invalid state file", extra={"path": path, "err": exc})
-        return [], {}
-    log.info("loaded state file", extra={"path": path, "tasks": len(tasks)})
-    return tasks, forgotten
+        report("ignoring unreadable state file", extra={"path": path, "err": exc})
+        return StateData()
+    problem = ""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        problem = "not a shoplazza-upload-exporter state file"
+    elif data.get("version") != VERSION:
+        problem = f"unsupported state file version {str(data.get('version'))[:20]!r}"
+    elif not isinstance(data.get("tasks", []), list) or not isinstance(
+        data.get("forgotten", []), list
+    ):
+        problem = "tasks and forgotten must be arrays"
+    if problem:
+        report("ignoring invalid state file", extra={"path": path, "err": problem})
+        return StateData()
+    state = StateData()
+    for kind, items in (("tasks", data.get("tasks", [])), ("forgotten", data.get("forgotten", []))):
+        for index, item in enumerate(items):
+            try:
+                if kind == "tasks":
+                    task, stamp = _task_from_json(item)
+                    key = (task.store, task.task_id)
+                    state.tasks.append(task)
+                else:
+                    key, when, stamp = _forgotten_from_json(item)
+                    state.forgotten[key] = when
+            except ValueError as exc:
+                report(
+                    "ignoring an invalid state file entry",
+                    extra={"path": path, "entry": f"{kind}[{index}]", "err": exc},
+                )
+                continue
+            if stamp is not None:
+                state.last_watched[key] = stamp
+    log.info("loaded state file", extra={"path": path, "tasks": len(state.tasks)})
+    return state
+
+
+def load_state(path: str) -> tuple[list[TaskState], dict[Key, float]]:
+    """Read the state file: (tasks, forgotten); a missing or foreign file yields nothing."""
+    state = read_state(path)
+    return state.tasks, state.forgotten
 
 
 def write_atomically(path: str, text: str) -> None:
@@ -156,21 +237,41 @@ def write_atomically(path: str, text: str) -> None:
 
 
 class StateWriter:
-    """Writes the state file after changes (at most once per ``interval``) and on close."""
+    """Writes the state file after changes (at most once per ``interval``) and on close.
+
+    ``last_write_ok`` is None before the first attempt, then the outcome of the last one. A
+    failed write is retried every ``interval`` and logged only when the outcome changes.
+    ``watched`` names the configured tasks; the others are dropped from the file once
+    unwatched for ``retention`` seconds, counted from ``last_watched`` (as read from the
+    file) or from when the writer first sees them unwatched.
+    """
 
     def __init__(
         self,
         path: str,
-        snapshot: Callable[[], tuple[list[TaskState], dict[tuple[str, str], float]]],
+        snapshot: Snapshot,
         interval: float = 1.0,
+        *,
+        watched: Callable[[], Collection[Key]] | None = None,
+        retention: float = DEFAULT_RETENTION,
+        last_watched: Mapping[Key, float] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
+        self.retention = retention
+        self.last_write_ok: bool | None = None
         self._snapshot = snapshot
+        self._watched = watched
+        self._clock = clock
         self._interval = interval
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._last_text: str | None = None
+        # Unwatched entries: when they were last seen watched (from the file, else first
+        # seen unwatched); entries dropped after the retention are not written again.
+        self._unwatched_since = dict(last_watched or {})
+        self._dropped: set[Key] = set()
         self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
         self._thread.start()
 
@@ -179,25 +280,66 @@ class StateWriter:
         self._dirty.set()
 
     def flush(self) -> None:
-        """Write now if the content changed."""
+        """Write now if the content changed (or the last write failed)."""
         with self._lock:
-            text = dump_state(*self._snapshot())
-            if text == self._last_text:
+            tasks, forgotten = self._snapshot()
+            stamps = self._prune(tasks, forgotten)
+            text = dump_state(tasks, forgotten, stamps)
+            if text == self._last_text and self.last_write_ok:
                 return
             try:
                 write_atomically(self.path, text)
             except OSError as exc:
-                log.error("cannot write state file", extra={"path": self.path, "err": exc})
+                if self.last_write_ok is not False:
+                    log.error("cannot write state file", extra={"path": self.path, "err": exc})
+                self.last_write_ok = False
                 return
+            if self.last_write_ok is False:
+                log.info("state file written again", extra={"path": self.path})
+            self.last_write_ok = True
             self._last_text = text
+
+    def _prune(self, tasks: list[TaskState], forgotten: dict[Key, float]) -> dict[Key, float]:
+        """Drop long-unwatched entries from ``tasks`` and ``forgotten`` (in place)."""
+        if self._watched is None:
+            return {}
+        watched = set(self._watched())
+        now = self._clock()
+        keys = {(t.store, t.task_id) for t in tasks} | set(forgotten)
+        self._dropped -= watched  # configured again: its new state is kept
+        since: dict[Key, float] = {}
+        for key in keys - watched - self._dropped:
+            stamp = self._unwatched_since.get(key, now)
+            if now - stamp >= self.retention:
+                self._dropped.add(key)
+                log.info(
+                    "dropping the saved state of a task no longer configured",
+                    extra={"store": key[0], "task_id": key[1]},
+                )
+            else:
+                since[key] = stamp
+        self._unwatched_since = since
+        if self._dropped:
+            tasks[:] = [t for t in tasks if (t.store, t.task_id) not in self._dropped]
+            for key in self._dropped & set(forgotten):
+                del forgotten[key]
+        return since
+
+    def _next_prune(self) -> float:
+        """Seconds until the next unwatched entry is due to be dropped (at most an hour)."""
+        now = self._clock()
+        due = (stamp + self.retention - now for stamp in self._unwatched_since.values())
+        return min(max(min(due, default=3600.0), 0.0), 3600.0)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._dirty.wait()
+            self._dirty.wait(self._next_prune())
             if self._stop.is_set():
                 return
             self._dirty.clear()
             self.flush()
+            if self.last_write_ok is False:
+                self._dirty.set()  # retried after the interval, logged only on change
             self._stop.wait(self._interval)
 
     def close(self) -> None:

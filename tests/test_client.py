@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +24,8 @@ from exporter.client import (
 )
 from exporter.config import parse_config
 from exporter.demo.simulator import Reply, Simulator
-from exporter.model import INVALID_RESPONSE
-from tests.helpers import TOKEN, TOKEN_ENV, config_yaml, free_port
+from exporter.model import INVALID_RESPONSE, FailedFile
+from tests.helpers import TOKEN, TOKEN_ENV, config_yaml, free_port, make_exporter
 
 
 def client_for(url: str, **keys: Any) -> StoreClient:
@@ -92,6 +93,105 @@ def test_error_detail_quotes_api_message(sim: Simulator, client: StoreClient) ->
     assert "task id malformed" in client.fetch("t1").detail
 
 
+@pytest.mark.parametrize("status", [200, 401, 403, 422])
+def test_2025_06_error_body_keeps_its_message(
+    sim: Simulator, client: StoreClient, status: int
+) -> None:
+    body = b'{"code": "InvalidAccessToken", "message": "access token expired at 12:00"}'
+    sim.script("t1", Reply(status=status, body=body))
+    result = client.fetch("t1")
+    assert not result.ok
+    if status == 200:
+        assert result.detail == (
+            "wrapped response without a data object"
+            " (InvalidAccessToken: access token expired at 12:00)"
+        )
+    else:
+        assert result.detail == f"HTTP {status}: InvalidAccessToken: access token expired at 12:00"
+
+
+def test_lone_surrogates_from_the_api_are_replaced(sim: Simulator, client: StoreClient) -> None:
+    sim.task("t1").failure_list.append({"origin_link": "\ud800x", "reason": "a\udfffb"})
+    sim.script("t1", Reply(status=422, body=b'{"error": "bad \\ud83d"}'))
+    assert client.fetch("t1").detail == "HTTP 422: bad \ufffd"
+    snap = client.fetch("t1").snapshot
+    assert snap is not None
+    assert snap.failures[-1] == FailedFile("\ufffdx", "a\ufffdb")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "detail"),
+    [
+        (502, b"<html>Bad Gateway</html>", "HTTP 502 Bad Gateway"),
+        (503, b"[1, 2]", "HTTP 503 Service Unavailable"),
+        (400, b'{"errors": []}', "HTTP 400 Bad Request"),
+        (400, b'{"error": "' + b"e" * 300 + b'"}', "HTTP 400: " + "e" * 200),
+        (401, b'{"code": "C", "message": "' + b"m" * 300 + b'"}', "HTTP 401: C: " + "m" * 200),
+        (404, b'{"message": "no such task"}', "HTTP 404: no such task"),
+    ],
+)
+def test_error_detail_texts(
+    sim: Simulator, client: StoreClient, status: int, body: bytes, detail: str
+) -> None:
+    sim.script("t1", Reply(status=status, body=body))
+    assert client.fetch("t1").detail == detail
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b"[1]", "expected a JSON object, got list"),
+        (b'{"finished": 1, "status": 1}', "total: missing"),
+        (b'{"total": 1, "finished": -2, "status": 1}', "finished: negative value int -2"),
+        (b'{"total": 1, "finished": 1, "status": "x"}', "status: expected a non-negative integer"),
+        (b'{"total": 1, "finished": 1, "status": 1, "failure_list": 3}', "failure_list: expected"),
+        (b'{"total": 1e300, "finished": 1, "status": 1}', "total: an integer above 10^40 is above"),
+        (b'{"code": "Success"}', "wrapped response without a data object (Success)"),
+    ],
+)
+def test_invalid_response_details(
+    sim: Simulator, client: StoreClient, body: bytes, detail: str
+) -> None:
+    sim.script("t1", Reply(status=200, body=body))
+    result = client.fetch("t1")
+    assert result.code == INVALID_RESPONSE and result.detail.startswith(detail)
+
+
+def test_flat_body_with_a_code_key_is_flat(sim: Simulator, client: StoreClient) -> None:
+    for body in (
+        b'{"code": "Success", "total": 3, "finished": 1, "status": 1}',
+        b'{"code": "Success", "status": 1, "finished": 1, "total": 3, "data": null}',
+    ):
+        sim.script("t1", Reply(status=200, body=body))
+        snap = client.fetch("t1").snapshot
+        assert snap is not None and (snap.total, snap.finished) == (3, 1)
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"origin_link": "o", "file_uri": "f", "reason": "r"}, FailedFile("o", "r")),
+        ({"file_uri": "f", "url": "u", "error": "e"}, FailedFile("f", "e")),
+        ({"url": "u", "error_message": "em", "message": "m"}, FailedFile("u", "em")),
+        ({"message": "m", "msg": "g"}, FailedFile("", "m")),
+        ({"msg": "g", "errors": ["x"]}, FailedFile("", "g")),
+        ({"errors": ["x", "é"]}, FailedFile("", '["x", "é"]')),
+        ({"reason": "", "error": "second"}, FailedFile("", "second")),
+        ({"reason": {"why": "ü"}}, FailedFile("", '{"why": "ü"}')),
+        ("http://img/plain.jpg", FailedFile("http://img/plain.jpg", "")),
+        (None, FailedFile("", "")),
+        (7, FailedFile("7", "")),
+    ],
+)
+def test_failed_file_entry_shapes(
+    sim: Simulator, client: StoreClient, entry: object, expected: FailedFile
+) -> None:
+    body = {"total": 1, "finished": 1, "status": 0, "failure_list": [entry]}
+    sim.script("t1", Reply(status=200, body=json.dumps(body).encode()))
+    snap = client.fetch("t1").snapshot
+    assert snap is not None and snap.failures == (expected,)
+
+
 def test_wrong_token_is_401(sim: Simulator, client: StoreClient) -> None:
     sim.set_tokens("another")
     assert client.fetch("t1").code == "401"
@@ -136,6 +236,42 @@ def test_off_shape_200_is_invalid_response(
     result = client.fetch("t1")
     assert result.code == INVALID_RESPONSE
     assert not result.ok
+
+
+HUGE = "1" + "0" * 400
+
+
+@pytest.mark.parametrize("key", ["total", "finished", "status"])
+@pytest.mark.parametrize(
+    "value",
+    ["9007199254740993", '"9007199254740993"', HUGE, f'"{HUGE}"', "1e300", "1e16"],
+    ids=["2^53+1", "2^53+1-string", "10^400", "10^400-string", "1e300", "1e16"],
+)
+def test_integer_above_2_53_is_invalid_response(
+    sim: Simulator, client: StoreClient, key: str, value: str
+) -> None:
+    fields = {"total": "5", "finished": "3", "status": "1", key: value}
+    body = "{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}"
+    for wrapped in (body, '{"code":"Success","data":' + body + "}"):
+        sim.script("t1", Reply(status=200, body=wrapped.encode()))
+        result = client.fetch("t1")
+        assert result.code == INVALID_RESPONSE
+        assert key in result.detail and len(result.detail) < 200
+
+
+def test_integer_of_exactly_2_53_is_accepted(sim: Simulator, client: StoreClient) -> None:
+    limit = 9007199254740992
+    body = f'{{"total": {limit}, "finished": "{limit}", "status": 1}}'
+    sim.script("t1", Reply(status=200, body=body.encode()))
+    snap = client.fetch("t1").snapshot
+    assert snap is not None and snap.total == snap.finished == limit
+
+
+def test_finished_above_total_kept_but_ratio_capped(sim: Simulator, client: StoreClient) -> None:
+    sim.script("t1", Reply(status=200, body=b'{"total": 2, "finished": 5, "status": 1}'))
+    snap = client.fetch("t1").snapshot
+    assert snap is not None and (snap.total, snap.finished) == (2, 5)
+    assert snap.progress_ratio == 1.0
 
 
 def test_numeric_strings_and_missing_lists_accepted(sim: Simulator, client: StoreClient) -> None:
@@ -195,6 +331,24 @@ def test_body_over_limit_refused(sim: Simulator, client: StoreClient, chunked: b
     assert "exceeds" in result.detail
 
 
+def padded_task_body(size: int) -> bytes:
+    """A valid task body of exactly ``size`` bytes."""
+    head, tail = b'{"total": 1, "finished": 1, "status": 0, "pad": "', b'"}'
+    return head + b"x" * (size - len(head) - len(tail)) + tail
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_ten_mib_limit_is_exactly_ten_mib(
+    sim: Simulator, client: StoreClient, chunked: bool
+) -> None:
+    # Literal sizes, not derived from MAX_BODY_BYTES: raising the limit must fail here.
+    sim.script("t1", Reply(status=200, body=padded_task_body(10_485_761), chunked=chunked))
+    result = client.fetch("t1")
+    assert result.code == INVALID_RESPONSE and "exceeds" in result.detail
+    sim.script("t1", Reply(status=200, body=padded_task_body(10_485_760), chunked=chunked))
+    assert client.fetch("t1").ok
+
+
 def test_body_just_under_limit_is_parsed(sim: Simulator, client: StoreClient) -> None:
     body = json.dumps({"total": 1, "finished": 1, "status": 0, "pad": "x" * (1024 * 1024)})
     sim.script("t1", Reply(status=200, body=body.encode()))
@@ -207,18 +361,56 @@ def test_invalid_task_id_never_reaches_url(client: StoreClient) -> None:
             client.url(bad)
 
 
-def test_retry_after_forms() -> None:
-    assert parse_retry_after(None) == 1.0
-    assert parse_retry_after("") == 1.0
-    assert parse_retry_after("7") == 7.0
-    assert parse_retry_after("2.5") == 2.5
-    assert parse_retry_after("100000") == 600.0
-    assert parse_retry_after("-5") == 0.0
-    assert parse_retry_after("soon") == 1.0
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, 1.0),
+        ("", 1.0),
+        ("7", 7.0),
+        (" 7 ", 7.0),
+        ("007", 7.0),
+        ("600", 600.0),
+        ("601", 600.0),
+        ("100000", 600.0),
+        ("9" * 5000, 600.0),  # int() refuses over 4300 digits; a float of it overflows
+        ("0", 1.0),  # at least 1 s
+        ("1", 1.0),
+        # Anything but ASCII digits or an HTTP date is "absent": 1 s.
+        ("-5", 1.0),
+        ("+5", 1.0),
+        ("2.5", 1.0),
+        ("1e3", 1.0),
+        ("1e309", 1.0),
+        ("1_0", 1.0),
+        ("\u0661\u0662", 1.0),  # Arabic-Indic digits: float() reads 12
+        ("\uff11\uff12", 1.0),  # fullwidth digits
+        ("nan", 1.0),
+        ("inf", 1.0),
+        ("soon", 1.0),
+        ("5 s", 1.0),
+        ("Mon, 01 Jan 99999 00:00:00 GMT", 1.0),
+    ],
+)
+def test_retry_after_is_strict(header: str | None, seconds: float) -> None:
+    assert parse_retry_after(header) == seconds
+
+
+def test_retry_after_http_date() -> None:
+    past = time.time() - 100_000  # the given "now" counts, not the clock
+    assert 29 <= parse_retry_after(email.utils.formatdate(past + 30, usegmt=True), now=past) <= 31
+    # A date without a time zone ("-0000") means nothing exact: 1 s.
+    assert parse_retry_after("Sun, 06 Nov 2094 08:49:37 -0000") == 1.0
     now = time.time()
     date = email.utils.formatdate(now + 30, usegmt=True)
     assert 28 <= parse_retry_after(date, now=now) <= 31
-    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
+    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 1.0
+    assert parse_retry_after(email.utils.formatdate(now + 86400, usegmt=True), now=now) == 600.0
+
+
+@given(st.text(max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_retry_after_never_raises_and_stays_in_range(header: str) -> None:
+    assert 1.0 <= parse_retry_after(header) <= 600.0
 
 
 def test_429_carries_retry_after(sim: Simulator, client: StoreClient) -> None:
@@ -243,6 +435,41 @@ def test_token_file_rotation_used_from_next_request(sim: Simulator, tmp_path: Pa
         "first-token-0000001",
         "second-token-000002",
         "second-token-000002",
+    ]
+
+
+def test_token_file_missing_is_warned_once_per_outage(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim.add_task("t1", total=1)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    text = f"stores:\n  - name: s\n    base_url: {sim.url}\n    access_token_file: {token_file}\n"
+    client = StoreClient(parse_config(text).stores[0])
+
+    def messages() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "exporter.client"]
+
+    with caplog.at_level(logging.INFO, logger="exporter.client"):
+        assert client.fetch("t1").ok
+        token_file.unlink()
+        for _ in range(3):
+            assert client.fetch("t1").ok  # the last good token
+        assert messages() == ["cannot read the access token, using the last good one"]
+        warning = next(r for r in caplog.records if r.name == "exporter.client")
+        err = str(getattr(warning, "err", ""))
+        assert warning.levelno == logging.WARNING and str(token_file) in err
+        assert getattr(warning, "store", None) == "s" and TOKEN not in err
+        token_file.write_text(TOKEN)
+        client.fetch("t1")
+        client.fetch("t1")
+        token_file.unlink()
+        client.fetch("t1")
+        client.fetch("t1")
+    assert messages() == [
+        "cannot read the access token, using the last good one",
+        "access token readable again",
+        "cannot read the access token, using the last good one",
     ]
 
 
@@ -309,10 +536,26 @@ def test_tls_verified_with_ca_file(https_api: str, tls_dir: Path) -> None:
     assert client_for(https_api, tls_config=tls).fetch("t1").code == "200"
 
 
-def test_tls_unknown_ca_refused(https_api: str) -> None:
+def test_tls_unknown_ca_refused_with_a_clear_reason(https_api: str) -> None:
     result = client_for(https_api).fetch("t1")
     assert result.code == "connection_error"
-    assert "SSL" in result.detail or "certificate" in result.detail.lower()
+    assert result.detail.startswith("TLS error: certificate verify failed: ")
+    assert "Max retries" not in result.detail and "Pool" not in result.detail
+
+
+def test_tls_to_a_plain_http_server_named(sim: Simulator) -> None:
+    sim.add_task("t1", total=1)
+    result = client_for(sim.url.replace("http://", "https://")).fetch("t1")
+    assert result.code == "connection_error"
+    assert result.detail.startswith("TLS error: ")
+    assert "Max retries" not in result.detail
+
+
+def test_connection_refused_names_the_cause() -> None:
+    result = client_for(f"http://127.0.0.1:{free_port()}").fetch("t1")
+    assert result.detail.startswith("NewConnectionError: ")
+    assert result.detail.endswith("Connection refused")
+    assert "Max retries" not in result.detail and " object at 0x" not in result.detail
 
 
 def test_tls_insecure_skip_verify(https_api: str) -> None:
@@ -367,3 +610,101 @@ def test_endless_chunked_body_is_not_held(sim: Simulator, client: StoreClient) -
         tracemalloc.stop()
     assert result.code == INVALID_RESPONSE
     assert peak < 2 * MAX_BODY_BYTES + 4 * 1024 * 1024  # not 200 MiB
+
+
+def test_reload_follows_a_changed_token_source_and_base_url(sim: Simulator, tmp_path: Path) -> None:
+    sim.add_task("t1", total=3, finished=1)
+    file_token = "file-token-0123456789"
+    sim.set_tokens(TOKEN, file_token)
+    (tmp_path / "token").write_text(file_token + "\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(config_yaml(sim.url, ["t1"], min_poll_interval="0s"))
+    exporter = make_exporter(str(cfg))
+    try:
+        exporter.refresh(5)
+        assert [r.token for r in sim.requests] == [TOKEN]
+        text = f"stores:\n  - name: shop\n    base_url: {sim.url}\n"
+        text += f"    access_token_file: {tmp_path / 'token'}\n    task_ids: [t1]\n"
+        cfg.write_text(text + "    min_poll_interval: 0s\n")
+        assert exporter.reload()[0]
+        exporter.refresh(5)
+        assert [r.token for r in sim.requests] == [TOKEN, file_token]
+        with Simulator(tokens=(file_token,)) as other:
+            other.add_task("t1", total=3, finished=2)
+            cfg.write_text(text.replace(sim.url, other.url) + "    min_poll_interval: 0s\n")
+            assert exporter.reload()[0]
+            exporter.refresh(5)
+            assert sim.count("t1") == 2
+            assert [r.token for r in other.requests] == [file_token]
+            task = exporter.views().stores[0].tasks[0]
+            assert task.snapshot is not None and task.snapshot.finished == 2
+    finally:
+        exporter.close()
+
+
+def test_every_outcome_has_a_real_duration(sim: Simulator, client: StoreClient) -> None:
+    sim.script(
+        "t1",
+        Reply(status=200),
+        Reply(status=200, body=b"not json"),
+        Reply(status=200, body_size=10_485_761),
+        Reply(status=500),
+        Reply(status=429, headers={"Retry-After": "3"}),
+        Reply(status=302, headers={"Location": "http://elsewhere/"}),
+    )
+    results = [client.fetch("t1") for _ in range(6)]
+    assert [r.code for r in results] == [
+        *("200", INVALID_RESPONSE, INVALID_RESPONSE, "500", "429", "302"),
+    ]
+    for result in results:
+        assert 0 <= result.duration < 1.0  # the store's timeout is 1 s
+    assert [r.retry_after for r in results] == [None, None, None, None, 3.0, None]
+    refused = client_for(f"http://127.0.0.1:{free_port()}").fetch("t1")
+    assert 0 <= refused.duration < 1.0
+
+
+@pytest.mark.parametrize("status", [300, 301, 399])
+def test_3xx_is_never_success_and_named_a_redirect(
+    sim: Simulator, client: StoreClient, status: int
+) -> None:
+    sim.script("t1", Reply(status=status, headers={"Location": "http://x/"}))
+    result = client.fetch("t1")
+    assert result.code == str(status) and not result.ok
+    assert result.detail == f"HTTP {status} redirect to 'http://x/' not followed"
+
+
+def test_400_with_a_location_is_not_a_redirect(sim: Simulator, client: StoreClient) -> None:
+    sim.script("t1", Reply(status=400, body=b'{"error": "bad"}', headers={"Location": "/x"}))
+    assert client.fetch("t1").detail == "HTTP 400: bad"
+
+
+def test_token_redacted_wherever_it_appears_alone(sim: Simulator, client: StoreClient) -> None:
+    sim.task("t1").failure_list[:] = [
+        {"origin_link": "http://img/clean.jpg", "reason": f"token {TOKEN} refused"},
+        {"origin_link": f"http://img/{TOKEN}.jpg", "reason": "clean reason"},
+    ]
+    snap = client.fetch("t1").snapshot
+    assert snap is not None
+    assert snap.failures == (
+        FailedFile("http://img/clean.jpg", "token <redacted> refused"),
+        FailedFile("http://img/<redacted>.jpg", "clean reason"),
+    )
+
+
+def test_body_over_many_chunks_is_joined_exactly(sim: Simulator, client: StoreClient) -> None:
+    links = [f"http://img/{i:05d}-{'abcdefgh' * 8}.jpg" for i in range(1500)]  # > 128 KiB
+    task = sim.task("t1")
+    task.failure_list[:] = [{"origin_link": link, "reason": "r"} for link in links]
+    task.total = task.finished = 1500
+    snap = client.fetch("t1").snapshot
+    assert snap is not None and snap.failed == 1500
+    assert [f.origin_link for f in snap.failures] == links[:1000]
+
+
+def test_ca_file_of_another_authority_is_refused(https_api: str, tmp_path: Path) -> None:
+    import trustme
+
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    result = client_for(https_api, tls_config=f'{{ca_file: "{other}"}}').fetch("t1")
+    assert result.code == "connection_error" and result.detail.startswith("TLS error")

@@ -227,20 +227,48 @@ class StoreClient:
         self._token = store.token.value
         self._token_lock = threading.Lock()
         self._token_unreadable = False
-        self.session = requests.Session()
-        self.session.trust_env = False  # no ~/.netrc credentials, no env proxies by surprise
+        # Made on first use and dropped by release(): an idle store of a fleet holds no
+        # session and no connection (docs/design.md, "The scheduler").
+        self._session: requests.Session | None = None
+        self._session_lock = threading.Lock()
+
+    @property
+    def session(self) -> requests.Session:
+        """The store's pooled session, made on first use after start or release()."""
+        with self._session_lock:
+            if self._session is None:
+                self._session = self._new_session()
+            return self._session
+
+    def _new_session(self) -> requests.Session:
+        store = self.store
+        session = requests.Session()
+        session.trust_env = False  # no ~/.netrc credentials, no env proxies by surprise
         adapter = HTTPAdapter(
             pool_connections=1, pool_maxsize=max(store.max_concurrency, 1), max_retries=0
         )
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
         if store.tls.insecure_skip_verify:
-            self.session.verify = False
+            session.verify = False
             # The configuration warned once; urllib3 would warn on stderr at every request.
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         elif store.tls.ca_file:
-            self.session.verify = store.tls.ca_file
-        self.session.headers.update({"Accept": "application/json", "User-Agent": USER_AGENT})
+            session.verify = store.tls.ca_file
+        session.headers.update({"Accept": "application/json", "User-Agent": USER_AGENT})
+        return session
+
+    @property
+    def holds_session(self) -> bool:
+        """A session (and maybe kept-alive connections) is held now."""
+        return self._session is not None
+
+    def release(self) -> None:
+        """Close the pooled connections and drop the session until the next request."""
+        with self._session_lock:
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
     def url(self, task_id: str) -> str:
         """The task's URL; refuses ids that are not plain task ids."""
@@ -367,7 +395,7 @@ class StoreClient:
 
     def close(self) -> None:
         """Close pooled connections."""
-        self.session.close()
+        self.release()
 
 
 class _BodyTooLarge(Exception):

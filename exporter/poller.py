@@ -31,6 +31,9 @@ from exporter.discovery import TaskFiles
 from exporter.model import StoreView, TaskState
 from exporter.scheduler import FETCH_WORKERS, HOUSEKEEPING_PERIOD, Scheduler, Store, Watched
 
+# A store with nothing due for this long gives up its session (see _release_if_idle).
+IDLE_RELEASE = 60.0
+
 log = logging.getLogger("exporter.poller")
 
 _CLIENT_KEYS = ("base_url", "token", "api_version", "timeout", "max_concurrency", "tls")
@@ -348,7 +351,26 @@ class Poller:
         if store.tasks.get(task_id) is task and state.completed:
             store.active.pop(task_id, None)
         self._touch(store)
+        self._release_if_idle(store, self.clock.monotonic())
         self.cond.notify_all()
+
+    def _release_if_idle(self, store: Store, now: float) -> None:
+        """Drop the store's session when nothing of it is due for ``IDLE_RELEASE`` seconds.
+
+        A fleet's stores are mostly idle (completed tasks are never fetched again): their
+        sessions and kept-alive connections were most of a fleet's memory (docs/design.md,
+        "The scheduler"). A store that polls often keeps its connection.
+        """
+        if store.in_flight or store.head() is not None or not store.client.holds_session:
+            return
+        min_interval = store.config.min_poll_interval
+        for task in store.active.values():
+            last = task.last_attempt
+            if task.pending or last is None:
+                return
+            if last + poll_interval(min_interval, task.failures) - now < IDLE_RELEASE:
+                return
+        store.client.release()
 
     def _record(self, old: TaskState, result: FetchResult) -> TaskState:
         """The task's state after ``result``, logging what a person should know."""

@@ -223,3 +223,38 @@ def test_labels_of_task_file_lines_reach_the_task(
         "b": {"source": "manual", "importer": "nightly"},
     }
     poller.stop()
+
+
+def test_an_idle_store_gives_up_its_session_and_a_busy_one_keeps_it(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Connections are kept for stores polled soon, dropped for stores with nothing due."""
+    sim.add_task("d1", total=3, finished=3, status=0)  # completed: never fetched again
+    sim.add_task("b1", total=3, finished=1)  # in progress, polled every 10 s
+    sim.add_task("s1", total=3, finished=1)  # in progress, polled every 2 minutes
+    text = "stores:\n" + "".join(
+        (
+            store_yaml("done", sim.url, ["d1"], min_poll_interval="10s"),
+            store_yaml("busy", sim.url, ["b1"], min_poll_interval="10s"),
+            store_yaml("slow", sim.url, ["s1"], min_poll_interval="2m"),
+        )
+    )
+    clock = FakeClock()
+    exporter = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
+    try:
+        exporter.refresh(5)
+        assert sim.count() == 3
+        stores = exporter.poller.stores
+        assert not stores["done"].client.holds_session
+        assert not stores["slow"].client.holds_session
+        assert stores["busy"].client.holds_session
+        # a released store polls again when its task is due, on a new session
+        sim.task("s1").finished = 2
+        clock.advance(121)
+        exporter.refresh(5)
+        assert sim.count("s1") == 2 and sim.count("d1") == 1
+        [slow] = [v for v in exporter.views().stores if v.name == "slow"]
+        assert slow.tasks[0].snapshot is not None and slow.tasks[0].snapshot.finished == 2
+        assert not stores["slow"].client.holds_session
+    finally:
+        exporter.close()

@@ -206,18 +206,21 @@ def task_values(task: TaskState) -> tuple[float | None, ...]:
     )
 
 
-def task_families(stores: Iterable[StoreView]) -> list[Metric]:
-    """The per-task gauges as prometheus_client families."""
+def task_families(stores: Iterable[StoreView], only: int | None = None) -> list[Metric]:
+    """The per-task gauges as prometheus_client families (``only``: that one alone)."""
     families: list[Metric] = [GaugeMetricFamily(name, doc) for name, doc in TASK_GAUGES]
+    wanted = range(len(families)) if only is None else (only,)
     for view in stores:
         store = label_value(view.name)
         for task in view.tasks:
             base = {"store": store, "task_id": label_value(task.task_id)}
-            for family, value in zip(families, task_values(task), strict=True):
+            values = task_values(task)
+            for i in wanted:
+                value = values[i]
                 if value is not None:
-                    labels = task_labels(view.name, task) if family is families[INFO] else base
-                    family.add_sample(family.name, labels, value)
-    return families
+                    labels = task_labels(view.name, task) if i == INFO else base
+                    families[i].add_sample(families[i].name, labels, value)
+    return families if only is None else [families[only]]
 
 
 def store_families(view: StoreView) -> list[Metric]:
@@ -246,13 +249,14 @@ def store_families(view: StoreView) -> list[Metric]:
     return [requests, errors, duration, skipped, watched]
 
 
-def all_store_families(stores: Iterable[StoreView]) -> list[Metric]:
-    """The per-store families of every store, merged family by family."""
+def all_store_families(stores: Iterable[StoreView], only: int | None = None) -> list[Metric]:
+    """The per-store families of every store, merged family by family (``only``: one)."""
     merged = [Metric(name, doc, kind) for name, doc, kind in STORE_FAMILIES]
     for view in stores:
-        for into, family in zip(merged, store_families(view), strict=True):
-            into.samples.extend(family.samples)
-    return merged
+        for i, family in enumerate(store_families(view)):
+            if only is None or i == only:
+                merged[i].samples.extend(family.samples)
+    return merged if only is None else [merged[only]]
 
 
 def global_families(view: ExporterView) -> list[Metric]:
@@ -286,6 +290,42 @@ def described() -> list[Metric]:
         *(Metric(name, doc, kind) for name, doc, kind in STORE_FAMILIES),
         *(GaugeMetricFamily(name, doc) for name, doc in GLOBAL_GAUGES),
     ]
+
+
+class FamilyCollector(Collector):
+    """One family of :class:`TaskCollector`'s, for a registry that serves ``name[]`` filters.
+
+    prometheus_client's ``restricted_registry`` asks only the collectors whose
+    ``describe()`` names a wanted metric: with one collector per family a filter builds the
+    families it shows, not 140,000 samples of a fleet (docs/design.md, "Exposition").
+    """
+
+    def __init__(self, views: Callable[[], ExporterView | None], index: int) -> None:
+        self._views = views
+        self._index = index
+        self._family = described()[index]
+
+    def describe(self) -> Iterable[Metric]:
+        """This family by name only."""
+        return [self._family]
+
+    def collect(self) -> Iterator[Metric]:
+        """This family from a view of memory."""
+        view = self._views()
+        if view is None:
+            return
+        index, tasks, stores = self._index, len(TASK_GAUGES), len(STORE_FAMILIES)
+        if index < tasks:
+            yield from task_families(view.stores, only=index)
+        elif index < tasks + stores:
+            yield from all_store_families(view.stores, only=index - tasks)
+        else:
+            yield from (f for f in global_families(view) if f.name == self._family.name)
+
+
+def family_collectors(views: Callable[[], ExporterView | None]) -> list[FamilyCollector]:
+    """One collector per family of :class:`TaskCollector`, in its order."""
+    return [FamilyCollector(views, i) for i in range(len(described()))]
 
 
 class TaskCollector(Collector):

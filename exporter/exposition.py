@@ -13,8 +13,8 @@ on every scrape, by prometheus_client itself.
 The result is byte-identical to prometheus_client's encoders over the registry
 (:attr:`Exposition.registry`), which the tests check for every format; formats whose name
 escaping would change our names (``escaping=dots``/``values``) and ``name[]`` filters go
-through that registry (``restricted_registry``), with the filtered body cached while
-nothing changed.
+through that registry, which holds one collector per family, so that a filter builds only
+the families it shows (as ``restricted_registry`` selects them, in a stable order).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import cast
 
 from prometheus_client import (
     CollectorRegistry,
@@ -38,8 +39,8 @@ from prometheus_client.registry import Collector
 
 from exporter.collector import (
     STORE_FAMILIES,
-    TaskCollector,
     described,
+    family_collectors,
     global_families,
     store_families,
 )
@@ -51,7 +52,6 @@ __all__ = ["SEGMENT", "Exposition", "default_collectors"]
 _FAST_ESCAPINGS = frozenset({om_format.UNDERSCORES, om_format.ALLOWUTF8})
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no mtime, unknown OS
 _FINAL_BLOCK = b"\x03\x00"  # an empty final deflate block
-_MAX_FILTERS = 64  # cached name[] answers
 
 
 class _Families:
@@ -127,13 +127,6 @@ def _stats_key(view: StoreView) -> tuple[object, ...]:
     )
 
 
-def _global_key(view: ExporterView) -> tuple[object, ...]:
-    reload = (view.reload.successful, view.reload.last_success)
-    shards = (view.shard, view.total_shards, view.stores_owned, view.stores_other)
-    health = (view.store_files_invalid, view.state_file_ok, view.web_config_ok)
-    return (reload, view.version, shards, health)
-
-
 def _encoding(encoder: Callable[..., bytes]) -> str | None:
     """ "text" or "om" when the fast path writes what ``encoder`` would; None otherwise."""
     func = getattr(encoder, "func", encoder)
@@ -164,9 +157,9 @@ class Exposition:
         self._lock = threading.Lock()
         self._view: ExporterView | None = None
         # Outside render() the registry holds no view: it then yields only process_/python_*.
-        self.collector = TaskCollector(lambda: self._view)
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(self.collector)
+        for family in family_collectors(lambda: self._view):
+            self.registry.register(family)
         self._extra = tuple(default_collectors() if extra is None else extra)
         for collector in self._extra:
             self.registry.register(collector)
@@ -185,7 +178,6 @@ class Exposition:
         self._sections = [_Piece([]) for _ in cached]
         self.generation = 0  # grows whenever a cached section changes
         self._prefix_crc: dict[str, tuple[int, int, int]] = {}  # fmt: (generation, crc, size)
-        self._filtered: dict[tuple[object, ...], bytes] = {}
 
     def render(
         self, view: ExporterView, accept: str, names: frozenset[str] | None, gzipped: bool
@@ -196,10 +188,12 @@ class Exposition:
         with self._lock:
             self._view = view
             try:
-                self._update(view)
                 if names is None and fmt is not None:
+                    self._update(view)
                     return content_type, self._assemble(view, fmt, gzipped)
-                return content_type, self._generic(view, encoder, content_type, names, gzipped)
+                # A filter builds only the families it shows (one collector per family): no
+                # cache to bring up to date, nothing worth caching (docs/design.md).
+                return content_type, self._generic(view, encoder, names, gzipped)
             finally:
                 self._view = None
 
@@ -303,26 +297,40 @@ class Exposition:
         self,
         view: ExporterView,
         encoder: Callable[..., bytes],
-        content_type: str,
         names: frozenset[str] | None,
         gzipped: bool,
     ) -> bytes:
-        """Through the registry: name[] filters (cached) and unusual escapings."""
-        key: tuple[object, ...] | None = None
-        if names is not None and not names & self._extra_names:
-            key = (content_type, names, gzipped, self.generation, _global_key(view))
-            hit = self._filtered.get(key)
-            if hit is not None:
-                return hit
-        source = self.registry if names is None else self.registry.restricted_registry(names)
+        """Through the registry: name[] filters and unusual escapings."""
+        source = self.registry if names is None else _Restricted(names, self.registry)
         body = encoder(source)
-        if gzipped:
-            body = _gzip(body)
-        if key is not None:
-            if len(self._filtered) >= _MAX_FILTERS:
-                self._filtered.clear()
-            self._filtered[key] = body
-        return body
+        return _gzip(body) if gzipped else body
+
+
+class _Restricted:
+    """``registry.restricted_registry(names)``, with families in registration order.
+
+    prometheus_client collects the chosen collectors from a set, so with one collector per
+    family (docs/design.md, "Exposition") their order would change from run to run.
+    """
+
+    def __init__(self, names: frozenset[str], registry: CollectorRegistry) -> None:
+        self._names = set(names)
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        """The wanted samples of the collectors that describe a wanted name."""
+        registry = self._registry
+        with registry._lock:
+            chosen = {registry._names_to_collectors.get(name) for name in self._names}
+            chosen.update(registry._collectors_without_names)
+            ordered = [c for c in registry._collector_to_names if c in chosen]
+            ordered += [c for c in registry._collectors_without_names if c not in ordered]
+        for collector in ordered:
+            for metric in collector.collect():
+                restrict = cast(Callable[[set[str]], Metric | None], metric._restricted_metric)
+                kept = restrict(self._names)
+                if kept:
+                    yield kept
 
 
 def _gzip(data: bytes) -> bytes:

@@ -8,7 +8,7 @@ import math
 import shutil
 import subprocess
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import pytest
@@ -330,3 +330,22 @@ def test_memory_per_task_is_bounded() -> None:
         tracemalloc.stop()
     assert exposition.generation == 1
     assert held / count < 4096, f"{held / count:.0f} bytes per task"
+
+
+class _Untouchable(tuple[StoreView, ...]):
+    """Stores that fail the test when anything walks them."""
+
+    def __iter__(self) -> Iterator[StoreView]:
+        raise AssertionError("the filter walked the stores")
+
+
+def test_a_filter_builds_only_the_families_it_shows() -> None:
+    """name[] for an exporter-wide gauge never walks the tasks of a fleet (a family each)."""
+    view = dataclasses.replace(sample_view(), stores=_Untouchable())
+    names = frozenset({"shoplazza_exporter_build_info"})
+    body = Exposition(extra=()).render(view, "", names, False)[1]
+    assert body == (
+        b"# HELP shoplazza_exporter_build_info Build information; always 1.\n"
+        b"# TYPE shoplazza_exporter_build_info gauge\n"
+        b'shoplazza_exporter_build_info{version="1.2.3"} 1.0\n'
+    )

@@ -371,10 +371,11 @@ def test_configmaps_are_accepted_by_the_exporter(
     for name in names:
         (token_dir / name).write_text(f"{name}-token-0123456789abcdef\n", encoding="utf-8")
 
+    command = [sys.executable, "-m", "exporter", f"--config.file={tmp_path}{config_path}"]
+
     def check() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "exporter", f"--config.file={tmp_path}{config_path}"]
-            + ["--config.check"],
+            [*command, "--config.check"],
             cwd=REPO,
             capture_output=True,
             text=True,

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from exporter.cli import build_parser
-from tests.test_deploy import ALERTS, K8S_VERSIONS, REPO, load_yaml, run
+from tests.test_deploy import ALERTS, K8S_VERSIONS, REPO, load_yaml, run, tool
 
 SHARDED_DIR = REPO / "deploy" / "kubernetes-sharded"
 NAME = "shoplazza-upload-exporter"
@@ -392,3 +392,40 @@ def test_configmaps_are_accepted_by_the_exporter(
     assert result.returncode != 0
     assert f"{names[-1]}.yaml" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- README "Many stores" --------------------------------------------------------------
+
+
+def many_stores_section() -> str:
+    """The README's "Many stores" section."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    return readme.split("\n## Many stores\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_many_stores_promql_parses(tmp_path: Path) -> None:
+    section = many_stores_section()
+    exprs = [
+        line.strip()
+        for block in re.findall(r"```promql\n(.*?)```", section, re.DOTALL)
+        for line in block.splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert "count by (store, task_id) (shoplazza_upload_task_files) > 1" in exprs
+    assert any(expr.startswith("sum by (store) (rate(") for expr in exprs)
+    records = [{"record": f"readme:fleet{i}", "expr": expr} for i, expr in enumerate(exprs)]
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "fleet", "rules": records}]}))
+    result = run(tool("promtool"), "check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_many_stores_links_exist() -> None:
+    section = many_stores_section()
+    links = re.findall(r"\]\((deploy/[^)#]+)\)", section)
+    assert "deploy/kubernetes-sharded/" in links
+    for link in links:
+        assert (REPO / link).exists(), link
+    kustomization = load_yaml(SHARDED_DIR / "kustomization.yaml")
+    assert "replicas[0].count" in section and kustomization["replicas"][0]["count"]
+    assert TOKEN_SECRET in section

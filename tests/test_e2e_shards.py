@@ -283,6 +283,16 @@ def assert_each_task_once(fleet: Fleet, total: int) -> None:
         if served.get(task) != where
     }
     assert wrong == {}, f"tasks not served by their shard (served, expected): {wrong}"
+    # Store-level series too come from the owner alone (errors_total exists from the start
+    # for every store a process serves), and the dashboard's per-store sums hold.
+    store_series = query(url, "group by (instance, store) (shoplazza_api_errors_total)")
+    owners = sorted((item["metric"]["store"], item["metric"]["instance"]) for item in store_series)
+    assert owners == sorted((store, fleet.addresses[owner(store, total)]) for store in STORES)
+    watched = {
+        item["metric"]["store"]: float(item["value"][1])
+        for item in query(url, "sum by (store) (shoplazza_exporter_watched_tasks)")
+    }
+    assert watched == dict.fromkeys(STORES, 2.0)
 
 
 def fetches(sim: Simulator) -> dict[str, int]:

@@ -16,12 +16,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
 import pytest
 import yaml
 
 from exporter.cli import build_parser
-from tests.test_deploy import ALERTS, K8S_VERSIONS, REPO, load_yaml, run, tool
+from tests.test_deploy import (
+    ALERTS,
+    K8S_VERSIONS,
+    REPO,
+    check_hardened_exporter,
+    check_service_monitor,
+    load_yaml,
+    run,
+    tool,
+    validate_core_objects,
+)
 
 SHARDED_DIR = REPO / "deploy" / "kubernetes-sharded"
 NAME = "shoplazza-upload-exporter"
@@ -160,14 +169,9 @@ def test_renders_the_fleet_objects_and_no_secret(
 def test_core_objects_validate(
     objects: dict[tuple[str, str], dict[str, Any]], version: str
 ) -> None:
-    for (kind, name), obj in objects.items():
-        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
-            continue  # CRDs: kubernetes-validate has no schema, checked below
-        try:
-            kubernetes_validate.validate(obj, version, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            path = ".".join(str(item) for item in exc.path)
-            pytest.fail(f"{kind} {name} invalid for Kubernetes {version}: {path}: {exc.message}")
+    validate_core_objects(
+        ((f"{kind} {name}", obj) for (kind, name), obj in objects.items()), version
+    )
 
 
 # --- shards ------------------------------------------------------------------------------
@@ -256,17 +260,9 @@ def test_service_monitor_scrapes_every_pod(
     objects: dict[tuple[str, str], dict[str, Any]],
 ) -> None:
     monitor, service = one(objects, "ServiceMonitor"), one(objects, "Service")
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert set(monitor["spec"]) == {"selector", "endpoints"}
-    selector = monitor["spec"]["selector"]["matchLabels"]
-    assert selector and selector.items() <= service["metadata"]["labels"].items()
-    (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
-    assert endpoint.get("path", "/metrics") == "/metrics"
+    endpoint = check_service_monitor(monitor, service)
     assert re.fullmatch(r"\d+s", endpoint["interval"])
-    timeout = re.fullmatch(r"(\d+)s", endpoint["scrapeTimeout"])
-    assert timeout is not None and 1 <= int(timeout.group(1)) <= 30
-    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
     # A headless Service lists every pod as an endpoint: one target per shard, none
     # balanced away (a ClusterIP would hide all but one shard behind one address).
     assert service["spec"]["clusterIP"] == "None"
@@ -293,20 +289,9 @@ def test_security_probes_and_parallel_shards(
     statefulset = objects[("StatefulSet", NAME)]
     assert statefulset["spec"]["podManagementPolicy"] == "Parallel"
     pod = statefulset["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == 65532
+    check_hardened_exporter(pod, exporter_container(statefulset))
     assert pod["securityContext"]["fsGroup"] == 65532  # the state volume is writable
     assert pod["automountServiceAccountToken"] is False
-    item = exporter_container(statefulset)
-    context = item["securityContext"]
-    assert context["runAsNonRoot"] is True
-    assert context["readOnlyRootFilesystem"] is True
-    assert context["allowPrivilegeEscalation"] is False
-    assert context["capabilities"]["drop"] == ["ALL"]
-    for kind in ("requests", "limits"):
-        assert {"cpu", "memory"} <= set(item["resources"][kind])
-    assert item["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "metrics"}
-    assert item["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "metrics"}
 
 
 def test_each_pod_has_its_own_state_volume(

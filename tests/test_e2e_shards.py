@@ -3,7 +3,8 @@
 One simulator serves 36 stores (each its own token; tasks are told apart by id, so the
 stores share the simulator's base_url, and the exporter warns that they share one API
 budget). Twelve stores are in the main configuration, the others in store files
-(``store_files``), with ``{store}`` in the default token file and task id files. Three
+(``store_files``; one of them, with several stores, is added while the shards run), with
+``{store}`` in the default token file and task id files. Three
 exporter processes (``--shard 0..2 --total-shards 3``) run that configuration, each with
 its own state file, and Debian's ``prometheus`` scrapes all of them. Every store has a
 task completed from the start and one that completes on its second fetch.
@@ -44,7 +45,8 @@ pytestmark = pytest.mark.timeout(120)
 
 STORES = tuple(f"shop-{index:02d}" for index in range(36))
 MAIN_FILE_STORES = STORES[:12]  # in the main configuration; the rest in store files
-BATCH_FILE_STORES = STORES[30:]  # several stores in one store file; 12..29 one per file
+# Several stores in one store file, added once the shards run; 12..29 one per file.
+BATCH_FILE_STORES = STORES[30:]
 JOB = "shoplazza-upload-exporter"
 STARTUP_DEADLINE = 20.0
 DATA_DEADLINE = 30.0
@@ -107,6 +109,10 @@ class Fleet:
     def state_file(self, shard: int) -> Path:
         return self.tmp / "state" / f"shard-{shard}.json"
 
+    def store_entry(self, store: str) -> dict[str, Any]:
+        """A store of the configuration; its running task comes from its task id file."""
+        return {"name": store, "base_url": self.sim.url, "task_ids": [done_task(store)]}
+
     def write_configuration(self) -> None:
         """Token files, task id files, store files, and the main file of each shard.
 
@@ -121,15 +127,10 @@ class Fleet:
         stores_dir = self.tmp / "stores.d"
         stores_dir.mkdir()
 
-        def entry(store: str) -> dict[str, Any]:
-            return {"name": store, "base_url": self.sim.url, "task_ids": [done_task(store)]}
-
         for store in STORES[len(MAIN_FILE_STORES) :]:
             if store not in BATCH_FILE_STORES:
-                text = yaml.safe_dump({"stores": [entry(store)]})
+                text = yaml.safe_dump({"stores": [self.store_entry(store)]})
                 (stores_dir / f"{store}.yaml").write_text(text, encoding="utf-8")
-        batch = yaml.safe_dump({"stores": [entry(store) for store in BATCH_FILE_STORES]})
-        (stores_dir / "batch.yaml").write_text(batch, encoding="utf-8")
         (self.tmp / "state").mkdir()
         for shard in range(len(self.addresses)):
             config = {
@@ -140,10 +141,15 @@ class Fleet:
                     "min_poll_interval": "0s",
                     "timeout": "2s",
                 },
-                "stores": [entry(store) for store in MAIN_FILE_STORES],
+                "stores": [self.store_entry(store) for store in MAIN_FILE_STORES],
                 "state_file": str(self.state_file(shard)),
             }
             self.config_file(shard).write_text(yaml.safe_dump(config), encoding="utf-8")
+
+    def add_batch_file(self) -> None:
+        """A store file with several stores, added while the shards run (no reload)."""
+        text = yaml.safe_dump({"stores": [self.store_entry(s) for s in BATCH_FILE_STORES]})
+        (self.tmp / "stores.d" / "batch.yaml").write_text(text, encoding="utf-8")
 
     def start_shards(self, total: int) -> None:
         """Start ``total`` exporter processes, shard i on address i; wait until ready."""
@@ -314,6 +320,7 @@ def test_shards_share_the_fleet_and_resharding_moves_only_the_moved_stores(
     # Three shards: every task once, fetched until completed and never after.
     started = time.time()
     fleet.start_shards(3)
+    fleet.add_batch_file()  # each shard takes its own stores of it, and only those
     fleet.wait_settled(3, started)
     assert_each_task_once(fleet, 3)
     assert fetches(fleet.sim) == FETCHES_TO_COMPLETE

@@ -126,7 +126,6 @@ class Fleet:
             (task_dir / "ids.txt").write_text(f"# importer\n{run_task(store)}\n", "utf-8")
         stores_dir = self.tmp / "stores.d"
         stores_dir.mkdir()
-
         for store in STORES[len(MAIN_FILE_STORES) :]:
             if store not in BATCH_FILE_STORES:
                 text = yaml.safe_dump({"stores": [self.store_entry(store)]})
@@ -198,7 +197,10 @@ class Fleet:
         wait_until(last_scrapes, f"{total} targets up and scraped", DATA_DEADLINE, self.alive())
 
         def all_completed() -> float | None:
-            done = query(self.prometheus_url, "count(shoplazza_upload_task_completed == 1)")
+            done = query(
+                self.prometheus_url,
+                "count(count by (store, task_id) (shoplazza_upload_task_completed == 1))",
+            )
             if not done or int(float(done[0]["value"][1])) != len(ALL_TASKS):
                 return None
             return time.time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -12,8 +13,10 @@ from exporter.client import StoreClient
 from exporter.clock import Clock, SystemClock
 from exporter.collector import TaskCollector
 from exporter.config import Config, ConfigError, StoreConfig, load_config
+from exporter.discovery import StoreFiles
 from exporter.model import ExporterView, ReloadStatus
 from exporter.poller import Poller
+from exporter.sharding import Shard
 from exporter.state import StateWriter, load_state
 
 log = logging.getLogger("exporter")
@@ -29,14 +32,21 @@ class Exporter:
         environ: Mapping[str, str] | None = None,
         clock: Clock | None = None,
         client_factory: Callable[[StoreConfig], StoreClient] | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.config_path = config_path
+        self.shard = shard or Shard()
+        self._stores_owned = 0
+        self._stores_other = 0
+        self._closed = False
         self._environ = environ
         self.clock = clock or SystemClock()
         self.reload_status = ReloadStatus()
         self._reload_lock = threading.Lock()
         self.config: Config | None = None
         self.state_writer: StateWriter | None = None
+        self.store_files: StoreFiles | None = None
+        self._stopped = threading.Event()
         self.poller = Poller(clock=self.clock, client_factory=client_factory, on_change=self._dirty)
         self.collector = TaskCollector(self.views)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -48,7 +58,10 @@ class Exporter:
         if config.state_file:
             tasks, forgotten = load_state(config.state_file)
             self.poller.restore(tasks, forgotten)
+        self.store_files = StoreFiles(config, environ=self._environ, clock=self.clock.monotonic)
+        self.store_files.refresh(force=True)
         self._apply(config)
+        threading.Thread(target=self._watch_store_files, name="store-files", daemon=True).start()
         return config
 
     def reload(self) -> tuple[bool, str]:
@@ -62,6 +75,9 @@ class Exporter:
                 for line in exc.errors:
                     log.error("configuration error", extra={"err": line})
                 return False, str(exc)
+            if self.store_files is not None:
+                self.store_files.configure(config)
+                self.store_files.refresh(force=True)
             self._apply(config)
             log.info("configuration reloaded", extra={"stores": len(config.stores)})
             return True, "configuration reloaded"
@@ -69,7 +85,7 @@ class Exporter:
     def _apply(self, config: Config) -> None:
         for warning in config.warnings:
             log.warning("configuration warning", extra={"err": warning})
-        self.poller.apply_config(config)
+        self._watch(self._with_store_files(config))
         previous = self.config.state_file if self.config else None
         if config.state_file != previous:
             if self.state_writer is not None:
@@ -82,13 +98,43 @@ class Exporter:
         self.reload_status.successful = True
         self.reload_status.last_success = self.clock.time()
 
+    def _watch(self, config: Config) -> None:
+        """Hand the poller the stores of ``config`` that this shard owns, only those.
+
+        Every path that changes the watched stores goes through here (docs/design.md,
+        "Sharding"): this process polls, exports and lists only the stores it owns.
+        """
+        owned = tuple(store for store in config.stores if self.shard.owns(store.name))
+        self.poller.apply_config(dataclasses.replace(config, stores=owned))
+        self._stores_owned = len(owned)
+        self._stores_other = len(config.stores) - len(owned)
+
+    def _with_store_files(self, config: Config) -> Config:
+        """``config`` with the stores of its store files after its own (docs/design.md)."""
+        if self.store_files is None or not self.store_files.stores:
+            return config
+        return dataclasses.replace(config, stores=config.stores + self.store_files.stores)
+
+    def _check_store_files(self) -> None:
+        """Apply the store files' stores when they changed (each second and each scrape)."""
+        files = self.store_files
+        if files is not None and files.refresh(force=True):
+            with self._reload_lock:
+                if self.config is not None:
+                    self._watch(self._with_store_files(self.config))
+
+    def _watch_store_files(self) -> None:
+        while not self._stopped.wait(1.0):
+            self._check_store_files()
+
     def _dirty(self) -> None:
         writer = self.state_writer
         if writer is not None:
             writer.mark_dirty()
 
     def refresh(self, timeout: float) -> None:
-        """Fetch due tasks, waiting at most ``timeout`` seconds (contract section 6)."""
+        """Fetch due tasks, waiting at most ``timeout`` seconds (docs/design.md, "The model")."""
+        self._check_store_files()
         self.poller.refresh(timeout)
 
     def views(self) -> ExporterView:
@@ -99,6 +145,11 @@ class Exporter:
             now=self.clock.time(),
             version=self.collector.version,
             reload=status,
+            shard=self.shard.index,
+            total_shards=self.shard.total,
+            stores_owned=self._stores_owned,
+            stores_other=self._stores_other,
+            store_files_invalid=self.store_files.invalid if self.store_files else 0,
         )
 
     @property
@@ -107,7 +158,11 @@ class Exporter:
         return self.config is not None
 
     def close(self) -> None:
-        """Stop polling (requests in flight are abandoned) and flush the state file."""
+        """Stop polling (requests in flight are abandoned) and flush the state file, once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopped.set()
         self.poller.stop()
         if self.state_writer is not None:
             self.state_writer.close()

@@ -9,6 +9,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from types import FrameType
@@ -16,7 +17,10 @@ from types import FrameType
 from exporter import __version__
 from exporter.app import Exporter
 from exporter.config import ConfigError, load_config
+from exporter.discovery import StoreFiles
+from exporter.errors import LoadError
 from exporter.logs import LEVELS, setup_logging
+from exporter.sharding import Shard
 from exporter.web.routes import App
 from exporter.web.server import ExporterServer
 from exporter.web.webconfig import WebConfigError, load_web_config
@@ -75,6 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate the configuration (token files included) and exit",
     )
     add(
+        "--shard",
+        dest="shard",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the shard this process serves, 0 <= N < M (default: 0)",
+    )
+    add(
+        "--total-shards",
+        dest="total_shards",
+        type=int,
+        default=1,
+        metavar="M",
+        help="processes the stores are spread over by rendezvous hashing (default: 1)",
+    )
+    add(
         "--demo",
         action="store_true",
         help="run against an embedded Shoplazza API simulator; needs no configuration",
@@ -89,21 +109,23 @@ def _print_errors(errors: Sequence[str]) -> None:
 
 
 def check_config(path: str, web_config_file: str | None) -> int:
-    """``--config.check``: 0 when the configuration is valid."""
+    """``--config.check``: 0 when the configuration, its store files and web config are valid."""
     try:
         config = load_config(path)
         if web_config_file:
             load_web_config(web_config_file)
-    except ConfigError as exc:
+    except LoadError as exc:
         _print_errors(exc.errors)
         return 1
-    except WebConfigError as exc:
-        _print_errors([str(exc)])
+    files = StoreFiles(config, clock=time.monotonic, quiet=True)
+    files.refresh(force=True)
+    _print_errors((*config.warnings, *files.warnings))
+    if files.errors:
+        _print_errors(files.errors)
         return 1
-    for warning in config.warnings:
-        print(warning, file=sys.stderr)
-    tasks = sum(len(store.task_ids) for store in config.stores)
-    print(f"{path}: configuration is valid: {len(config.stores)} stores, {tasks} task ids listed")
+    stores = (*config.stores, *files.stores)
+    tasks = sum(len(store.task_ids) for store in stores)
+    print(f"{path}: configuration is valid: {len(stores)} stores, {tasks} task ids listed")
     return 0
 
 
@@ -129,7 +151,12 @@ def _demo_config(directory: str, base_url: str, token: str, task_ids: Sequence[s
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the exporter; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.shard < args.total_shards:
+        parser.error(  # exits 2, like every usage error
+            f"--shard {args.shard} --total-shards {args.total_shards}: want 0 <= N < M"
+        )
     setup_logging(args.log_level, args.log_format)
     if args.config_check:
         return check_config(args.config_file, args.web_config_file)
@@ -153,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack, signals: _Signals) -> int:
-    exporter = Exporter(config_file)
+    exporter = Exporter(config_file, shard=Shard(args.shard, args.total_shards))
     try:
         exporter.start()
     except ConfigError as exc:
@@ -193,7 +220,7 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack, signals
             if server.web_config is not None:
                 server.web_config.check()
     log.info("shutting down")
-    exporter.poller.stop()  # scrapes waiting on the API answer from memory now
+    exporter.close()  # scrapes waiting on the API answer from memory now; once only
     server.shutdown()
     return 0
 

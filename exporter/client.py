@@ -26,7 +26,14 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from exporter import __version__
-from exporter.config import TASK_ID_RE, ConfigError, StoreConfig, TokenSource, read_token
+from exporter.config import (
+    MIN_TOKEN_LENGTH,
+    TASK_ID_RE,
+    ConfigError,
+    StoreConfig,
+    TokenSource,
+    read_token,
+)
 from exporter.model import (
     CONNECTION_ERROR,
     INVALID_RESPONSE,
@@ -327,8 +334,8 @@ def _cut(response: requests.Response) -> None:
 
 def _redact(result: FetchResult, token: str) -> FetchResult:
     """``result`` with every occurrence of ``token`` in API-supplied text replaced."""
-    if len(token) < 4:
-        return result  # too short to tell from ordinary text; config requires more anyway
+    if len(token) < MIN_TOKEN_LENGTH:
+        return result  # config rejects such tokens (docs/design.md, "Configuration")
 
     def clean(text: str) -> str:
         return text.replace(token, REDACTED) if token in text else text

@@ -1,106 +1,54 @@
-"""Due tasks, per-store budget, single-flight and the scrape deadline (contract section 6).
+"""Due tasks, per-store budget, single-flight and the scrape deadline (docs/design.md).
 
 A scrape calls :meth:`Poller.refresh`: every watched task that is due is put on its store's
-queue (least recently attempted first), and the scrape waits until those tasks have been
-fetched or its deadline passes. Each store has one dispatcher thread that starts queued
-requests while the store's token bucket, ``max_concurrency`` and any 429 pause allow, so the
-budget is shared by all scrapes and a refresh goes on in the background after the scrape
-that started it has answered. A task is queued or in flight at most once (single-flight).
+queue (least recently attempted first). The scrape waits for the due tasks the store's
+budget allows when it starts (its token balance, outside any 429 pause), until they are
+fetched or its deadline passes; the other due tasks are counted as skipped and fetched in
+the background. Requests are started by :class:`~exporter.scheduler.Scheduler` (one timer
+heap, a bounded pool of fetch workers) while each store's token bucket, ``max_concurrency``
+and any 429 pause allow. A task is queued or in flight at most once (single-flight).
+
+Reading (:meth:`Poller.view`) only reads memory: task files are re-read and completed tasks
+forgotten in :meth:`Poller.refresh` and on the scheduler's housekeeping timer. Each change
+of what a store shows replaces the affected :class:`TaskState` (never changed in place once
+handed out) and raises the store's revision, so a view hands out cached records
+(docs/design.md, "The read path").
 """
 
 from __future__ import annotations
 
-import copy
-import heapq
+import dataclasses
 import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
+from exporter.budget import pause_after_429, poll_interval
 from exporter.client import FetchResult, StoreClient
 from exporter.clock import Clock, SystemClock
 from exporter.config import Config, StoreConfig
 from exporter.discovery import TaskFiles
-from exporter.model import (
-    DURATION_BUCKETS,
-    ERROR_CODES,
-    SKIP_REASONS,
-    StoreView,
-    TaskState,
-)
+from exporter.model import StoreView, TaskState
+from exporter.scheduler import FETCH_WORKERS, HOUSEKEEPING_PERIOD, Scheduler, Store, Watched
 
 log = logging.getLogger("exporter.poller")
 
-
-@dataclass
-class StoreStats:
-    """A store's counters and histogram; they survive reloads while the store stays."""
-
-    requests: dict[str, int] = field(default_factory=dict)
-    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_CODES, 0))
-    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
-    buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
-    duration_count: int = 0
-    duration_sum: float = 0.0
-
-    def observe(self, result: FetchResult) -> None:
-        """Count one request."""
-        self.requests[result.code] = self.requests.get(result.code, 0) + 1
-        if not result.ok:
-            self.errors[result.code] = self.errors.get(result.code, 0) + 1
-        self.duration_count += 1
-        self.duration_sum += result.duration
-        for i, bound in enumerate(DURATION_BUCKETS):
-            if result.duration <= bound:
-                self.buckets[i] += 1
-
-
-class Store:
-    """One store's watched tasks, queue, budget and dispatcher."""
-
-    def __init__(self, config: StoreConfig, client: StoreClient, now: float) -> None:
-        self.config = config
-        self.client = client
-        self.tasks: dict[str, TaskState] = {}
-        self.stats = StoreStats()
-        self.queue: list[tuple[float, int, TaskState]] = []
-        self.tokens = float(config.burst)
-        self.token_time = now
-        self.paused_until = 0.0
-        self.in_flight = 0
-        self.removed = False
-        self.files: TaskFiles | None = None
-        self.thread: threading.Thread | None = None
-
-    def refill(self, now: float) -> None:
-        """Add the tokens earned since the last refill, up to ``burst``."""
-        elapsed = max(now - self.token_time, 0.0)
-        rate = self.config.requests_per_second
-        self.tokens = min(float(self.config.burst), self.tokens + elapsed * rate)
-        self.token_time = now
-
-    def next_start(self, now: float) -> float:
-        """The earliest time a queued request could start, concurrency aside."""
-        self.refill(now)
-        start = max(now, self.paused_until)
-        if self.tokens < 1:
-            start = max(start, now + (1 - self.tokens) / self.config.requests_per_second)
-        return start
-
-    def skip_reason(self, task: TaskState, now: float) -> str:
-        """Why a due task is not fetched yet (contract: rate_limited, backoff, deadline)."""
-        if task.in_flight:
-            return "deadline"
-        if self.paused_until > now:
-            return "backoff"
-        self.refill(now)
-        if self.tokens < 1:
-            return "rate_limited"
-        return "deadline"
-
-
 _CLIENT_KEYS = ("base_url", "token", "api_version", "timeout", "max_concurrency", "tls")
+_Labels = tuple[tuple[str, str], ...]
+# Slack when comparing a store's next due time with now: a due check is never skipped for
+# a rounding difference between ``last + interval`` and ``now - last``.
+_EPSILON = 1e-6
+
+
+def _labels(configured: _Labels | None, listed: _Labels | None) -> _Labels:
+    """A task's context labels: its task file's, overridden by its ``task_ids`` entry's."""
+    if not listed:
+        return tuple(configured or ())
+    if not configured:
+        return tuple(listed)
+    merged = dict(listed)
+    merged.update(configured)
+    return tuple(merged.items())
 
 
 class Poller:
@@ -112,11 +60,15 @@ class Poller:
         clock: Clock | None = None,
         client_factory: Callable[[StoreConfig], StoreClient] | None = None,
         on_change: Callable[[], None] | None = None,
+        workers: int = FETCH_WORKERS,
+        housekeeping_every: float = HOUSEKEEPING_PERIOD,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         self._client_factory = client_factory or StoreClient
         self._on_change = on_change
-        self.cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self.cond = threading.Condition(self._lock)  # scrapes wait here for their fetches
+        self._discovery = threading.Lock()  # one task file reader at a time, off the lock
         self.stores: dict[str, Store] = {}
         self.forget_after = 0.0
         # (store, task_id) -> state restored from the state file, used when a task appears.
@@ -124,92 +76,137 @@ class Poller:
         # (store, task_id) -> completion time of tasks dropped by forget_completed_after.
         self.forgotten: dict[tuple[str, str], float] = {}
         self._seq = itertools.count()
+        self._revisions = itertools.count(1)
         self._stopped = False
+        self.scheduler = Scheduler(
+            self._lock,
+            self.clock,
+            fetched=self._fetched,
+            housekeeping=self.housekeeping,
+            changed=self._changed,
+            workers=workers,
+            housekeeping_every=housekeeping_every,
+        )
 
     # ---- configuration -------------------------------------------------------------
 
     def apply_config(self, config: Config) -> None:
         """Watch what ``config`` lists; stores and tasks that stay keep their state."""
-        with self.cond:
-            self.forget_after = config.forget_completed_after
-            now = self.clock.monotonic()
-            wanted = {store.name: store for store in config.stores}
-            for name in list(self.stores):
-                if name not in wanted:
-                    self.stores.pop(name).removed = True
-            for name, store_config in wanted.items():
-                store = self.stores.get(name)
-                if store is None:
-                    store = Store(store_config, self._client_factory(store_config), now)
-                    self.stores[name] = store
-                elif any(
+        with self._discovery:
+            with self._lock:
+                known = {name: store.files for name, store in self.stores.items()}
+            files: dict[str, TaskFiles | None] = {}
+            for store_config in config.stores:  # file reads, without the lock
+                if not store_config.task_id_files:
+                    files[store_config.name] = None  # a fleet's stores often list ids only
+                    continue
+                found = known.get(store_config.name)
+                if found is None or found.patterns != store_config.task_id_files:
+                    found = TaskFiles(
+                        store_config.name, store_config.task_id_files, clock=self.clock.monotonic
+                    )
+                found.refresh(force=True)
+                files[store_config.name] = found
+            with self._lock:
+                self._apply(config, files)
+        self._changed()
+
+    def _apply(self, config: Config, files: dict[str, TaskFiles | None]) -> None:
+        self.forget_after = config.forget_completed_after
+        now = self.clock.monotonic()
+        wanted = {store.name: store for store in config.stores}
+        for name in list(self.stores):
+            if name not in wanted:
+                gone = self.stores.pop(name)
+                gone.removed = True
+                for watched in gone.tasks.values():
+                    watched.queued = False
+        targets: dict[str, set[str]] = {}
+        for name, store_config in wanted.items():
+            store = self.stores.get(name)
+            if store is None:
+                store = Store(store_config, self._client_factory(store_config), now)
+                self.stores[name] = store
+                self._touch(store)
+            else:
+                if any(
                     getattr(store.config, key) != getattr(store_config, key) for key in _CLIENT_KEYS
                 ):
                     store.client = self._client_factory(store_config)
-                if store.config.burst != store_config.burst:
-                    store.tokens = min(store.tokens, float(store_config.burst))
-                store.config = store_config
-                if store.files is None or store.files.patterns != store_config.task_id_files:
-                    store.files = TaskFiles(
-                        name, store_config.task_id_files, clock=self.clock.monotonic
-                    )
-                store.files.refresh(force=True)
-                self._sync_tasks(store)
-                if store.thread is None and not self._stopped:
-                    store.thread = threading.Thread(
-                        target=self._dispatch, args=(store,), name=f"dispatch-{name}", daemon=True
-                    )
-                    store.thread.start()
-            self.cond.notify_all()
-        self._changed()
+                if store.config != store_config:
+                    self._touch(store)  # stuck_after, labels: what its view shows
+                    store.next_due = float("-inf")  # min_poll_interval may have changed
+                store.bucket.configure(store_config.requests_per_second, store_config.burst)
+            store.config = store_config
+            store.files = files[name]
+            targets[name] = self._sync_tasks(store)
+            self.scheduler.kick(store, now)  # max_concurrency may have grown
+        self._drop_forgotten(targets)
+        self.cond.notify_all()
 
-    def _sync_tasks(self, store: Store) -> None:
-        files = store.files.ids if store.files else frozenset()
-        target = set(store.config.task_ids) | files
-        for task_id in list(store.tasks):
-            if task_id not in target:
-                task = store.tasks.pop(task_id)
-                task.queued = False  # the dispatcher drops it when it reaches the queue head
+    def _sync_tasks(self, store: Store) -> set[str]:
+        """Watch the store's configured and listed ids; returns them."""
+        listed = store.files.ids if store.files else frozenset()
+        listed_labels: dict[str, _Labels] = getattr(store.files, "labels", None) or {}
+        configured_labels = dict(store.config.task_labels)
+        target = set(store.config.task_ids) | listed
+        changed = False
+        for task_id in [t for t in store.tasks if t not in target]:
+            store.tasks.pop(task_id).queued = False  # its queue entry is dropped at the head
+            store.active.pop(task_id, None)
+            changed = True
         for task_id in sorted(target):
-            key = (store.config.name, task_id)
-            if task_id in store.tasks or key in self.forgotten:
+            labels = _labels(configured_labels.get(task_id), listed_labels.get(task_id))
+            task = store.tasks.get(task_id)
+            if task is not None:
+                if task.state.labels != labels:
+                    task.state = dataclasses.replace(task.state, labels=labels)
+                    changed = True
+                continue
+            key = (store.name, task_id)
+            if key in self.forgotten:
                 continue
             restored = self.restored.pop(key, None)
-            store.tasks[task_id] = restored or TaskState(store.config.name, task_id)
-        for key in [k for k in self.forgotten if k[0] == store.config.name and k[1] not in target]:
+            if restored is not None:
+                state = dataclasses.replace(restored, labels=labels)
+            else:
+                state = TaskState(store.name, task_id, labels=labels)
+            task = Watched(state)
+            store.tasks[task_id] = task
+            if not state.completed:
+                store.active[task_id] = task
+                store.next_due = float("-inf")
+            changed = True
+        if changed:
+            self._touch(store)
+        return target
+
+    def _drop_forgotten(self, targets: dict[str, set[str]]) -> None:
+        """Forget that a task was forgotten once its store no longer lists it."""
+        for key in [k for k in self.forgotten if k[0] in targets and k[1] not in targets[k[0]]]:
             del self.forgotten[key]
 
     def restore(self, tasks: Iterable[TaskState], forgotten: dict[tuple[str, str], float]) -> None:
         """Seed state loaded from the state file (call before the first apply_config)."""
-        with self.cond:
+        with self._lock:
             for task in tasks:
-                task.queued = task.in_flight = False
-                task.last_attempt = None
-                self.restored[(task.store, task.task_id)] = task
+                clean = dataclasses.replace(task, queued=False, in_flight=False, last_attempt=None)
+                self.restored[(task.store, task.task_id)] = clean
             self.forgotten.update(forgotten)
 
     # ---- scrape ----------------------------------------------------------------------
 
     def refresh(self, timeout: float) -> None:
         """Fetch due tasks, waiting at most ``timeout`` seconds; the rest go on in background."""
-        with self.cond:
+        self._discover()  # ids added to task files are polled on this very scrape
+        with self._lock:
+            dropped = self._forget()
             now = self.clock.monotonic()
             deadline = now + timeout
-            self._discover()  # ids added to task files are polled on this very scrape
-            waiting: list[tuple[Store, TaskState, int]] = []
+            waiting: list[tuple[Store, Watched, int]] = []
             for store in self.stores.values():
-                interval = store.config.min_poll_interval
-                for task in store.tasks.values():
-                    if task.completed:
-                        continue
-                    due = task.last_attempt is None or now - task.last_attempt >= interval
-                    if task.queued or (task.in_flight and due):
-                        waiting.append((store, task, task.attempts))  # shared, not re-sent
-                    elif due and not task.in_flight:
-                        self._enqueue(store, task)
-                        waiting.append((store, task, task.attempts))
-            if waiting:
-                self.cond.notify_all()
+                if store.active and store.next_due <= now + _EPSILON:
+                    waiting.extend(self._due(store, now))
             while waiting:
                 waiting = [w for w in waiting if w[1].attempts == w[2] and w[1].pending]
                 now = self.clock.monotonic()
@@ -223,136 +220,178 @@ class Poller:
                 self.clock.wait(self.cond, deadline - now)
             now = self.clock.monotonic()
             for store, task, _ in waiting:
-                reason = store.skip_reason(task, now)
-                store.stats.skipped[reason] += 1
-
-    def _hopeless(
-        self, waiting: list[tuple[Store, TaskState, int]], deadline: float, now: float
-    ) -> bool:
-        """True when no waited-for request is in flight and none can start by the deadline."""
-        for store, task, _ in waiting:
-            if task.in_flight or store.next_start(now) < deadline:
-                return False
-        return True
-
-    def _enqueue(self, store: Store, task: TaskState) -> None:
-        priority = float("-inf") if task.last_attempt is None else task.last_attempt
-        task.queued = True
-        heapq.heappush(store.queue, (priority, next(self._seq), task))
-
-    def _discover(self) -> None:
-        for store in self.stores.values():
-            if store.files is not None and store.files.refresh():
-                self._sync_tasks(store)
-
-    def _forget(self) -> None:
-        if self.forget_after <= 0:
-            return
-        wall = self.clock.time()
-        dropped = False
-        for store in self.stores.values():
-            for task_id, task in list(store.tasks.items()):
-                done = task.completed_at
-                if done is not None and task.completed and wall - done >= self.forget_after:
-                    del store.tasks[task_id]
-                    self.forgotten[(store.config.name, task_id)] = done
-                    log.info(
-                        "forgetting completed task", extra={"store": task.store, "task_id": task_id}
-                    )
-                    dropped = True
+                reason = "deadline" if task.in_flight else store.bucket.short_reason(now)
+                store.stats.skipped[reason or "deadline"] += 1
+                self._touch(store)
         if dropped:
             self._changed()
 
-    # ---- dispatch --------------------------------------------------------------------
+    def _due(self, store: Store, now: float) -> list[tuple[Store, Watched, int]]:
+        """Queue the store's due tasks; return those this scrape waits for, count the rest.
 
-    def _dispatch(self, store: Store) -> None:
-        with self.cond:
-            while not self._stopped and not store.removed:
-                now = self.clock.monotonic()
-                timeout: float | None = None
-                while store.queue and not store.queue[0][2].queued:
-                    heapq.heappop(store.queue)  # dropped from the watch list meanwhile
-                if store.queue and store.in_flight < store.config.max_concurrency:
-                    start = store.next_start(now)
-                    if start <= now:
-                        _, _, task = heapq.heappop(store.queue)
-                        store.tokens -= 1
-                        store.in_flight += 1
-                        task.queued = False
-                        task.in_flight = True
-                        task.last_attempt = now
-                        threading.Thread(
-                            target=self._fetch,
-                            args=(store, store.client, task),
-                            name=f"fetch-{store.config.name}",
-                            daemon=True,
-                        ).start()
-                        continue
-                    timeout = start - now
-                self.clock.wait(self.cond, timeout)
+        The scrape waits for the due tasks in flight and for as many queued ones, in queue
+        order, as the store's token balance allows now; none while a 429 pause lasts.
+        """
+        waiting: list[tuple[Store, Watched, int]] = []
+        queued: list[Watched] = []
+        min_interval = store.config.min_poll_interval
+        next_due = float("inf")
+        for task in store.active.values():
+            if task.queued:
+                queued.append(task)  # queued by an earlier scrape: shared, not re-sent
+                continue
+            last = task.last_attempt
+            if last is not None:
+                interval = poll_interval(min_interval, task.failures)
+                if now - last < interval:
+                    next_due = min(next_due, last + interval)
+                    continue
+            if task.in_flight:
+                waiting.append((store, task, task.attempts))
+                continue
+            task.queued = True
+            task.rank = (float("-inf") if last is None else last, next(self._seq))
+            store.push(task)
+            queued.append(task)
+        # Until then no scrape needs to look at this store's tasks (see Store.next_due).
+        store.next_due = float("-inf") if queued or waiting else next_due
+        if not queued:
+            return waiting
+        allowance = store.bucket.allowance(now)
+        if len(queued) > allowance:
+            queued.sort(key=lambda t: t.rank)
+            reason = "backoff" if store.bucket.paused(now) else "rate_limited"
+            store.stats.skipped[reason] += len(queued) - allowance
+            self._touch(store)
+            del queued[allowance:]
+        waiting.extend((store, task, task.attempts) for task in queued)
+        self.scheduler.kick(store, now)
+        return waiting
 
-    def _fetch(self, store: Store, client: StoreClient, task: TaskState) -> None:
-        try:
-            result = client.fetch(task.task_id)
-        except Exception as exc:  # a bug must not wedge the task as in flight forever
-            log.error("unexpected error while polling", extra={"store": task.store, "err": exc})
-            result = FetchResult("connection_error", None, 0.0, f"internal error: {exc}")
-        with self.cond:
-            store.in_flight -= 1
-            store.stats.observe(result)
-            if result.code == "429":
-                pause = result.retry_after if result.retry_after is not None else 1.0
-                store.paused_until = max(store.paused_until, self.clock.monotonic() + pause)
-                log.warning(
-                    "rate limited by the API, pausing the store",
-                    extra={"store": task.store, "seconds": round(pause, 3)},
-                )
-            self._record(task, result)
-            self.cond.notify_all()
-        self._changed()
+    def _hopeless(
+        self, waiting: list[tuple[Store, Watched, int]], deadline: float, now: float
+    ) -> bool:
+        """True when no waited-for request is in flight and none can start by the deadline."""
+        for store, task, _ in waiting:
+            if task.in_flight or store.bucket.next_start(now) < deadline:
+                return False
+        return True
 
-    def _record(self, task: TaskState, result: FetchResult) -> None:
-        repeated = task.last_code == result.code
+    # ---- housekeeping: task files and forgetting, never on a read ---------------------
+
+    def housekeeping(self) -> None:
+        """Re-read changed task files and forget old completed tasks (the timer's job)."""
+        self._discover()
+        with self._lock:
+            dropped = self._forget()
+        if dropped:
+            self._changed()
+
+    def _discover(self) -> None:
+        with self._discovery:
+            with self._lock:
+                watched = [(s, s.files) for s in self.stores.values() if s.files is not None]
+            changed = [(s, files) for s, files in watched if files.refresh()]  # without the lock
+            if not changed:
+                return
+            with self._lock:
+                targets = {
+                    store.name: self._sync_tasks(store)
+                    for store, files in changed
+                    if not store.removed and store.files is files
+                }
+                self._drop_forgotten(targets)
+
+    def _forget(self) -> bool:
+        if self.forget_after <= 0:
+            return False
+        wall = self.clock.time()
+        dropped = False
+        for store in self.stores.values():
+            if len(store.active) == len(store.tasks):
+                continue  # nothing completed
+            for task_id, task in list(store.tasks.items()):
+                done = task.state.completed_at
+                if done is not None and task.state.completed and wall - done >= self.forget_after:
+                    del store.tasks[task_id]
+                    store.active.pop(task_id, None)
+                    self.forgotten[(store.name, task_id)] = done
+                    log.info(
+                        "forgetting completed task", extra={"store": store.name, "task_id": task_id}
+                    )
+                    self._touch(store)
+                    dropped = True
+        return dropped
+
+    # ---- results ---------------------------------------------------------------------
+
+    def _fetched(self, store: Store, task: Watched, result: FetchResult) -> None:
+        """Record one request's outcome (lock held, called by a fetch worker)."""
+        store.stats.observe(result.code, result.ok, result.duration)
+        if result.code == "429":
+            pause = pause_after_429(result.retry_after)
+            store.bucket.pause(self.clock.monotonic(), pause)
+            log.warning(
+                "rate limited by the API, pausing the store",
+                extra={"store": store.name, "seconds": round(pause, 3)},
+            )
         task.in_flight = False
         task.attempts += 1
-        task.last_code = result.code
-        task.poll_success = result.ok
-        task.last_error = result.detail
+        task.failures = 0 if result.ok else task.failures + 1
+        if task.last_attempt is not None:
+            interval = poll_interval(store.config.min_poll_interval, task.failures)
+            store.next_due = min(store.next_due, task.last_attempt + interval)
+        state = self._record(task.state, result)
+        if state != task.state:
+            task.state = state
+        task_id = state.task_id
+        if store.tasks.get(task_id) is task and state.completed:
+            store.active.pop(task_id, None)
+        self._touch(store)
+        self.cond.notify_all()
+
+    def _record(self, old: TaskState, result: FetchResult) -> TaskState:
+        """The task's state after ``result``, logging what a person should know."""
         snapshot = result.snapshot
+        store, task_id = old.store, old.task_id
         if snapshot is None:
-            task.last_error_code = result.code
             # The first failure with a given code is a warning; its repeats are debug noise.
             log.log(
-                logging.DEBUG if repeated else logging.WARNING,
+                logging.DEBUG if old.last_code == result.code else logging.WARNING,
                 "poll failed",
                 extra={
-                    "store": task.store,
-                    "task_id": task.task_id,
+                    "store": store,
+                    "task_id": task_id,
                     "code": result.code,
                     "err": result.detail,
                 },
             )
-            return
+            return dataclasses.replace(
+                old,
+                poll_success=False,
+                last_code=result.code,
+                last_error_code=result.code,
+                last_error=result.detail,
+            )
         wall = self.clock.time()
-        previous = task.snapshot
-        task.last_success = wall
-        if (
+        previous = old.snapshot
+        progressed = (
             previous is None
             or previous.finished != snapshot.finished
             or previous.status != snapshot.status
-        ):
-            task.last_progress = wall
-        if snapshot.completed and task.completed_at is None:
-            task.completed_at = wall
+        )
+        completed_at = old.completed_at
+        if snapshot.completed and completed_at is None:
+            completed_at = wall
         elif not snapshot.completed:
-            task.completed_at = None
+            completed_at = None
         unlisted = snapshot.failed - len(snapshot.failures)
         if unlisted > 0 and (previous is None or previous.failed < snapshot.failed):
             log.warning(
                 "more failed files than are kept: counted, not listed",
                 extra={
-                    "store": task.store,
-                    "task_id": task.task_id,
+                    "store": store,
+                    "task_id": task_id,
                     "failed": snapshot.failed,
                     "listed": len(snapshot.failures),
                 },
@@ -364,53 +403,75 @@ class Poller:
                 log.warning(
                     "upload task file failed",
                     extra={
-                        "store": task.store,
-                        "task_id": task.task_id,
+                        "store": store,
+                        "task_id": task_id,
                         "origin_link": failure.origin_link,
                         "reason": failure.reason,
                     },
                 )
-        task.snapshot = snapshot
+        return dataclasses.replace(
+            old,
+            snapshot=snapshot,
+            poll_success=True,
+            last_code=result.code,
+            last_error=result.detail,
+            last_success=wall,
+            last_progress=wall if progressed else old.last_progress,
+            completed_at=completed_at,
+        )
 
     # ---- reading -----------------------------------------------------------------------
 
     def view(self) -> list[StoreView]:
-        """A consistent copy of every store, for the collector and the status pages."""
-        with self.cond:
-            # Forgetting only changes what is shown (completed tasks are never fetched), so
-            # it happens here, where every scrape and status page reads memory.
-            self._discover()
-            self._forget()
-            return [
-                StoreView(
-                    name=name,
-                    tasks=tuple(copy.copy(t) for t in store.tasks.values()),
-                    requests=tuple(sorted(store.stats.requests.items())),
-                    errors=tuple(sorted(store.stats.errors.items())),
-                    skipped=tuple(store.stats.skipped.items()),
-                    buckets=tuple(store.stats.buckets),
-                    duration_count=store.stats.duration_count,
-                    duration_sum=store.stats.duration_sum,
-                )
-                for name, store in self.stores.items()
-            ]
+        """Every store as it is now, for the collector and the status pages.
+
+        Pure: it reads memory only. A store's view is built once per change (its revision)
+        and handed out until the next change; its task records are never changed in place.
+        """
+        with self._lock:
+            return [store.view or self._build_view(store) for store in self.stores.values()]
+
+    def _build_view(self, store: Store) -> StoreView:
+        stats = store.stats
+        view = StoreView(
+            name=store.name,
+            tasks=tuple(task.state for task in store.tasks.values()),
+            requests=tuple(sorted(stats.requests.items())),
+            errors=tuple(sorted(stats.errors.items())),
+            skipped=tuple(stats.skipped.items()),
+            buckets=tuple(stats.buckets),
+            duration_count=stats.duration_count,
+            duration_sum=stats.duration_sum,
+            stuck_after=store.config.stuck_after,
+            revision=store.revision,
+        )
+        store.view = view
+        return view
+
+    def _touch(self, store: Store) -> None:
+        """Something the store's view shows changed: a new revision, the cached view dropped."""
+        store.revision = next(self._revisions)
+        store.view = None
 
     def persistent_state(self) -> tuple[list[TaskState], dict[tuple[str, str], float]]:
         """Tasks with data, and forgotten tasks, for the state file."""
-        with self.cond:
+        with self._lock:
             tasks = [
-                copy.copy(t)
+                task.state
                 for store in self.stores.values()
-                for t in store.tasks.values()
-                if t.snapshot is not None
+                for task in store.tasks.values()
+                if task.state.snapshot is not None
             ]
             tasks.extend(t for t in self.restored.values() if t.snapshot is not None)
             return tasks, dict(self.forgotten)
 
     def stop(self) -> None:
-        """Stop dispatching; requests in flight are abandoned."""
-        with self.cond:
+        """Stop polling; requests in flight are abandoned. Calling it again does nothing."""
+        with self._lock:
+            if self._stopped:
+                return
             self._stopped = True
+            self.scheduler.stop()
             self.cond.notify_all()
 
     def _changed(self) -> None:

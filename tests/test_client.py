@@ -230,16 +230,20 @@ def test_429_carries_retry_after(sim: Simulator, client: StoreClient) -> None:
 def test_token_file_rotation_used_from_next_request(sim: Simulator, tmp_path: Path) -> None:
     sim.add_task("t1", total=1)
     token_file = tmp_path / "token"
-    token_file.write_text("first\n")
-    sim.set_tokens("first", "second")
+    token_file.write_text("first-token-0000001\n")
+    sim.set_tokens("first-token-0000001", "second-token-000002")
     text = f"stores:\n  - name: s\n    base_url: {sim.url}\n    access_token_file: {token_file}\n"
     client = StoreClient(parse_config(text).stores[0])
     client.fetch("t1")
-    token_file.write_text("second\n")
+    token_file.write_text("second-token-000002\n")
     client.fetch("t1")
     token_file.unlink()  # mid-rotation: the last good token keeps working
     client.fetch("t1")
-    assert [r.token for r in sim.requests] == ["first", "second", "second"]
+    assert [r.token for r in sim.requests] == [
+        "first-token-0000001",
+        "second-token-000002",
+        "second-token-000002",
+    ]
 
 
 json_values = st.recursive(

@@ -601,12 +601,14 @@ def test_configmap_config_is_accepted_by_the_exporter(tmp_path: Path) -> None:
     secret_dir = "/var/run/secrets/shoplazza"
     assert secret_dir + "/" in text
     for key in objects["Secret"]["stringData"]:
-        (tmp_path / key).write_text("fake-token\n", encoding="utf-8")
+        (tmp_path / key).write_text("fake-token-0123456789\n", encoding="utf-8")
+    state_dir = "/var/lib/shoplazza-upload-exporter"  # must exist at load: a stand-in here
+    (tmp_path / "state").mkdir()
     config = parse_config(
-        text.replace(secret_dir, str(tmp_path)),
+        text.replace(secret_dir, str(tmp_path)).replace(state_dir, str(tmp_path / "state")),
         source=str(tmp_path / "config.yaml"),
         environ={},
     )
     assert [store.name for store in config.stores] == ["acme"]
     assert config.stores[0].task_id_files == ("/var/run/upload-tasks/*.txt",)
-    assert config.state_file == "/var/lib/shoplazza-upload-exporter/state.json"
+    assert config.state_file == str(tmp_path / "state" / "state.json")

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.timeout(90)
 
 T = TypeVar("T")
 
-TOKEN = "sim-token"
+TOKEN = "sim-token-0123456789"
 ACME_TASKS = ("task-done", "task-running", "task-failing")
 BETA_TASKS = ("task-beta", "task-missing")  # task-missing is unknown to the simulator: 404
 STARTUP_DEADLINE = 20.0

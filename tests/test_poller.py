@@ -1,14 +1,16 @@
-"""Polling semantics (contract section 6) against the simulator's own leaky bucket."""
+"""Polling semantics (docs/design.md, "The model") against the simulator's own leaky bucket."""
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -347,4 +349,99 @@ def test_failed_files_beyond_the_kept_list_are_logged_as_a_count(
         )
         == 1005
     )
+    exporter.close()
+
+
+@contextlib.contextmanager
+def scaled_store(
+    tmp_path: Path, speed: float, tasks: int, **keys: Any
+) -> Iterator[tuple[ScaledClock, Simulator, Exporter]]:
+    """A store of ``tasks`` in-progress tasks on a simulator sharing a sped-up clock."""
+    clock = ScaledClock(speed=speed)
+    with Simulator(tokens=(TOKEN,), clock=clock.monotonic) as sim:
+        ids = [f"t{i}" for i in range(tasks)]
+        for task_id in ids:
+            sim.add_task(task_id, total=5, finished=1)
+        text = config_yaml(sim.url, ids, **keys)
+        exporter = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
+        try:
+            yield clock, sim, exporter
+        finally:
+            exporter.close()
+
+
+def test_scrape_waits_only_for_what_the_balance_allows_at_its_start(tmp_path: Path) -> None:
+    """10 due tasks, burst 3, 1 req/s: the scrape answers after 3, the rest go on behind it."""
+    keys = {"min_poll_interval": "1m", "requests_per_second": 1, "burst": 3}
+    with scaled_store(tmp_path, 10, 10, **keys) as (clock, sim, exporter):
+        start = clock.monotonic()
+        exporter.poller.refresh(8)  # a deadline the budget could fill with 8 more requests
+        took = clock.monotonic() - start
+        assert sim.count() == 3
+        assert took < 2.0  # answered once the three it could start were done
+        assert skipped(exporter, "rate_limited") == 7
+        assert skipped(exporter, "deadline") == 0
+        # every task due at the scrape's start is still fetched, in the background, in budget
+        assert sim.wait_for(lambda s: s.count() == 10, timeout=5)
+        starts = sorted(r.at for r in sim.requests)  # real seconds
+        assert (starts[-1] - starts[0]) * clock.speed >= 7 * 0.9  # 7 more at 1 req/s
+        assert sim.throttled == 0
+
+
+def test_scrape_of_a_paused_store_waits_for_nothing(sim: Simulator, tmp_path: Path) -> None:
+    sim.add_task("t1", total=3, finished=1)
+    clock = ScaledClock(speed=10)
+    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"], min_poll_interval=0))
+    exporter = make_exporter(path, clock=clock)
+    sim.script("t1", Reply(status=429, headers={"Retry-After": "60"}))
+    exporter.poller.refresh(5)
+    start = clock.monotonic()
+    exporter.poller.refresh(120)  # paused for a minute: no budget at its start, no wait
+    assert clock.monotonic() - start < 5.0
+    assert skipped(exporter, "backoff") == 1
+    assert sim.count("t1") == 1
+    exporter.close()
+
+
+def test_failing_task_backs_off_and_recovers(sim: Simulator, tmp_path: Path) -> None:
+    """Interval min_poll_interval x 2^(failures-1), at most 5 minutes; reset by a success."""
+    sim.add_task("ok", total=5, finished=1)
+    clock = FakeClock()
+    text = config_yaml(sim.url, ["ok", "typo"], min_poll_interval="10s")
+    exporter = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
+    fetched_at: list[int] = []
+    for second in range(0, 1300, 10):
+        if second == 1000:
+            sim.add_task("typo", total=5, finished=1)  # the id starts to answer
+        before = sim.count("typo")
+        exporter.poller.refresh(5)
+        if sim.count("typo") > before:
+            fetched_at.append(second)
+        clock.advance(10)
+    gaps = [b - a for a, b in itertools.pairwise(fetched_at)]
+    # 404s: 10, 20, 40, 80, 160, then capped at 300; after the success at 1010: 10 s again
+    assert gaps[:7] == [10, 20, 40, 80, 160, 300, 300]
+    assert fetched_at[7] == 910 and fetched_at[8] == 1210
+    assert gaps[-1] == 10 and gaps[-2] == 10
+    assert sim.count("ok") == 130  # the working task kept its interval throughout
+    exporter.close()
+
+
+@pytest.mark.parametrize(("header", "pause"), [("0", 1.0), ("-5", 1.0)])
+def test_retry_after_pause_is_at_least_a_second(
+    sim: Simulator, tmp_path: Path, header: str, pause: float
+) -> None:
+    sim.add_task("t1", total=3, finished=1)
+    clock = FakeClock()
+    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"], min_poll_interval=0))
+    exporter = make_exporter(path, clock=clock)
+    sim.script("t1", Reply(status=429, headers={"Retry-After": header}))
+    exporter.poller.refresh(0.05)
+    clock.advance(pause - 0.1)
+    exporter.poller.refresh(0.05)
+    assert sim.count("t1") == 1
+    assert skipped(exporter, "backoff") == 1
+    clock.advance(0.2)
+    exporter.poller.refresh(0.05)
+    assert sim.count("t1") == 2
     exporter.close()

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 #: Token the demo simulator accepts (``--demo`` in the exporter and here).
-DEMO_TOKEN = "demo-token"
+DEMO_TOKEN = "demo-token-not-a-secret"  # 16+ characters, as config requires
 #: The demo task id that is never added, so it answers 404.
 DEMO_MISSING_TASK = "demo-missing-404"
 #: Body shapes the simulator can answer with.

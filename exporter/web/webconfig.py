@@ -41,7 +41,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from exporter.config.kit import Checker, index, kind, quoted
 from exporter.config.yamlfile import YamlError, load_yaml
+from exporter.errors import WebConfigError
 from exporter.web.auth import BCRYPT_RE
 
 __all__ = [
@@ -54,7 +56,7 @@ __all__ = [
     "load_web_config",
 ]
 
-_log = logging.getLogger("exporter.web.server")
+_log = logging.getLogger("exporter.web.webconfig")
 
 SUPPORTED_CLIENT_AUTH_TYPES: Mapping[str, ssl.VerifyMode] = MappingProxyType(
     {
@@ -101,15 +103,12 @@ _HEADERS: Mapping[str, tuple[str, ...] | None] = MappingProxyType(
         "Strict-Transport-Security": None,
     }
 )
-# Checked against when the user is unknown, so that costs as much as a wrong password.
-
-
-class WebConfigError(Exception):
-    """An invalid web configuration; ``errors`` lists every problem, one line each."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = list(errors)
+_TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit")
+_TLS_KEYS = (
+    "cert_file", "key_file", "client_auth_type", "client_ca_file", "client_allowed_sans",
+    "min_version", "max_version", "cipher_suites", "prefer_server_cipher_suites",
+    "curve_preferences", "cert", "key", "client_ca",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -160,22 +159,6 @@ def _stat(path: str) -> _FileStat:
     return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
 
 
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
-
 @dataclass
 class _Loaded:
     config: WebConfig | None
@@ -184,74 +167,52 @@ class _Loaded:
     seen: tuple[tuple[str, _FileStat], ...]
 
 
-class _Parser:
-    """Turns the YAML document into a WebConfig, collecting every error with its key path."""
+class _Parser(Checker):
+    """Turns the YAML document into a WebConfig, collecting every error with its key path.
+
+    It uses the configuration's validation kit (docs/design.md, "Configuration"), phrased
+    the way exporter-toolkit users know it: ``must be a mapping, got a number``, and an
+    unknown key lists the allowed ones.
+    """
+
+    list_known_keys = True
 
     def __init__(self, path: str) -> None:
+        super().__init__(path)
         self.path = path
         self.base = os.path.dirname(path)
-        self.errors: list[str] = []
         self.seen: list[tuple[str, _FileStat]] = [(path, _stat(path))]
 
-    def err(self, key: str, message: str) -> None:
-        self.errors.append(f"{self.path}: {key}: {message}" if key else f"{self.path}: {message}")
+    def type_message(self, expected: str, value: object, secret: bool = False) -> str:
+        """``must be <expected>, got <kind>``: never the value (it may be a hash)."""
+        return f"must be {expected}, got {kind(value)}"
 
-    def mapping(self, value: object, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.err(key, f"must be a mapping, got {_kind(value)}")
-            return {}
-        prefix = f"{key}." if key else ""
-        for name in value:
-            if name not in allowed:
-                self.err(f"{prefix}{name}", f"unknown key (allowed: {', '.join(allowed)})")
-        return {k: v for k, v in value.items() if k in allowed}
+    def known(self, value: object, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        """The allowed keys of a mapping (null is empty); the others are reported."""
+        mapping = self.mapping(value, path, allowed) or {}
+        return {key: item for key, item in mapping.items() if key in allowed}
 
-    def string(self, value: object, key: str) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            self.err(key, f"must be a string, got {_kind(value)}")
-            return None
-        return value
-
-    def strings(self, value: object, key: str) -> tuple[str, ...]:
-        if value is None:
-            return ()
-        if not isinstance(value, list):
-            self.err(key, f"must be a list of strings, got {_kind(value)}")
-            return ()
-        out = []
-        for i, item in enumerate(value):
-            text = self.string(item, f"{key}[{i}]")
-            if text is not None:
-                out.append(text)
-        return tuple(out)
-
-    def file(self, value: object, key: str) -> str | None:
-        text = self.string(value, key)
+    def file(self, value: object, path: str) -> str | None:
+        text = self.string(value, path)
         if text is None or text == "":
             return None
-        path = os.path.join(self.base, text)
-        self.seen.append((path, _stat(path)))
+        file = os.path.join(self.base, text)
+        self.seen.append((file, _stat(file)))
         try:
-            with open(path, "rb") as fh:
+            with open(file, "rb") as fh:
                 data = fh.read()
         except OSError as exc:
-            self.err(key, f"cannot read {path}: {exc.strerror or exc}")
+            self.error(path, f"cannot read {quoted(file)}: {exc.strerror or exc}")
             return None
         if b"-----BEGIN " not in data:
-            self.err(key, f"{path} holds no PEM data")
+            self.error(path, f"{file} holds no PEM data")
             return None
-        return path
+        return file
 
     def parse(self, data: object) -> WebConfig:
-        top = self.mapping(
-            data, "", ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit")
-        )
+        top = self.known(data, "", _TOP_KEYS)
         if top.get("rate_limit") is not None:
-            self.err("rate_limit", "not supported by this exporter")
+            self.error("rate_limit", "not supported by this exporter")
         return WebConfig(
             tls=self.tls(top.get("tls_server_config")),
             basic_auth_users=MappingProxyType(self.users(top.get("basic_auth_users"))),
@@ -260,48 +221,42 @@ class _Parser:
 
     def tls(self, value: object) -> TLSServerConfig | None:
         key = "tls_server_config"
-        allowed = (
-            "cert_file", "key_file", "client_auth_type", "client_ca_file", "client_allowed_sans",
-            "min_version", "max_version", "cipher_suites", "prefer_server_cipher_suites",
-            "curve_preferences", "cert", "key", "client_ca",
-        )  # fmt: skip
-        raw = self.mapping(value, key, allowed)
+        raw = self.known(value, key, _TLS_KEYS)
         if not any(v not in (None, "", []) for v in raw.values()):
             return None  # as in exporter-toolkit: an empty tls_server_config serves plain HTTP
         for inline in ("cert", "key", "client_ca"):
             if raw.get(inline) not in (None, ""):
-                self.err(f"{key}.{inline}", f"inline PEM is not supported, use {inline}_file")
+                self.error(f"{key}.{inline}", f"inline PEM is not supported, use {inline}_file")
         if raw.get("curve_preferences") not in (None, []):
-            self.err(f"{key}.curve_preferences", "not supported by this exporter")
+            self.error(f"{key}.curve_preferences", "not supported by this exporter")
         cert = self.file(raw.get("cert_file"), f"{key}.cert_file")
         tls_key = self.file(raw.get("key_file"), f"{key}.key_file")
         for name in ("cert_file", "key_file"):
             if raw.get(name) in (None, ""):
-                self.err(f"{key}.{name}", "required when tls_server_config is set")
+                self.error(f"{key}.{name}", "required when tls_server_config is set")
         ca = self.file(raw.get("client_ca_file"), f"{key}.client_ca_file")
         auth = self.string(raw.get("client_auth_type"), f"{key}.client_auth_type")
         auth = auth or "NoClientCert"
         sans = self.strings(raw.get("client_allowed_sans"), f"{key}.client_allowed_sans")
         self.check_client_auth(auth, raw, sans)
-        versions = []
-        for name, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
-            version = self.string(raw.get(name), f"{key}.{name}") or default
-            if version not in _TLS_VERSIONS:
-                self.err(f"{key}.{name}", f"must be one of {', '.join(_TLS_VERSIONS)}")
-                version = default
-            versions.append(version)
+        min_version = self.choice(
+            raw.get("min_version"), f"{key}.min_version", tuple(_TLS_VERSIONS)
+        )
+        max_version = self.choice(
+            raw.get("max_version"), f"{key}.max_version", tuple(_TLS_VERSIONS)
+        )
+        versions = (min_version or "TLS12", max_version or "TLS13")
         if _TLS_VERSIONS[versions[0]] > _TLS_VERSIONS[versions[1]]:
-            self.err(f"{key}.min_version", f"{versions[0]} is above max_version {versions[1]}")
+            self.error(f"{key}.min_version", f"{versions[0]} is above max_version {versions[1]}")
         ciphers = self.strings(raw.get("cipher_suites"), f"{key}.cipher_suites")
         for i, name in enumerate(ciphers):
             if name not in _CIPHERS:
-                self.err(f"{key}.cipher_suites[{i}]", f"unknown or insecure cipher suite {name!r}")
-        prefer = raw.get("prefer_server_cipher_suites", True)
-        if not isinstance(prefer, bool):
-            self.err(
-                f"{key}.prefer_server_cipher_suites", f"must be a boolean, got {_kind(prefer)}"
-            )
-            prefer = True
+                self.error(
+                    index(f"{key}.cipher_suites", i), f"unknown or insecure cipher suite {name!r}"
+                )
+        prefer = self.boolean(
+            raw.get("prefer_server_cipher_suites"), f"{key}.prefer_server_cipher_suites", True
+        )
         if cert is None or tls_key is None:
             return None
         return TLSServerConfig(
@@ -319,7 +274,7 @@ class _Parser:
     def check_client_auth(self, auth: str, raw: dict[str, Any], sans: tuple[str, ...]) -> None:
         key = "tls_server_config.client_auth_type"
         if auth in _UNSUPPORTED_CLIENT_AUTH_TYPES:
-            self.err(
+            self.error(
                 key,
                 f"{auth} is not supported: Python's ssl module cannot request a client "
                 "certificate without verifying it; use RequireAndVerifyClientCert "
@@ -327,17 +282,17 @@ class _Parser:
             )
             return
         if auth not in SUPPORTED_CLIENT_AUTH_TYPES:
-            self.err(
+            self.error(
                 key, f"unknown value {auth!r} (supported: {', '.join(SUPPORTED_CLIENT_AUTH_TYPES)})"
             )
             return
         has_ca = raw.get("client_ca_file") not in (None, "")
         if auth == "NoClientCert" and has_ca:
-            self.err(key, "client_ca_file is set but client_auth_type is NoClientCert")
+            self.error(key, "client_ca_file is set but client_auth_type is NoClientCert")
         if auth != "NoClientCert" and not has_ca:
-            self.err("tls_server_config.client_ca_file", f"required with client_auth_type {auth}")
+            self.error("tls_server_config.client_ca_file", f"required with client_auth_type {auth}")
         if sans and auth != "RequireAndVerifyClientCert":
-            self.err(
+            self.error(
                 "tls_server_config.client_allowed_sans",
                 "requires client_auth_type RequireAndVerifyClientCert",
             )
@@ -347,22 +302,23 @@ class _Parser:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.err(key, f"must be a mapping of user names to bcrypt hashes, got {_kind(value)}")
+            self.wrong_type(key, "a mapping of user names to bcrypt hashes", value)
             return {}
         users: dict[str, str] = {}
         for name, hashed in value.items():
             if isinstance(name, int) and not isinstance(name, bool):
                 name = str(name)
+            where = f"{key}.{name}"  # as written: user names are shown as given
             if not isinstance(name, str) or not name or ":" in name:
-                self.err(f"{key}.{name}", "user name must be a non-empty string without ':'")
+                self.error(where, "user name must be a non-empty string without ':'")
                 continue
             if not isinstance(hashed, str):
-                self.err(f"{key}.{name}", f"must be a bcrypt hash string, got {_kind(hashed)}")
+                self.wrong_type(where, "a bcrypt hash string", hashed)
                 continue
             match = BCRYPT_RE.fullmatch(hashed.strip())
             if match is None or not 4 <= int(match.group(1)) <= 31:
-                self.err(
-                    f"{key}.{name}",
+                self.error(
+                    where,
                     "not a bcrypt hash ($2y$/$2b$/$2a$ and cost 04-31, as made by "
                     "htpasswd -nBC 10 \"\" | tr -d ':\\n')",
                 )
@@ -372,21 +328,20 @@ class _Parser:
 
     def http(self, value: object) -> dict[str, str]:
         key = "http_server_config"
-        raw = self.mapping(value, key, ("headers", "http2"))
-        http2 = raw.get("http2")
-        if http2 is not None and not isinstance(http2, bool):
-            self.err(f"{key}.http2", f"must be a boolean, got {_kind(http2)}")
-        headers = self.mapping(raw.get("headers"), f"{key}.headers", tuple(_HEADERS))
+        raw = self.known(value, key, ("headers", "http2"))
+        self.boolean(raw.get("http2"), f"{key}.http2", False)
+        headers = self.known(raw.get("headers"), f"{key}.headers", tuple(_HEADERS))
         out: dict[str, str] = {}
         for name, header_value in headers.items():
-            text = self.string(header_value, f"{key}.headers.{name}")
+            where = f"{key}.headers.{name}"
+            text = self.string(header_value, where)
             if not text:
                 continue
             allowed = _HEADERS[name]
             if "\r" in text or "\n" in text:
-                self.err(f"{key}.headers.{name}", "must be a single line")
+                self.error(where, "must be a single line")
             elif allowed is not None and text.lower() not in allowed:
-                self.err(f"{key}.headers.{name}", f"must be one of {', '.join(allowed)}")
+                self.error(where, f"must be one of {', '.join(allowed)}")
             else:
                 out[name] = text
         return out
@@ -453,17 +408,17 @@ def _load(path: str) -> _Loaded:
         with open(path, "rb") as fh:
             text = fh.read()
     except OSError as exc:
-        parser.err("", f"cannot read web config file: {exc.strerror or exc}")
+        parser.error("", f"cannot read web config file: {exc.strerror or exc}")
         return _Loaded(None, None, parser.errors, tuple(parser.seen))
     try:
         data = load_yaml(text)
     except YamlError as exc:
-        parser.err("", f"invalid YAML: {exc}")
+        parser.error("", f"invalid YAML: {exc}")
         return _Loaded(None, None, parser.errors, tuple(parser.seen))
     config = parser.parse(data)
     context = None
     if config.tls is not None:  # also with other errors: report them all at once
-        context = _build_context(config.tls, parser.err)
+        context = _build_context(config.tls, parser.error)
     if parser.errors:
         return _Loaded(None, None, parser.errors, tuple(parser.seen))
     return _Loaded(config, context, [], tuple(parser.seen))
@@ -542,13 +497,13 @@ class WebConfigWatcher:
             self._seen = loaded.seen
             if loaded.config is None:
                 self._logger.error(
-                    "web config changed but is invalid, keeping the last good one: %s",
-                    "; ".join(loaded.errors),
+                    "web config changed but is invalid, keeping the last good one",
+                    extra={"file": self.path, "err": "; ".join(loaded.errors)},
                 )
                 return False
             self._state = (loaded.config, loaded.context)
             self.generation += 1
-            self._logger.info("web config reloaded from %s", self.path)
+            self._logger.info("web config reloaded", extra={"file": self.path})
             return True
         finally:
             self._lock.release()

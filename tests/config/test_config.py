@@ -32,7 +32,8 @@ from exporter.config import (
 from exporter.discovery import expand_task_id_files, read_task_id_file
 
 SECRET = "s3cr3t-T0KEN-value-4f9a2c"  # long and mixed, like a real token
-ENV = {"SHOPLAZZA_TOKEN": SECRET, "EMPTY_TOKEN": "   ", "OTHER_TOKEN": "other-token"}
+OTHER = "other-token-value-0042"
+ENV = {"SHOPLAZZA_TOKEN": SECRET, "EMPTY_TOKEN": "   ", "OTHER_TOKEN": OTHER}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -52,9 +53,9 @@ def parse(text: str, confdir: Path, environ: dict[str, str] | None = None) -> Co
     )
 
 
-def errors(text: str, confdir: Path) -> list[str]:
+def errors(text: str, confdir: Path, environ: dict[str, str] | None = None) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        parse(text, confdir)
+        parse(text, confdir, environ)
     assert str(info.value) == "\n".join(info.value.errors)
     return info.value.errors
 
@@ -334,9 +335,12 @@ BAD_CONFIGS: list[tuple[str, str, list[str]]] = [
         ["stores[0].task_ids[0]: expected a task id string, got number 1.5"],
     ),
     (
-        "task id mapping",
+        "task id mapping without id",
         store("task_ids: [{a: b}]"),
-        ["stores[0].task_ids[0]: expected a task id string, got a mapping"],
+        [
+            "stores[0].task_ids[0].a: unknown key",
+            "stores[0].task_ids[0].id: missing: a task entry needs an id",
+        ],
     ),
     (
         "task ids string",
@@ -672,6 +676,7 @@ def test_full_config_with_defaults_merging(confdir: Path) -> None:
     forget_completed_after: 1d
     state_file: state/tasks.json
     """
+    (confdir / "state").mkdir()
     config = parse(text, confdir)
     acme, beta = config.stores
     assert acme.base_url == "https://acme.myshoplaza.com:8443"
@@ -680,7 +685,7 @@ def test_full_config_with_defaults_merging(confdir: Path) -> None:
     assert (acme.requests_per_second, acme.burst, acme.max_concurrency) == (1.5, 3, 2)
     assert acme.tls == TLSConfig(ca_file=None, insecure_skip_verify=True)
     # the store's own token key wins over the defaults' one, which is not even needed
-    assert beta.token == TokenSource("env", "OTHER_TOKEN", "other-token")
+    assert beta.token == TokenSource("env", "OTHER_TOKEN", OTHER)
     assert beta.base_url == "http://127.0.0.1:8080/prefix"
     assert (beta.timeout, beta.burst, beta.max_concurrency) == (0.5, 20, 2)
     assert beta.tls == TLSConfig(ca_file=str(confdir / "ca.pem"), insecure_skip_verify=False)
@@ -706,14 +711,14 @@ def test_defaults_token_applies_to_stores_without_token_keys(confdir: Path) -> N
       - {name: b, domain: b.com, access_token_file: token}
     """
     a, b = parse(text, confdir).stores
-    assert a.token == TokenSource("env", "OTHER_TOKEN", "other-token")
+    assert a.token == TokenSource("env", "OTHER_TOKEN", OTHER)
     assert b.token == TokenSource("file", str(confdir / "token"), SECRET)
 
 
 def test_relative_paths_resolve_against_the_config_file(confdir: Path) -> None:
     sub = confdir / "etc"
     sub.mkdir()
-    (sub / "tok").write_text("  tok-en \n")
+    (sub / "tok").write_text("  tok-en-long-enough-1 \n")
     (sub / "config.yaml").write_text(
         "stores:\n"
         "- name: a\n"
@@ -725,7 +730,7 @@ def test_relative_paths_resolve_against_the_config_file(confdir: Path) -> None:
     config = load_config(str(sub / "config.yaml"), environ={})
     assert config.source == str(sub / "config.yaml")
     (store_config,) = config.stores
-    assert store_config.token == TokenSource("file", str(sub / "tok"), "tok-en")
+    assert store_config.token == TokenSource("file", str(sub / "tok"), "tok-en-long-enough-1")
     assert store_config.token.describe() == f"file {sub}/tok"
     assert store_config.task_id_files == (f"{sub}/ids/*.txt", "/abs/*.txt")
     assert config.state_file == str(confdir / "state.json")
@@ -825,13 +830,23 @@ def test_the_token_never_shows(confdir: Path) -> None:
 
 
 def test_example_config_parses() -> None:
-    config = load_config(str(REPO / "config.example.yaml"), environ={"SHOPLAZZA_ACME_TOKEN": "x"})
+    config = load_config(
+        str(REPO / "config.example.yaml"), environ={"SHOPLAZZA_ACME_TOKEN": SECRET}
+    )
     assert [s.name for s in config.stores] == ["acme", "sandbox"]
     acme, sandbox = config.stores
     assert acme.base_url == "https://acme.myshoplaza.com"
-    assert acme.token == TokenSource("env", "SHOPLAZZA_ACME_TOKEN", "x")
+    assert acme.token == TokenSource("env", "SHOPLAZZA_ACME_TOKEN", SECRET)
     assert acme.timeout == 10.0
     assert acme.task_id_files == (str(REPO / "upload-tasks" / "acme" / "*.txt"),)
+    assert acme.stuck_after == 900.0
+    assert acme.task_labels == (
+        (
+            "4c1d2e3f-0000-4a5b-8c9d-0123456789ab",
+            (("importer", "nightly sync"), ("source", "catalogue.csv")),
+        ),
+    )
+    assert config.store_files == (str(REPO / "stores.d" / "*.yaml"),)
     assert sandbox.base_url == "http://127.0.0.1:8080"
     assert config.forget_completed_after == 86400.0
     assert config.warnings == ()
@@ -871,11 +886,11 @@ def test_config_error_is_an_exception_with_lines() -> None:
 
 def test_read_token_rereads_the_file(tmp_path: Path) -> None:
     path = tmp_path / "token"
-    path.write_text("first\n")
-    source = TokenSource("file", str(path), "first")
-    assert read_token(source) == "first"
-    path.write_text("second")
-    assert read_token(source) == "second"
+    path.write_text("first-token-0123456\n")
+    source = TokenSource("file", str(path), "first-token-0123456")
+    assert read_token(source) == "first-token-0123456"
+    path.write_text("second-token-0123456")
+    assert read_token(source) == "second-token-0123456"
     path.write_text("")
     with pytest.raises(ConfigError) as info:
         read_token(source)
@@ -887,7 +902,7 @@ def test_read_token_rereads_the_file(tmp_path: Path) -> None:
 
 
 def test_read_token_env_and_inline() -> None:
-    assert read_token(TokenSource("env", "T", "old"), environ={"T": " new "}) == "new"
+    assert read_token(TokenSource("env", "T", "old"), environ={"T": f" {OTHER} "}) == OTHER
     with pytest.raises(ConfigError) as info:
         read_token(TokenSource("env", "T", "old"), environ={})
     assert info.value.errors == ["access token: environment variable T is not set"]
@@ -1030,7 +1045,7 @@ def test_read_task_id_file_problems(tmp_path: Path) -> None:
     assert read_task_id_file(missing) == ([], [f"{missing}: cannot read: {NO_SUCH_FILE}"])
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"\xff\xfe\x00")
-    assert read_task_id_file(str(binary)) == ([], [f"{binary}: cannot read: not valid UTF-8"])
+    assert read_task_id_file(str(binary)) == ([], [f"{binary}:1: not valid UTF-8"])
     many = tmp_path / "many.txt"
     many.write_text("bad id\n" * 25 + "ok\n")
     ids, warnings = read_task_id_file(str(many))
@@ -1082,6 +1097,10 @@ _CONFIG_KEYS = [
     "tls_config",
     "ca_file",
     "insecure_skip_verify",
+    "stuck_after",
+    "store_files",
+    "id",
+    "labels",
     "<<",
 ]
 _SCALARS = (

@@ -181,6 +181,29 @@ def test_invalid_config_is_a_clear_error(tls_dir: Path, text: str, expected: str
     assert "Traceback" not in message
 
 
+def test_web_config_shares_the_configuration_kit(tls_dir: Path) -> None:
+    path = write_config(
+        tls_dir,
+        "tls_server_confg: {}\n"
+        "http_server_config: {headers: {X-Frame-Option: deny}, http2: 1}\n"
+        "tls_server_config:\n  cert_file: missing.pem\n  key_file: key.pem\n"
+        "  client_allowed_sans: [a, 3]\n  max_version: 13\n",
+    )
+    with pytest.raises(WebConfigError) as info:
+        load_web_config(path)
+    assert [line.removeprefix(path + ": ") for line in info.value.errors] == [
+        "tls_server_confg: unknown key (did you mean tls_server_config?)",
+        f'tls_server_config.cert_file: cannot read "{tls_dir}/missing.pem": '
+        "No such file or directory",
+        "tls_server_config.client_allowed_sans[1]: must be a string, got a number",
+        "tls_server_config.client_allowed_sans: requires client_auth_type "
+        "RequireAndVerifyClientCert",
+        "tls_server_config.max_version: must be a string, got a number",
+        "http_server_config.http2: must be a boolean, got a number",
+        "http_server_config.headers.X-Frame-Option: unknown key (did you mean X-Frame-Options?)",
+    ]
+
+
 def test_all_errors_are_reported_at_once(tls_dir: Path) -> None:
     path = write_config(
         tls_dir,
@@ -243,14 +266,17 @@ def test_watcher_rotates_users_and_keeps_last_good(
     clock.now += 0.6
     assert list(watcher.current().basic_auth_users) == ["bob"]
 
-    caplog.set_level(logging.INFO, logger="exporter.web.server")
+    caplog.set_level(logging.INFO, logger="exporter.web.webconfig")
     write_config(tmp_path, "basic_auth_users: [broken\n")
     clock.now += 1.1
     assert list(watcher.current().basic_auth_users) == ["bob"]
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
+    assert errors[0].name == "exporter.web.webconfig"
     assert "keeping the last good one" in errors[0].getMessage()
-    assert path in errors[0].getMessage()
+    fields = vars(errors[0])  # structured fields, as every other log line
+    assert fields["file"] == path
+    assert "invalid YAML" in fields["err"]
     clock.now += 1.1  # unchanged bad file: not re-read, not logged again
     assert list(watcher.current().basic_auth_users) == ["bob"]
     assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1

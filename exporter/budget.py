@@ -1,0 +1,124 @@
+"""A store's request budget (token bucket, 429 pause), its counters, and poll intervals.
+
+These are plain values the poller keeps under its lock (docs/design.md, "The scheduler"):
+:class:`TokenBucket` says when the next request of a store may start, :class:`StoreStats`
+counts what the requests yielded, :func:`poll_interval` is a task's interval after its
+consecutive failures and :func:`pause_after_429` the pause a 429 asks for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from exporter.model import DURATION_BUCKETS, ERROR_CODES, SKIP_REASONS
+
+#: Longest interval a failing task backs off to, unless ``min_poll_interval`` is longer.
+MAX_BACKOFF = 300.0
+#: Bounds of the pause after a 429, whatever ``Retry-After`` says.
+MIN_PAUSE = 1.0
+MAX_PAUSE = 600.0
+
+
+def poll_interval(min_poll_interval: float, failures: int) -> float:
+    """Seconds between polls of a task after ``failures`` consecutive failed polls.
+
+    ``min_poll_interval`` x 2^(failures-1), at most :data:`MAX_BACKOFF` (or
+    ``min_poll_interval`` when that is longer); ``min_poll_interval`` without failures.
+    """
+    if failures <= 0:
+        return min_poll_interval
+    cap = max(MAX_BACKOFF, min_poll_interval)
+    # 2^(failures-1) is bounded before multiplying: a task failing for days must not
+    # overflow a float (2^1100), and 2^30 x any positive interval is already over the cap.
+    return min(min_poll_interval * float(2 ** min(failures - 1, 30)), cap)
+
+
+def pause_after_429(retry_after: float | None) -> float:
+    """Seconds a store pauses after a 429: ``Retry-After`` clamped to [1 s, 10 min]."""
+    if retry_after is None or retry_after != retry_after:  # absent or NaN
+        return MIN_PAUSE
+    return min(max(retry_after, MIN_PAUSE), MAX_PAUSE)
+
+
+class TokenBucket:
+    """At most ``burst + rate * t`` starts in any window of t seconds, and a 429 pause."""
+
+    __slots__ = ("burst", "paused_until", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = now
+        self.paused_until = 0.0
+
+    def configure(self, rate: float, burst: int) -> None:
+        """Adopt new settings; tokens already earned stay, up to the new burst."""
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = min(self.tokens, self.burst)
+
+    def refill(self, now: float) -> None:
+        """Add the tokens earned since the last refill, up to ``burst``."""
+        elapsed = max(now - self.stamp, 0.0)
+        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+        self.stamp = now
+
+    def next_start(self, now: float) -> float:
+        """The earliest time a request could start (``now`` when it can start at once)."""
+        self.refill(now)
+        start = max(now, self.paused_until)
+        if self.tokens < 1:
+            start = max(start, now + (1 - self.tokens) / self.rate)
+        return start
+
+    def take(self) -> None:
+        """Spend one token (after :meth:`next_start` said now)."""
+        self.tokens -= 1
+
+    def paused(self, now: float) -> bool:
+        """True during a 429 pause."""
+        return self.paused_until > now
+
+    def pause(self, now: float, seconds: float) -> None:
+        """Start no request before ``now + seconds`` (a longer pause already set stays)."""
+        self.paused_until = max(self.paused_until, now + seconds)
+
+    def allowance(self, now: float) -> int:
+        """Requests that could start at ``now`` on the balance alone: 0 while paused."""
+        if self.paused(now):
+            return 0
+        self.refill(now)
+        return int(self.tokens)
+
+    def short_reason(self, now: float) -> str | None:
+        """Why no request can start now: ``backoff``, ``rate_limited``, or None."""
+        if self.paused(now):
+            return "backoff"
+        self.refill(now)
+        if self.tokens < 1:
+            return "rate_limited"
+        return None
+
+
+@dataclass
+class StoreStats:
+    """A store's counters and histogram; they survive reloads while the store stays."""
+
+    requests: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_CODES, 0))
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    buckets: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
+    duration_count: int = 0
+    duration_sum: float = 0.0
+
+    def observe(self, code: str, ok: bool, duration: float) -> None:
+        """Count one request."""
+        self.requests[code] = self.requests.get(code, 0) + 1
+        if not ok:
+            self.errors[code] = self.errors.get(code, 0) + 1
+        self.duration_count += 1
+        self.duration_sum += duration
+        for i, bound in enumerate(DURATION_BUCKETS):
+            if duration <= bound:
+                self.buckets[i] += 1

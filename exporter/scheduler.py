@@ -1,0 +1,254 @@
+"""One scheduler thread, one timer heap across stores, and a bounded pool of fetch workers.
+
+The poller puts due tasks on their store's queue and calls :meth:`Scheduler.kick`. A store
+whose budget allows a request now goes on the ready queue, and one idle fetch worker is
+woken; a store that must wait (token bucket, 429 pause) gets one entry on the timer heap at
+its next possible start, and the scheduler thread wakes at the earliest entry only. So the
+number of threads does not grow with stores or tasks, and only stores with work wake up
+(docs/design.md, "The scheduler").
+
+Everything here runs under the poller's lock, except the request itself.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from exporter.budget import StoreStats, TokenBucket
+from exporter.client import FetchResult, StoreClient
+from exporter.clock import Clock
+from exporter.config import StoreConfig
+from exporter.discovery import TaskFiles
+from exporter.model import CONNECTION_ERROR, StoreView, TaskState
+
+log = logging.getLogger("exporter.poller")
+
+#: Fetch workers at most: requests in flight across all stores of one process.
+FETCH_WORKERS = 32
+#: Seconds between two housekeeping runs (task files, forgetting) without scrapes.
+HOUSEKEEPING_PERIOD = 1.0
+
+
+class Watched:
+    """One watched task: its published state and what scheduling needs."""
+
+    __slots__ = (
+        "attempts",
+        "failures",
+        "in_flight",
+        "last_attempt",
+        "queued",
+        "rank",
+        "state",
+    )
+
+    def __init__(self, state: TaskState) -> None:
+        # Published: never changed in place once handed out, replaced on every change.
+        self.state = state
+        self.queued = False
+        self.in_flight = False
+        self.last_attempt: float | None = None  # monotonic start of the last request
+        self.attempts = 0  # finished attempts
+        self.failures = 0  # consecutive failed polls
+        self.rank: tuple[float, int] = (0.0, 0)  # queue order: last attempt, then arrival
+
+    @property
+    def pending(self) -> bool:
+        """Queued or in flight."""
+        return self.queued or self.in_flight
+
+
+class Store:
+    """One store's watched tasks, queue, budget, counters and cached view."""
+
+    def __init__(self, config: StoreConfig, client: StoreClient, now: float) -> None:
+        self.config = config
+        self.client = client
+        self.tasks: dict[str, Watched] = {}
+        self.active: dict[str, Watched] = {}  # not completed: the ones a scrape may fetch
+        self.stats = StoreStats()
+        self.queue: list[tuple[float, int, Watched]] = []
+        self.bucket = TokenBucket(config.requests_per_second, config.burst, now)
+        self.in_flight = 0
+        self.removed = False
+        self.files: TaskFiles | None = None
+        self.ready = False  # on the scheduler's ready queue
+        self.timer: float | None = None  # when of its live timer heap entry
+        self.revision = 0
+        self.view: StoreView | None = None
+        # No task of the store is due before this (monotonic); -inf: look at every scrape.
+        # Lets a steady scrape of a fleet skip the stores with nothing due at a glance.
+        self.next_due = float("-inf")
+
+    @property
+    def name(self) -> str:
+        """The store's name."""
+        return self.config.name
+
+    def push(self, task: Watched) -> None:
+        """Queue ``task`` (already marked queued) at its rank."""
+        heapq.heappush(self.queue, (*task.rank, task))
+
+    def head(self) -> Watched | None:
+        """The next queued task, dropping entries of tasks no longer watched."""
+        queue = self.queue
+        while queue and not queue[0][2].queued:
+            heapq.heappop(queue)
+        return queue[0][2] if queue else None
+
+    def can_start_more(self) -> bool:
+        """A task is queued and ``max_concurrency`` is not reached."""
+        return self.in_flight < self.config.max_concurrency and self.head() is not None
+
+
+class Scheduler:
+    """The timer heap, the ready queue and the fetch workers (daemon threads)."""
+
+    def __init__(
+        self,
+        lock: threading.Lock,
+        clock: Clock,
+        *,
+        fetched: Callable[[Store, Watched, FetchResult], None],
+        housekeeping: Callable[[], None],
+        changed: Callable[[], None],
+        workers: int = FETCH_WORKERS,
+        housekeeping_every: float = HOUSEKEEPING_PERIOD,
+    ) -> None:
+        self.lock = lock
+        self.clock = clock
+        self._fetched = fetched
+        self._changed = changed
+        self._housekeeping = housekeeping
+        self.max_workers = max(1, workers)
+        self._period = housekeeping_every
+        self._timers: list[tuple[float, int, Store]] = []
+        self._seq = itertools.count()
+        self._ready: deque[Store] = deque()
+        self._wake = threading.Condition(lock)  # the scheduler thread waits here
+        self._work = threading.Condition(lock)  # idle fetch workers wait here
+        self._idle = 0  # workers waiting and not yet notified
+        self.workers: list[threading.Thread] = []
+        self.stopped = False
+        self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+        self._thread.start()
+
+    # ---- called with the lock held ---------------------------------------------------
+
+    def kick(self, store: Store, now: float) -> None:
+        """Make ``store`` start what it may now, or wake it when its budget allows."""
+        if store.removed or store.ready or self.stopped or not store.can_start_more():
+            return  # a finishing request of the store kicks it again
+        start = store.bucket.next_start(now)
+        if start > now:
+            self._set_timer(store, start)
+            return
+        store.ready = True
+        self._ready.append(store)
+        if self._idle:
+            self._idle -= 1
+            self._work.notify()
+        elif len(self.workers) < self.max_workers:
+            worker = threading.Thread(
+                target=self._worker, name=f"fetch-{len(self.workers)}", daemon=True
+            )
+            self.workers.append(worker)
+            worker.start()
+
+    def _set_timer(self, store: Store, when: float) -> None:
+        if store.timer is not None and store.timer <= when:
+            return
+        store.timer = when
+        entry = (when, next(self._seq), store)
+        heapq.heappush(self._timers, entry)
+        if self._timers[0] is entry:
+            self._wake.notify()
+
+    def stop(self) -> None:
+        """Start no more requests; requests in flight are abandoned (daemon threads)."""
+        self.stopped = True
+        self._wake.notify_all()
+        self._work.notify_all()
+
+    # ---- threads ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        """The scheduler thread: fire due timers; run housekeeping every period."""
+        housekeeping_at = self.clock.monotonic() + self._period
+        while True:
+            with self.lock:
+                while True:
+                    if self.stopped:
+                        return
+                    now = self.clock.monotonic()
+                    timers = self._timers
+                    while timers and timers[0][0] <= now:
+                        when, _, store = heapq.heappop(timers)
+                        if store.timer == when:
+                            store.timer = None
+                            self.kick(store, now)
+                    if now >= housekeeping_at:
+                        break
+                    wake = housekeeping_at if not timers else min(timers[0][0], housekeeping_at)
+                    self.clock.wait(self._wake, wake - now)
+            try:
+                self._housekeeping()  # without the lock: it reads task files
+            except Exception as exc:  # a bug must not stop the timers of every store
+                log.error("housekeeping failed", extra={"err": exc})
+            housekeeping_at = self.clock.monotonic() + self._period
+
+    def _next_job(self) -> tuple[Store, Watched, StoreClient] | None:
+        """Wait for a store that may start a request now and start it (lock held)."""
+        while not self.stopped:
+            if not self._ready:
+                self._idle += 1
+                self._work.wait()
+                continue
+            store = self._ready.popleft()
+            store.ready = False
+            if store.removed or not store.can_start_more():
+                continue
+            now = self.clock.monotonic()
+            start = store.bucket.next_start(now)
+            if start > now:  # another store's request took the time: wait for the budget
+                self._set_timer(store, start)
+                continue
+            _, _, task = heapq.heappop(store.queue)
+            store.bucket.take()
+            store.in_flight += 1
+            task.queued = False
+            task.in_flight = True
+            task.last_attempt = now
+            self.kick(store, now)  # its next request goes to another worker
+            return store, task, store.client
+        return None
+
+    def _worker(self) -> None:
+        """A fetch worker: one request at a time, for any store."""
+        while True:
+            with self.lock:
+                job = self._next_job()
+            if job is None:
+                return
+            store, task, client = job
+            try:
+                result = client.fetch(task.state.task_id)
+            except Exception as exc:  # a bug must not wedge the task as in flight forever
+                log.error("unexpected error while polling", extra={"store": store.name, "err": exc})
+                result = FetchResult(CONNECTION_ERROR, None, 0.0, f"internal error: {exc}")
+            with self.lock:
+                if self.stopped:
+                    return
+                store.in_flight -= 1
+                try:
+                    self._fetched(store, task, result)
+                except Exception as exc:  # a bug must not wedge the task or kill the worker
+                    task.in_flight = False
+                    log.error("cannot record a poll", extra={"store": store.name, "err": exc})
+                self.kick(store, self.clock.monotonic())
+            self._changed()  # without the lock: it may read the poller (state file)

@@ -1,0 +1,225 @@
+"""The bounded pool, the timer heap and the pure read path of the poller (docs/design.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+import pytest
+
+from exporter.clock import ScaledClock
+from exporter.config import Config, load_config
+from exporter.demo.simulator import Reply, Simulator
+from exporter.poller import Poller
+from tests.helpers import (
+    TOKEN,
+    TOKEN_ENV,
+    FakeClock,
+    config_yaml,
+    make_exporter,
+    store_yaml,
+    wait_until,
+    write,
+)
+from tests.test_poller import scaled_store
+
+
+def _load(path: str) -> Config:
+    return load_config(path, {TOKEN_ENV: TOKEN})
+
+
+def _own_threads() -> set[threading.Thread]:
+    """Threads of this process except the simulator's (one per connection it serves)."""
+    return {
+        t
+        for t in threading.enumerate()
+        if "process_request_thread" not in t.name and not t.name.startswith("shoplazza-simulator")
+    }
+
+
+def test_threads_do_not_grow_with_stores(sim: Simulator, tmp_path: Path) -> None:
+    """300 stores x 2 tasks on a pool of 8 workers: 9 threads, not 300."""
+    stores = [f"s{i:03d}" for i in range(300)]
+    for name in stores:
+        sim.add_task(f"{name}-a", total=3, finished=1)
+        sim.add_task(f"{name}-b", total=3, finished=3, status=0)
+    sim.latency = 0.01
+    text = "stores:\n" + "".join(
+        store_yaml(name, sim.url, [f"{name}-a", f"{name}-b"], min_poll_interval="1m")
+        for name in stores
+    )
+    before = _own_threads()
+    poller = Poller(workers=8)
+    poller.apply_config(_load(write(tmp_path / "c.yaml", text)))
+    poller.refresh(30)
+    assert sim.count() == 600
+    # the workers and the scheduler; the client's body watchdogs (timers) live per request
+    started = {t for t in _own_threads() - before if not isinstance(t, threading.Timer)}
+    assert len(started) <= 8 + 1
+    assert len(poller.scheduler.workers) == 8
+    poller.stop()
+
+
+def test_a_store_waiting_for_budget_is_woken_by_its_timer(tmp_path: Path) -> None:
+    """Background work of a store whose bucket is empty resumes without any scrape."""
+    keys = {"min_poll_interval": "1h", "requests_per_second": 1, "burst": 1}
+    with scaled_store(tmp_path, 20, 6, **keys) as (clock, sim, exporter):
+        exporter.poller.refresh(0.5)
+        assert sim.wait_for(lambda s: s.count() == 6, timeout=5)
+        starts = sorted(r.at for r in sim.requests)
+        assert (starts[-1] - starts[0]) * clock.speed >= 5 * 0.9  # one a second, not a burst
+
+
+def test_view_reads_memory_only_discovery_happens_in_refresh(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.add_task("a", total=3, finished=1)
+    sim.add_task("b", total=3, finished=1)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("a\n", encoding="utf-8")
+    clock = FakeClock()
+    text = config_yaml(sim.url, [], task_id_files=f"['{ids}']")
+    poller = Poller(clock=clock, housekeeping_every=1e9)  # no timer: only refresh discovers
+    poller.apply_config(_load(write(tmp_path / "c.yaml", text)))
+    ids.write_text("a\nb\n", encoding="utf-8")
+    clock.advance(5)
+    for _ in range(3):
+        assert [t.task_id for t in poller.view()[0].tasks] == ["a"]
+    poller.refresh(5)
+    assert [t.task_id for t in poller.view()[0].tasks] == ["a", "b"]
+    poller.stop()
+
+
+def test_housekeeping_timer_discovers_and_forgets_without_scrapes(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.add_task("done", total=1, finished=1, status=0)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("done\n", encoding="utf-8")
+    text = config_yaml(sim.url, [], task_id_files=f"['{ids}']", top="forget_completed_after: 2s\n")
+    poller = Poller(clock=ScaledClock(speed=2))
+    poller.apply_config(_load(write(tmp_path / "c.yaml", text)))
+    poller.refresh(5)
+    assert poller.view()[0].tasks[0].completed
+    ids.write_text("done\nnew\n", encoding="utf-8")
+    wait_until(lambda: [t.task_id for t in poller.view()[0].tasks] == ["new"], timeout=10)
+    assert poller.forgotten.keys() == {("shop", "done")}
+    poller.stop()
+
+
+def test_view_hands_out_cached_records_and_revisions_follow_changes(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.add_task("t1", total=4, finished=1)
+    sim.add_task("t2", total=4, finished=1)
+    clock = FakeClock()
+    text = (
+        "stores:\n"
+        + store_yaml("a", sim.url, ["t1"], min_poll_interval="10s", requests_per_second=1, burst=1)
+        + store_yaml("b", sim.url, ["t2"], min_poll_interval="10s")
+    )
+    path = tmp_path / "c.yaml"
+    exporter = make_exporter(write(path, text), clock=clock)
+    poller = exporter.poller
+    poller.refresh(5)
+    first = poller.view()
+    again = poller.view()
+    assert all(x is y for x, y in zip(first, again, strict=True))  # nothing changed: no copy
+    assert first[0].revision >= 0 and first[1].revision >= 0
+
+    sim.task("t1").finished = 2
+    clock.advance(10)
+    poller.refresh(5)  # store a: new data; store b: same data, a new success time
+    second = poller.view()
+    assert second[0].revision > first[0].revision
+    assert second[0].tasks[0].snapshot is not None and second[0].tasks[0].snapshot.finished == 2
+    assert first[0].tasks[0].snapshot is not None and first[0].tasks[0].snapshot.finished == 1
+
+    clock.advance(0.5)
+    poller.refresh(5)  # nothing due: nothing changes
+    third = poller.view()
+    assert all(x is y for x, y in zip(second, third, strict=True))
+
+    sim.script("t1", Reply(status=429, headers={"Retry-After": "60"}))
+    clock.advance(10)
+    poller.refresh(5)  # a's request: 429, counters change
+    fourth = poller.view()
+    assert fourth[0].revision > third[0].revision
+    assert dict(fourth[0].errors)["429"] == 1
+    clock.advance(10)
+    poller.refresh(5)  # a paused: a skip count changes, nothing else
+    fifth = poller.view()
+    assert fifth[0].revision > fourth[0].revision
+    assert dict(fifth[0].skipped)["backoff"] == 1
+
+    write(path, text.replace("[t2]", "[t2, t3]"))  # b gets a task
+    exporter.reload()
+    sixth = poller.view()
+    assert sixth[1].revision > fifth[1].revision
+    assert [t.task_id for t in sixth[1].tasks] == ["t2", "t3"]
+    exporter.close()
+
+
+def test_labels_and_stuck_after_come_from_the_store_config(sim: Simulator, tmp_path: Path) -> None:
+    sim.add_task("t1", total=4, finished=1)
+    base = _load(write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1", "t2"])))
+    labelled = dataclasses.replace(
+        base.stores[0], stuck_after=60.0, task_labels=(("t1", (("source", "a.csv"),)),)
+    )
+    poller = Poller(clock=FakeClock())
+    poller.apply_config(dataclasses.replace(base, stores=(labelled,)))
+    view = poller.view()[0]
+    assert view.stuck_after == 60.0
+    assert {t.task_id: t.labels for t in view.tasks} == {"t1": (("source", "a.csv"),), "t2": ()}
+    relabelled = dataclasses.replace(labelled, task_labels=(("t1", (("source", "b.csv"),)),))
+    poller.apply_config(dataclasses.replace(base, stores=(relabelled,)))
+    again = poller.view()[0]
+    assert again.revision > view.revision
+    assert again.tasks[0].labels == (("source", "b.csv"),)
+    poller.stop()
+
+
+def test_close_stops_the_poller_once(sim: Simulator, tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"]))
+    exporter = make_exporter(path)
+    stops: list[int] = []
+    real_stop = exporter.poller.scheduler.stop
+
+    def counted_stop() -> None:
+        stops.append(1)
+        real_stop()
+
+    exporter.poller.scheduler.stop = counted_stop  # type: ignore[method-assign]
+    exporter.poller.stop()  # what the command line does on SIGTERM
+    exporter.close()
+    exporter.close()
+    assert stops == [1]
+
+
+def test_labels_of_task_file_lines_reach_the_task(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``TaskFiles.labels`` (labels after an id in a task file), under configured ones."""
+    import exporter.poller as poller_module
+    from exporter.discovery import TaskFiles
+
+    class LabelledFiles(TaskFiles):  # the labels a task file line carries, as discovery keeps them
+        def refresh(self, force: bool = False) -> bool:
+            changed = super().refresh(force)
+            self.labels = {i: (("source", f"{i}.csv"), ("importer", "nightly")) for i in self.ids}
+            return changed
+
+    monkeypatch.setattr(poller_module, "TaskFiles", LabelledFiles)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("a\nb\n", encoding="utf-8")
+    base = _load(write(tmp_path / "c.yaml", config_yaml(sim.url, [], task_id_files=f"['{ids}']")))
+    store = dataclasses.replace(base.stores[0], task_labels=(("b", (("source", "manual"),)),))
+    poller = Poller(clock=FakeClock())
+    poller.apply_config(dataclasses.replace(base, stores=(store,)))
+    labels = {t.task_id: dict(t.labels) for t in poller.view()[0].tasks}
+    assert labels == {
+        "a": {"source": "a.csv", "importer": "nightly"},
+        "b": {"source": "manual", "importer": "nightly"},
+    }
+    poller.stop()

@@ -28,6 +28,7 @@ from tests.test_deploy import (
     check_service_monitor,
     load_yaml,
     run,
+    slug,
     tool,
     validate_core_objects,
 )
@@ -411,6 +412,10 @@ def test_readme_many_stores_links_exist() -> None:
     assert "deploy/kubernetes-sharded/" in links
     for link in links:
         assert (REPO / link).exists(), link
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    anchors = {slug(heading) for heading in re.findall(r"^#+ (.+)$", readme, re.MULTILINE)}
+    for anchor in re.findall(r"\]\(#([^)]+)\)", section):
+        assert anchor in anchors, anchor
     kustomization = load_yaml(SHARDED_DIR / "kustomization.yaml")
     assert "replicas[0].count" in section and kustomization["replicas"][0]["count"]
     assert TOKEN_SECRET in section

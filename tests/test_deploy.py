@@ -16,7 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +201,53 @@ def container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
             found: dict[str, Any] = item
             return found
     raise AssertionError(f"no container {name!r}")
+
+
+def validate_core_objects(objects: Iterable[tuple[str, dict[str, Any]]], version: str) -> None:
+    """kubernetes-validate every object but the Prometheus Operator's CRDs (no schema
+    there: the tests check those by hand); ``objects`` is (what to call it, object)."""
+    for what, obj in objects:
+        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(item) for item in exc.path)
+            pytest.fail(f"{what} invalid for Kubernetes {version}: {path}: {exc.message}")
+
+
+def check_service_monitor(monitor: dict[str, Any], service: dict[str, Any]) -> dict[str, Any]:
+    """A ServiceMonitor (a CRD, checked by hand) scraping /metrics of the Service's port;
+    returns its one endpoint."""
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["name"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector and selector.items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert endpoint.get("path", "/metrics") == "/metrics"
+    timeout = re.fullmatch(r"(\d+)s", endpoint["scrapeTimeout"])
+    assert timeout is not None and 1 <= int(timeout.group(1)) <= 30
+    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
+    found: dict[str, Any] = endpoint
+    return found
+
+
+def check_hardened_exporter(pod: dict[str, Any], exporter: dict[str, Any]) -> None:
+    """The exporter container runs as uid 65532, read-only, unprivileged, with resources
+    and the health and readiness probes; ``pod`` is its pod spec."""
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    context = exporter["securityContext"]
+    assert context["runAsNonRoot"] is True
+    assert context["runAsUser"] == 65532
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(exporter["resources"][kind])
+    assert exporter["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "metrics"}
+    assert exporter["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "metrics"}
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -695,30 +742,13 @@ def test_runbook_base_url_is_set_once_for_every_rule(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_core_objects_validate(version: str) -> None:
-    for kind, obj in k8s_objects().items():
-        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
-            continue  # CRDs: kubernetes-validate has no schema, checked below
-        try:
-            kubernetes_validate.validate(obj, version, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            path = ".".join(str(item) for item in exc.path)
-            pytest.fail(f"{kind} invalid for Kubernetes {version}: {path}: {exc.message}")
+    validate_core_objects(k8s_objects().items(), version)
 
 
 def test_service_monitor() -> None:
     objects = k8s_objects()
-    monitor, service = objects["ServiceMonitor"], objects["Service"]
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert monitor["metadata"]["name"]
-    selector = monitor["spec"]["selector"]["matchLabels"]
-    assert selector and selector.items() <= service["metadata"]["labels"].items()
-    (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
-    assert endpoint.get("path", "/metrics") == "/metrics"
+    endpoint = check_service_monitor(objects["ServiceMonitor"], objects["Service"])
     assert endpoint["interval"] == "30s"
-    timeout = re.fullmatch(r"(\d+)s", endpoint["scrapeTimeout"])
-    assert timeout is not None and 1 <= int(timeout.group(1)) <= 30
-    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
 
 
 def test_service_targets_the_exporter() -> None:
@@ -744,20 +774,9 @@ def test_prometheus_rule_equals_alerts_file() -> None:
 
 def test_deployment_security_and_probes() -> None:
     deployment = k8s_objects()["Deployment"]
-    pod = deployment["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == 65532
-    exporter = container(deployment, "exporter")
-    context = exporter["securityContext"]
-    assert context["runAsNonRoot"] is True
-    assert context["runAsUser"] == 65532
-    assert context["readOnlyRootFilesystem"] is True
-    assert context["allowPrivilegeEscalation"] is False
-    assert context["capabilities"]["drop"] == ["ALL"]
-    for kind in ("requests", "limits"):
-        assert {"cpu", "memory"} <= set(exporter["resources"][kind])
-    assert exporter["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "metrics"}
-    assert exporter["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "metrics"}
+    check_hardened_exporter(
+        deployment["spec"]["template"]["spec"], container(deployment, "exporter")
+    )
 
 
 def test_task_id_directory_is_an_emptydir_shared_by_both_containers() -> None:

@@ -724,9 +724,10 @@ def test_apply_never_writes_a_token() -> None:
     assert "shoplazza-upload-exporter-runbook" not in names
 
 
-def test_runbook_base_url_is_set_once_for_every_rule(tmp_path: Path) -> None:
-    copy = tmp_path / "kubernetes"
-    shutil.copytree(K8S_DIR, copy)
+@pytest.mark.parametrize("kustomization", ["kubernetes", "kubernetes-sharded"])
+def test_runbook_base_url_is_set_once_for_every_rule(tmp_path: Path, kustomization: str) -> None:
+    copy = tmp_path / kustomization
+    shutil.copytree(K8S_DIR.parent / kustomization, copy)
     config = copy / RUNBOOK_URL_CONFIG.name
     base = runbook_base_url()
     mine = "https://wiki.internal.example/ops/shoplazza/runbook.md"

@@ -23,7 +23,6 @@ import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import cast
 
 from prometheus_client import (
     CollectorRegistry,
@@ -35,7 +34,7 @@ from prometheus_client import exposition as text_format
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as om_format
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, RestrictedRegistry
 
 from exporter.collector import (
     STORE_FAMILIES,
@@ -163,12 +162,6 @@ class Exposition:
         self._extra = tuple(default_collectors() if extra is None else extra)
         for collector in self._extra:
             self.registry.register(collector)
-        self._extra_names = frozenset(
-            name
-            for collector in self._extra
-            for metric in collector.collect()
-            for name in (metric.name, *(s.name for s in metric.samples))
-        )
         families = described()
         cached = families[: len(TASK_NAMES) + len(STORE_FAMILIES)]  # the rest is the tail
         self._headers = {fmt: [_Piece([_header(fmt, f)]) for f in cached] for fmt in _ENCODERS}
@@ -301,36 +294,39 @@ class Exposition:
         gzipped: bool,
     ) -> bytes:
         """Through the registry: name[] filters and unusual escapings."""
-        source = self.registry if names is None else _Restricted(names, self.registry)
+        source: CollectorRegistry | RestrictedRegistry = self.registry
+        if names is not None:
+            one = CollectorRegistry(auto_describe=False)
+            one.register(_Selected(self.registry, names))
+            source = one.restricted_registry(names)
         body = encoder(source)
         return _gzip(body) if gzipped else body
 
 
-class _Restricted:
-    """``registry.restricted_registry(names)``, with families in registration order.
+class _Selected(Collector):
+    """The collectors of ``registry`` that describe a name a ``name[]`` filter wants, as one.
 
-    prometheus_client collects the chosen collectors from a set, so with one collector per
-    family (docs/design.md, "Exposition") their order would change from run to run.
+    prometheus_client's ``restricted_registry`` gathers the collectors it asks from a set,
+    so with one collector per family (docs/design.md, "Exposition") the order of families
+    would change from run to run. Wrapped in this one collector, in registration order, the
+    families keep their order and ``restricted_registry`` still filters the samples.
     """
 
-    def __init__(self, names: frozenset[str], registry: CollectorRegistry) -> None:
-        self._names = set(names)
-        self._registry = registry
+    def __init__(self, registry: CollectorRegistry, names: frozenset[str]) -> None:
+        with registry._lock:
+            chosen = {registry._names_to_collectors.get(name) for name in names}
+            self._collectors = [c for c in registry._collector_to_names if c in chosen]
+            described = registry._collector_to_names
+            self._names = sorted({name for c in self._collectors for name in described[c]})
+
+    def describe(self) -> Iterable[Metric]:
+        """The sample names of the chosen collectors, as bare families."""
+        return [Metric(name, "", "untyped") for name in self._names]
 
     def collect(self) -> Iterator[Metric]:
-        """The wanted samples of the collectors that describe a wanted name."""
-        registry = self._registry
-        with registry._lock:
-            chosen = {registry._names_to_collectors.get(name) for name in self._names}
-            chosen.update(registry._collectors_without_names)
-            ordered = [c for c in registry._collector_to_names if c in chosen]
-            ordered += [c for c in registry._collectors_without_names if c not in ordered]
-        for collector in ordered:
-            for metric in collector.collect():
-                restrict = cast(Callable[[set[str]], Metric | None], metric._restricted_metric)
-                kept = restrict(self._names)
-                if kept:
-                    yield kept
+        """The chosen collectors' families, in registration order."""
+        for collector in self._collectors:
+            yield from collector.collect()
 
 
 def _gzip(data: bytes) -> bytes:

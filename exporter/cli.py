@@ -155,7 +155,7 @@ def _demo_config(directory: str, base_url: str, token: str, task_ids: Sequence[s
             f"    access_token_file: {token_file}\n"
             "    min_poll_interval: 1s\n"
             "    timeout: 2s\n"
-            "    stuck_after: 10s  # the demo's stuck task turns amber quickly\n"
+            "    stuck_after: 5s  # the demo's stuck task turns amber quickly\n"
             "    task_ids:\n" + ids
         )
     return path

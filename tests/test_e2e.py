@@ -208,6 +208,47 @@ def test_demo_serves_live_task_metrics(procs: list[ExporterProcess], tmp_path: P
     assert f"open http://127.0.0.1:{proc.port}/" in out
 
 
+def test_demo_page_shows_each_state_and_the_context_labels(
+    procs: list[ExporterProcess], tmp_path: Path
+) -> None:
+    """The demo's tasks reach their states on /api/v1/tasks: stuck after its 5 s."""
+    proc = start(procs, tmp_path, "--demo")
+
+    def states() -> dict[str, tuple[str, int]]:
+        body = proc.get("/api/v1/tasks").json()
+        return {
+            t["task_id"]: (t["state"], (t["data"] or {}).get("failed", 0))
+            for store in body["stores"]
+            for t in store["tasks"]
+        }
+
+    def reached() -> bool:
+        now = states()
+        variants, failed = now["demo-variants-failing"]
+        return (
+            now["demo-catalogue-complete"][0] == "completed"
+            and now["demo-images-stuck"][0] == "stuck"
+            and now["demo-missing-404"][0] == "failing"
+            and variants in ("in_progress", "completed_with_failures")
+            and failed > 0  # it accumulates failed files (completes after 20 s)
+        )
+
+    wait_until(reached, timeout=20, interval=0.5)
+    [store] = proc.get("/api/v1/tasks").json()["stores"]
+    labels = {t["task_id"]: t["labels"] for t in store["tasks"]}
+    assert labels["demo-images-stuck"] == {"source": "images-stuck.csv"}
+    page = proc.get("/").text
+    assert "stuck" in page and "images-stuck.csv" in page
+    info = sample(
+        metrics(proc),
+        "shoplazza_upload_task_info",
+        task_id="demo-images-stuck",
+        source="images-stuck.csv",
+    )
+    assert info == 1
+    assert proc.stop() == 0
+
+
 def test_reload_by_signal_and_http(
     procs: list[ExporterProcess], sim: Simulator, tmp_path: Path
 ) -> None:

@@ -13,22 +13,28 @@ the test suite, and runs standalone with ``python -m exporter.demo``. Standard l
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
-import http
-import json
 import re
 import socket
-import socketserver
 import threading
 import time
 import types
-from collections.abc import Callable, Iterable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, cast
+from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from exporter.demo.replies import SHAPES, RecordedRequest, Reply, SimTask, check_shape
+from exporter.demo.wire import (
+    CHUNK,
+    SimHandler,
+    SimServer,
+    discard_request_body,
+    errors_body,
+    json_body,
+    padding,
+    phrase,
+    shutdown_socket,
+)
 
 __all__ = [
     "SHAPES",
@@ -40,121 +46,7 @@ __all__ = [
 
 
 _ROUTE = re.compile(r"^/openapi/([0-9A-Za-z._-]+)/file/task/([^/]+)$")
-_CHUNK = 64 * 1024
 _EPSILON = 1e-9
-
-
-def _json(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def _errors(*messages: str) -> bytes:
-    return _json({"errors": list(messages)})
-
-
-def _phrase(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
-def _padding(size: int) -> Iterator[bytes]:
-    """Yield ``size`` bytes of ``{"pad": "xxx..."}`` (just ``x``s when too small) in chunks."""
-    head, tail = b'{"pad": "', b'"}'
-    if size < len(head) + len(tail):
-        head, tail = b"", b""
-    middle = size - len(head) - len(tail)
-    block = b"x" * _CHUNK
-    pending = head
-    while middle > 0:
-        n = min(middle, _CHUNK - len(pending))
-        middle -= n
-        chunk = pending + (block if n == _CHUNK else block[:n])
-        pending = b""
-        if middle == 0 and len(chunk) + len(tail) <= _CHUNK:
-            chunk, tail = chunk + tail, b""
-        yield chunk
-    if pending or tail:
-        yield pending + tail
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-    allow_reuse_address = True
-    block_on_close = False
-
-    def __init__(self, address: tuple[str, int], sim: Simulator) -> None:
-        self.sim = sim
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn), slow in sandboxes.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Stay quiet: clients that go away are normal here."""
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    default_request_version = "HTTP/1.0"
-    server_version = "ShoplazzaSimulator/1.0"
-    timeout = 60.0  # idle keep-alive connections; stop() shuts them down anyway
-
-    def version_string(self) -> str:
-        return self.server_version
-
-    @property
-    def sim(self) -> Simulator:
-        return cast(_Server, self.server).sim
-
-    def setup(self) -> None:
-        super().setup()
-        with contextlib.suppress(OSError):  # small answers go out at once (no Nagle delay)
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sim._register(self.connection)
-
-    def handle(self) -> None:
-        try:
-            super().handle()
-        except OSError:
-            self.close_connection = True
-
-    def finish(self) -> None:
-        try:
-            with contextlib.suppress(OSError):
-                super().finish()
-        finally:
-            self.sim._unregister(self.connection)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silence the per-request log line."""
-
-    def handle_one_request(self) -> None:
-        """Route every method through :meth:`Simulator._handle` (405 for all but GET)."""
-        try:
-            self.raw_requestline = self.rfile.readline(65537)
-        except TimeoutError:
-            self.close_connection = True
-            return
-        if not self.raw_requestline:
-            self.close_connection = True
-            return
-        if len(self.raw_requestline) > 65536:
-            self.requestline = self.request_version = self.command = ""
-            self.send_error(414)
-            return
-        if not self.parse_request():
-            return
-        self.sim._handle(self, self.command)
-        self.wfile.flush()
 
 
 class Simulator:
@@ -209,7 +101,7 @@ class Simulator:
         self._max_in_flight = 0
         self._stop_event = threading.Event()
         self._connections: set[socket.socket] = set()
-        self._server: _Server | None = None
+        self._server: SimServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -219,7 +111,7 @@ class Simulator:
         if self._server is not None:
             return self
         self._stop_event.clear()
-        server = _Server((self.host, self.port), self)
+        server = SimServer((self.host, self.port), self)
         self._server = server
         self.port = int(server.server_address[1])
         with self.lock:
@@ -248,7 +140,7 @@ class Simulator:
         with self.lock:
             connections = list(self._connections)
         for conn in connections:
-            _shutdown_socket(conn)
+            shutdown_socket(conn)
         if self._thread is not None:
             self._thread.join(timeout=2.0)
         self._server = None
@@ -446,20 +338,20 @@ class Simulator:
             if not stopping:
                 self._connections.add(conn)
         if stopping:
-            _shutdown_socket(conn)
+            shutdown_socket(conn)
 
     def _unregister(self, conn: socket.socket) -> None:
         with self.lock:
             self._connections.discard(conn)
 
-    def _handle(self, h: _Handler, method: str) -> None:
+    def _handle(self, h: SimHandler, method: str) -> None:
         arrived = time.monotonic()
         with self.lock:
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
             self._cond.notify_all()
         try:
-            _discard_request_body(h)
+            discard_request_body(h)
             token = h.headers.get("access-token")
             match = _ROUTE.match(urlsplit(h.path).path)
             task_id = unquote(match.group(2)) if match else None
@@ -492,9 +384,9 @@ class Simulator:
     def _decide(self, method: str, routed: bool, task_id: str | None, token: str | None) -> Reply:
         """Pick the answer; called with the lock held."""
         if method != "GET":
-            return Reply(405, _errors("Method Not Allowed"), headers={"Allow": "GET"})
+            return Reply(405, errors_body("Method Not Allowed"), headers={"Allow": "GET"})
         if not routed or task_id is None:
-            return Reply(404, _errors("Not Found"))
+            return Reply(404, errors_body("Not Found"))
         if self.rate_limit is not None:
             now = self._clock()
             if self._level_at is not None:
@@ -503,7 +395,7 @@ class Simulator:
             if self._level + 1 > self.bucket_capacity + _EPSILON:
                 self._throttled += 1
                 headers = {} if self.retry_after is None else {"Retry-After": self.retry_after}
-                return Reply(429, _errors("Too Many Requests"), headers=headers)
+                return Reply(429, errors_body("Too Many Requests"), headers=headers)
             self._level += 1
         queue = self._scripts.get(task_id)
         if queue:
@@ -515,10 +407,10 @@ class Simulator:
         if sticky is not None:
             return self._from_reply(sticky, task_id)
         if token is None or token not in self._tokens:
-            return Reply(401, _json({"error": "Invalid access token"}))
+            return Reply(401, json_body({"error": "Invalid access token"}))
         task = self._tasks.get(task_id)
         if task is None:
-            return Reply(404, _errors("task not found"))
+            return Reply(404, errors_body("task not found"))
         return self._task_answer(task)
 
     def _task_answer(self, task: SimTask) -> Reply:
@@ -526,9 +418,9 @@ class Simulator:
             try:
                 task.progress(task, self.elapsed())
             except Exception as exc:  # a broken callback must not kill the handler thread
-                return Reply(500, _errors(f"progress callback failed: {exc!r}"))
+                return Reply(500, errors_body(f"progress callback failed: {exc!r}"))
         shape = self._shapes.get(task.task_id, self.shape)
-        return Reply(200, _json(self._shaped(task, shape)))
+        return Reply(200, json_body(self._shaped(task, shape)))
 
     @staticmethod
     def _shaped(task: SimTask, shape: str) -> dict[str, Any]:
@@ -542,22 +434,22 @@ class Simulator:
             if 200 <= reply.status < 300:
                 task = self._tasks.get(task_id)
                 if task is None:
-                    answer.body = _errors("task not found")
+                    answer.body = errors_body("task not found")
                 else:
                     answer.body = self._task_answer(task).body
             else:
-                answer.body = _errors(_phrase(reply.status))
+                answer.body = errors_body(phrase(reply.status))
         return answer
 
-    def _send(self, h: _Handler, answer: Reply, method: str) -> None:
+    def _send(self, h: SimHandler, answer: Reply, method: str) -> None:
         chunks: Iterable[bytes]
         if answer.body_size is not None:
             size = max(0, answer.body_size)
-            chunks = _padding(size)
+            chunks = padding(size)
         else:
             body = answer.body or b""
             size = len(body)
-            step = 1 if answer.drip > 0 else _CHUNK
+            step = 1 if answer.drip > 0 else CHUNK
             chunks = (body[i : i + step] for i in range(0, size, step))
         h.send_response(answer.status)
         given = {k.lower() for k in answer.headers}
@@ -595,30 +487,3 @@ class Simulator:
                 h.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError):
             h.close_connection = True  # the client went away mid-body: fine
-
-
-def _shutdown_socket(conn: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        conn.shutdown(socket.SHUT_RDWR)
-
-
-def _discard_request_body(h: _Handler) -> None:
-    if h.headers.get("Transfer-Encoding"):
-        h.close_connection = True  # not worth decoding: just do not reuse the connection
-        return
-    length = h.headers.get("Content-Length")
-    if not length:
-        return
-    try:
-        remaining = int(length)
-    except ValueError:
-        h.close_connection = True
-        return
-    if remaining > 1024 * 1024:
-        h.close_connection = True
-        return
-    while remaining > 0:
-        data = h.rfile.read(min(remaining, _CHUNK))
-        if not data:
-            break
-        remaining -= len(data)

@@ -1,4 +1,4 @@
-"""Command line: flags, logging, wiring, signals (contract section 3)."""
+"""Command line: flags, logging, wiring, signals (README "Running it")."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ DEFAULT_LISTEN = ":9877"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The flags of contract section 3, Prometheus style."""
+    """The command-line flags, Prometheus style (README "Running it")."""
     parser = argparse.ArgumentParser(
         prog=PROGRAM, description="Prometheus exporter for Shoplazza upload-file tasks."
     )

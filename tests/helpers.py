@@ -20,7 +20,7 @@ from exporter.client import StoreClient
 from exporter.config import StoreConfig
 from exporter.web.routes import App
 
-# CONTRACT.md section 5: every metric the exporter exports, with its type.
+# Every metric the exporter exports, with its type (README "Metrics").
 CONTRACT_METRICS: dict[str, str] = {
     "shoplazza_upload_task_files": "gauge",
     "shoplazza_upload_task_files_finished": "gauge",

@@ -175,6 +175,19 @@ def test_counters_increase_across_scrapes(
     assert sim.count("t0") == 1
 
 
+def test_request_duration_histogram_sums_and_buckets(exporter: Exporter, sim: Simulator) -> None:
+    """Every request lands in the buckets its duration reaches, and in the sum."""
+    sim.latency = 0.05  # each answer takes at least 50 ms
+    text = scrape(App(exporter))
+    count = sample(text, "shoplazza_api_request_duration_seconds_count", store="shop")
+    assert count == 4
+    total = sample(text, "shoplazza_api_request_duration_seconds_sum", store="shop")
+    assert total is not None and 4 * 0.05 <= total < 4 * 10.0
+    bucket = "shoplazza_api_request_duration_seconds_bucket"
+    assert sample(text, bucket, store="shop", le="0.025") == 0
+    assert sample(text, bucket, store="shop", le="+Inf") == count
+
+
 def test_invalid_200_counts_as_invalid_response_in_both(exporter: Exporter, sim: Simulator) -> None:
     sim.behave("t1", Reply(status=200, body=b"<html>maintenance</html>"))
     text = scrape(App(exporter))

@@ -369,3 +369,24 @@ def test_new_metrics_from_the_view_fields() -> None:
         ):
             assert sample(text, name) == (None if ok is None else float(ok)), name
             assert (f"# TYPE {name} gauge" in text) == (ok is not None), name
+
+
+def test_huge_stored_numbers_render_as_infinities_and_a_capped_ratio() -> None:
+    """Values beyond a float never raise: ±Inf, and a ratio from the converted numbers."""
+    import math
+
+    from exporter.collector import number, task_values
+    from exporter.model import TaskSnapshot, TaskState
+
+    assert number(10**400) == math.inf and number(-(10**400)) == -math.inf
+    assert number(7) == 7.0 and math.isnan(number("x"))
+
+    def ratio(total: int, finished: int) -> float | None:
+        task = TaskState(store="s", task_id="t", poll_success=True)
+        task.snapshot = TaskSnapshot(total, finished, status=1, succeeded=0, failed=0)
+        return task_values(task)[6]
+
+    assert ratio(3, 10**400) == 1.0  # the quotient overflows: Inf / 3, capped at 1
+    assert ratio(10**400, 3) == 0.0  # no overflow: the snapshot's own ratio
+    overflowing = ratio(10**400, 10**800)  # total converts to Inf: no ratio
+    assert overflowing is not None and math.isnan(overflowing)

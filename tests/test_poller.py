@@ -52,6 +52,26 @@ def test_completed_task_fetched_exactly_once(sim: Simulator, tmp_path: Path) -> 
     exporter.close()
 
 
+def test_every_fetch_of_a_task_ends_the_scrape_that_waits_for_it(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """A task fetched again and again: each scrape answers when its fetch is done."""
+    sim.add_task("busy", total=5, finished=1)
+    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["busy"], min_poll_interval=0))
+    exporter = make_exporter(path)
+    try:
+        for _ in range(5):
+            exporter.poller.refresh(2)
+        assert sim.count("busy") == 5
+        assert skipped(exporter, "deadline") == 0  # no scrape ran out its deadline
+        text = scrape(App(exporter))
+        # success counts in requests_total only, never in errors_total
+        assert sample(text, "shoplazza_api_requests_total", store="shop", code="200") == 6
+        assert sample(text, "shoplazza_api_errors_total", store="shop", code="200") is None
+    finally:
+        exporter.close()
+
+
 def test_rapid_scrapes_fetch_once_per_min_poll_interval(sim: Simulator, tmp_path: Path) -> None:
     sim.add_task("busy", total=5, finished=1)
     clock = FakeClock()

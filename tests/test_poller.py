@@ -20,6 +20,7 @@ from exporter.demo.simulator import Reply, Simulator
 from exporter.web.routes import App
 from tests.helpers import (
     TOKEN,
+    TOKEN_ENV,
     FakeClock,
     config_yaml,
     make_exporter,
@@ -465,3 +466,16 @@ def test_retry_after_pause_is_at_least_a_second(
     exporter.poller.refresh(0.05)
     assert sim.count("t1") == 2
     exporter.close()
+
+
+def test_forgotten_tasks_of_served_stores_count_as_watched(sim: Simulator, tmp_path: Path) -> None:
+    """The state file keeps the mark of a forgotten task while its store is configured."""
+    sim.add_task("live", total=5, finished=1)
+    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["live", "old"]))
+    exporter = Exporter(path, environ={TOKEN_ENV: TOKEN})
+    exporter.poller.restore([], {("shop", "old"): 1_700_000_000.0, ("gone", "x"): 1.0})
+    exporter.start()
+    try:
+        assert exporter.poller.watched_keys() == {("shop", "live"), ("shop", "old")}
+    finally:
+        exporter.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import resource
 
@@ -41,7 +42,9 @@ def raise_open_files_limit() -> int:
     return hard
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """The C library, looked up once (``find_library`` runs ``ldconfig`` on Linux)."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None

@@ -25,9 +25,7 @@ from typing import Any
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 
-from exporter import __version__
 from exporter.config import (
     MIN_TOKEN_LENGTH,
     TASK_ID_RE,
@@ -45,6 +43,7 @@ from exporter.model import (
     FailedFile,
     TaskSnapshot,
 )
+from exporter.transport import Transport, origin_of
 
 log = logging.getLogger("exporter.client")
 
@@ -53,7 +52,6 @@ MAX_RETRY_AFTER = 600.0
 MIN_RETRY_AFTER = 1.0
 REDACTED = "<redacted>"
 DEFAULT_RETRY_AFTER = 1.0
-USER_AGENT = f"shoplazza-upload-exporter/{__version__}"
 
 _DIGITS = re.compile(r"[0-9]{1,18}")
 # Retry-After is ASCII digits (RFC 9110 delay-seconds) or an HTTP date; float() would take
@@ -211,12 +209,13 @@ def _error_detail(response: requests.Response, body: bytes) -> str:
 
 
 class StoreClient:
-    """Fetches upload tasks of one store over one pooled ``requests.Session``."""
+    """Fetches upload tasks of one store through the process's shared ``Transport``."""
 
     def __init__(
         self,
         store: StoreConfig,
         *,
+        transport: Transport | None = None,
         token_reader: Callable[[TokenSource], str] = read_token,
     ) -> None:
         self.store = store
@@ -227,48 +226,29 @@ class StoreClient:
         self._token = store.token.value
         self._token_lock = threading.Lock()
         self._token_unreadable = False
-        # Made on first use and dropped by release(): an idle store of a fleet holds no
-        # session and no connection (docs/design.md, "The scheduler").
-        self._session: requests.Session | None = None
-        self._session_lock = threading.Lock()
-
-    @property
-    def session(self) -> requests.Session:
-        """The store's pooled session, made on first use after start or release()."""
-        with self._session_lock:
-            if self._session is None:
-                self._session = self._new_session()
-            return self._session
-
-    def _new_session(self) -> requests.Session:
-        store = self.store
-        session = requests.Session()
-        session.trust_env = False  # no ~/.netrc credentials, no env proxies by surprise
-        adapter = HTTPAdapter(
-            pool_connections=1, pool_maxsize=max(store.max_concurrency, 1), max_retries=0
-        )
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
+        # A client made alone (tests, benchmarks) gets a transport of its own.
+        self._owns_transport = transport is None
+        self._transport = transport or Transport(pool_size=store.max_concurrency)
+        self._origin = origin_of(store.base_url)
+        self._verify: bool | str = True
         if store.tls.insecure_skip_verify:
-            session.verify = False
+            self._verify = False
             # The configuration warned once; urllib3 would warn on stderr at every request.
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         elif store.tls.ca_file:
-            session.verify = store.tls.ca_file
-        session.headers.update({"Accept": "application/json", "User-Agent": USER_AGENT})
-        return session
+            self._verify = store.tls.ca_file
 
     @property
-    def holds_session(self) -> bool:
-        """A session (and maybe kept-alive connections) is held now."""
-        return self._session is not None
+    def holds_connections(self) -> bool:
+        """A pool (and maybe kept-alive connections) is held for the store's host."""
+        return self._transport.holds(self._origin)
 
-    def release(self) -> None:
-        """Close the pooled connections and drop the session until the next request."""
-        with self._session_lock:
-            session, self._session = self._session, None
-        if session is not None:
-            session.close()
+    def release(self) -> bool:
+        """Close the host's kept-alive connections unless a request to it is in flight.
+
+        Stores that share a host share its pool: releasing it costs them a new connection.
+        """
+        return self._transport.release(self._origin)
 
     def url(self, task_id: str) -> str:
         """The task's URL; refuses ids that are not plain task ids."""
@@ -314,24 +294,30 @@ class StoreClient:
         url = self.url(task_id)
         timeout = self.store.timeout
         start = self._clock()
+        self._transport.begin(self._origin)
         try:
-            response = self.session.get(
-                url,
-                headers={"access-token": token},
-                timeout=timeout,
-                allow_redirects=False,
-                stream=True,
-            )
-        except requests.Timeout:
-            return FetchResult(TIMEOUT, None, self._clock() - start, f"no answer within {timeout}s")
-        except requests.RequestException as exc:
-            return FetchResult(
-                CONNECTION_ERROR, None, self._clock() - start, _describe_exception(exc)
-            )
-        try:
-            return self._classify(response, start, timeout)
+            try:
+                response = self._transport.session.get(
+                    url,
+                    headers={"access-token": token},
+                    timeout=timeout,
+                    allow_redirects=False,
+                    stream=True,
+                    verify=self._verify,
+                )
+            except requests.Timeout:
+                detail = f"no answer within {timeout}s"
+                return FetchResult(TIMEOUT, None, self._clock() - start, detail)
+            except requests.RequestException as exc:
+                return FetchResult(
+                    CONNECTION_ERROR, None, self._clock() - start, _describe_exception(exc)
+                )
+            try:
+                return self._classify(response, start, timeout)
+            finally:
+                response.close()
         finally:
-            response.close()
+            self._transport.end(self._origin)
 
     def _classify(self, response: requests.Response, start: float, timeout: float) -> FetchResult:
         code = str(response.status_code)
@@ -394,8 +380,11 @@ class StoreClient:
         return b"".join(chunks)
 
     def close(self) -> None:
-        """Close pooled connections."""
-        self.release()
+        """Close the transport if the client made its own, else its host's idle connections."""
+        if self._owns_transport:
+            self._transport.close()
+        else:
+            self.release()
 
 
 class _BodyTooLarge(Exception):

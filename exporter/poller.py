@@ -18,6 +18,7 @@ handed out) and raises the store's revision, so a view hands out cached records
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import threading
@@ -30,8 +31,9 @@ from exporter.config import Config, StoreConfig
 from exporter.discovery import TaskFiles
 from exporter.model import StoreView, TaskState
 from exporter.scheduler import FETCH_WORKERS, HOUSEKEEPING_PERIOD, Scheduler, Store, Watched
+from exporter.transport import Transport
 
-# A store with nothing due for this long gives up its session (see _release_if_idle).
+# A store with nothing due for this long closes its connections (see _release_if_idle).
 IDLE_RELEASE = 60.0
 
 log = logging.getLogger("exporter.poller")
@@ -67,7 +69,11 @@ class Poller:
         housekeeping_every: float = HOUSEKEEPING_PERIOD,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
-        self._client_factory = client_factory or StoreClient
+        # One session and pool manager for every store (docs/design.md, "HTTP client").
+        self.transport = Transport(pool_size=workers)
+        self._client_factory = client_factory or functools.partial(
+            StoreClient, transport=self.transport
+        )
         self._on_change = on_change
         self._lock = threading.Lock()
         self.cond = threading.Condition(self._lock)  # scrapes wait here for their fetches
@@ -122,6 +128,7 @@ class Poller:
             if name not in wanted:
                 gone = self.stores.pop(name)
                 gone.removed = True
+                gone.client.release()  # its host's idle connections, unless in use
                 for watched in gone.tasks.values():
                     watched.queued = False
         targets: dict[str, set[str]] = {}
@@ -355,13 +362,14 @@ class Poller:
         self.cond.notify_all()
 
     def _release_if_idle(self, store: Store, now: float) -> None:
-        """Drop the store's session when nothing of it is due for ``IDLE_RELEASE`` seconds.
+        """Close the store's connections when nothing of it is due for ``IDLE_RELEASE`` s.
 
-        A fleet's stores are mostly idle (completed tasks are never fetched again): their
-        sessions and kept-alive connections were most of a fleet's memory (docs/design.md,
-        "The scheduler"). A store that polls often keeps its connection.
+        A fleet's stores are mostly idle (completed tasks are never fetched again): a
+        kept-alive connection of theirs would hold a socket (and a TLS session) for nothing,
+        often one the server closed long ago (docs/design.md, "HTTP client"). A store that
+        polls often keeps its connection.
         """
-        if store.in_flight or store.head() is not None or not store.client.holds_session:
+        if store.in_flight or store.head() is not None or not store.client.holds_connections:
             return
         min_interval = store.config.min_poll_interval
         for task in store.active.values():

@@ -225,36 +225,60 @@ def test_labels_of_task_file_lines_reach_the_task(
     poller.stop()
 
 
-def test_an_idle_store_gives_up_its_session_and_a_busy_one_keeps_it(
-    sim: Simulator, tmp_path: Path
-) -> None:
-    """Connections are kept for stores polled soon, dropped for stores with nothing due."""
-    sim.add_task("d1", total=3, finished=3, status=0)  # completed: never fetched again
-    sim.add_task("b1", total=3, finished=1)  # in progress, polled every 10 s
-    sim.add_task("s1", total=3, finished=1)  # in progress, polled every 2 minutes
-    text = "stores:\n" + "".join(
-        (
-            store_yaml("done", sim.url, ["d1"], min_poll_interval="10s"),
-            store_yaml("busy", sim.url, ["b1"], min_poll_interval="10s"),
-            store_yaml("slow", sim.url, ["s1"], min_poll_interval="2m"),
+def test_an_idle_store_closes_its_connections_and_a_busy_one_keeps_them(tmp_path: Path) -> None:
+    """Connections are kept for stores polled soon, closed for stores with nothing due."""
+    with (
+        Simulator(tokens=(TOKEN,)) as done,
+        Simulator(tokens=(TOKEN,)) as busy,
+        Simulator(tokens=(TOKEN,)) as slow,
+    ):
+        done.add_task("d1", total=3, finished=3, status=0)  # completed: never fetched again
+        busy.add_task("b1", total=3, finished=1)  # in progress, polled every 10 s
+        slow.add_task("s1", total=3, finished=1)  # in progress, polled every 2 minutes
+        text = "stores:\n" + "".join(
+            (
+                store_yaml("done", done.url, ["d1"], min_poll_interval="10s"),
+                store_yaml("busy", busy.url, ["b1"], min_poll_interval="10s"),
+                store_yaml("slow", slow.url, ["s1"], min_poll_interval="2m"),
+            )
         )
+        clock = FakeClock()
+        exporter = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
+        try:
+            exporter.refresh(5)
+            assert (done.count(), busy.count(), slow.count()) == (1, 1, 1)
+            stores = exporter.poller.stores
+            assert not stores["done"].client.holds_connections
+            assert not stores["slow"].client.holds_connections
+            assert stores["busy"].client.holds_connections
+            assert exporter.poller.transport.hosts == 1
+            # a released store polls again when its task is due, on a new connection
+            slow.task("s1").finished = 2
+            clock.advance(121)
+            exporter.refresh(5)
+            assert slow.count("s1") == 2 and done.count("d1") == 1
+            [view] = [v for v in exporter.views().stores if v.name == "slow"]
+            assert view.tasks[0].snapshot is not None and view.tasks[0].snapshot.finished == 2
+            assert not stores["slow"].client.holds_connections
+            assert exporter.poller.transport.hosts == 1  # busy's, polled again meanwhile
+        finally:
+            exporter.close()
+
+
+def test_stores_share_one_session_and_a_host_pool(sim: Simulator, tmp_path: Path) -> None:
+    """A fleet on one host costs one pool, not a session per store; answers stay apart."""
+    for n in range(5):
+        sim.add_task(f"t{n}", total=10, finished=n)
+    text = "stores:\n" + "".join(
+        store_yaml(f"s{n}", sim.url, [f"t{n}"], min_poll_interval="10s") for n in range(5)
     )
-    clock = FakeClock()
-    exporter = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
+    exporter = make_exporter(write(tmp_path / "c.yaml", text))
     try:
         exporter.refresh(5)
-        assert sim.count() == 3
-        stores = exporter.poller.stores
-        assert not stores["done"].client.holds_session
-        assert not stores["slow"].client.holds_session
-        assert stores["busy"].client.holds_session
-        # a released store polls again when its task is due, on a new session
-        sim.task("s1").finished = 2
-        clock.advance(121)
-        exporter.refresh(5)
-        assert sim.count("s1") == 2 and sim.count("d1") == 1
-        [slow] = [v for v in exporter.views().stores if v.name == "slow"]
-        assert slow.tasks[0].snapshot is not None and slow.tasks[0].snapshot.finished == 2
-        assert not stores["slow"].client.holds_session
+        clients = [store.client for store in exporter.poller.stores.values()]
+        assert len({id(c._transport) for c in clients}) == 1
+        assert exporter.poller.transport.hosts == 1
+        finished = {v.name: v.tasks[0].snapshot.finished for v in exporter.views().stores}  # type: ignore[union-attr]
+        assert finished == {f"s{n}": n for n in range(5)}
     finally:
         exporter.close()

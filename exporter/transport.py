@@ -1,0 +1,144 @@
+"""One HTTP session for every store of a process, with per-host pools it can let go.
+
+A ``requests.Session`` per store (a session, an adapter, a pool manager, a pool) cost
+thousands of small objects per store, and making and dropping them by the thousand left
+the heap fragmented: 5,000 stores held 139 MB after their first round, 76 MB with one
+shared session (docs/design.md, "HTTP client"). So the process has one session; urllib3
+keeps a connection pool per host in it, and a store that goes idle lets its host's pool go
+(``Transport.release``), so idle stores hold no socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.cookiejar
+import threading
+import urllib.parse
+from typing import Any
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.poolmanager import PoolKey
+
+from exporter import __version__
+
+USER_AGENT = f"shoplazza-upload-exporter/{__version__}"
+#: Host pools kept at most; past it, the least recently used host's connections close.
+MAX_HOSTS = 4096
+
+Origin = tuple[str, str, int]  # scheme, host (lower case, no brackets), port
+
+
+def origin_of(url: str) -> Origin:
+    """The pool a request to ``url`` goes through, as requests and urllib3 key it."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+class _PoolManager(urllib3.PoolManager):
+    """A pool manager that tells its transport which pools each host has."""
+
+    def __init__(self, transport: Transport, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._transport = transport
+
+    def connection_from_pool_key(
+        self, pool_key: PoolKey, request_context: dict[str, Any]
+    ) -> HTTPConnectionPool:
+        self._transport._saw(pool_key)
+        return super().connection_from_pool_key(pool_key, request_context)
+
+
+class _Adapter(HTTPAdapter):
+    def __init__(self, transport: Transport, **kwargs: Any) -> None:
+        self._transport = transport
+        super().__init__(**kwargs)
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager = _PoolManager(
+            self._transport, num_pools=connections, maxsize=maxsize, block=block, **pool_kwargs
+        )
+
+
+class Transport:
+    """The session the stores of a process send their requests through.
+
+    Requests are sent between ``begin(origin)`` and ``end(origin)``; ``release(origin)``
+    closes the host's kept-alive connections unless a request to it is in flight (then it
+    does nothing: the pool stays in use). ``pool_size`` is how many idle connections a host
+    keeps: no more requests than that are ever in flight in the process, so none is dropped
+    for want of room.
+    """
+
+    def __init__(self, *, pool_size: int, max_hosts: int = MAX_HOSTS) -> None:
+        self._lock = threading.Lock()
+        self._in_flight: dict[Origin, int] = {}
+        self._keys: dict[Origin, set[PoolKey]] = {}
+        session = requests.Session()
+        session.trust_env = False  # no ~/.netrc credentials, no env proxies by surprise
+        # Shared by stores, so nothing one answer sets may travel with another's request.
+        session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        self._adapter = _Adapter(
+            self, pool_connections=max_hosts, pool_maxsize=max(pool_size, 1), max_retries=0
+        )
+        session.mount("http://", self._adapter)
+        session.mount("https://", self._adapter)
+        session.headers.update({"Accept": "application/json", "User-Agent": USER_AGENT})
+        self.session = session
+
+    def _saw(self, key: PoolKey) -> None:
+        port = key.key_port or (443 if key.key_scheme == "https" else 80)
+        origin = (key.key_scheme, key.key_host, port)
+        with self._lock:
+            keys = self._keys.setdefault(origin, set())
+            if key not in keys:
+                keys.add(key)
+
+    def begin(self, origin: Origin) -> None:
+        """A request to ``origin`` starts."""
+        with self._lock:
+            self._in_flight[origin] = self._in_flight.get(origin, 0) + 1
+
+    def end(self, origin: Origin) -> None:
+        """A request to ``origin`` is over (its response closed)."""
+        with self._lock:
+            left = self._in_flight.get(origin, 0) - 1
+            if left > 0:
+                self._in_flight[origin] = left
+            else:
+                self._in_flight.pop(origin, None)
+
+    def holds(self, origin: Origin) -> bool:
+        """A pool (and maybe kept-alive connections) is held for ``origin``."""
+        with self._lock:
+            return origin in self._keys
+
+    def release(self, origin: Origin) -> bool:
+        """Close ``origin``'s pools unless a request to it is in flight; True if closed."""
+        with self._lock:
+            if self._in_flight.get(origin) or origin not in self._keys:
+                return False
+            keys = self._keys.pop(origin)
+            pools = self._adapter.poolmanager.pools
+            for key in keys:
+                with contextlib.suppress(KeyError):  # urllib3 may have let it go (LRU)
+                    del pools[key]  # the container closes the pool it lets go
+        return True
+
+    @property
+    def hosts(self) -> int:
+        """Host pools held now."""
+        return len(self._adapter.poolmanager.pools)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        with self._lock:
+            self._keys.clear()
+        self.session.close()

@@ -1,0 +1,116 @@
+"""The shared session: per-host pools, releases that never cut a request, stores kept apart."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from exporter.client import StoreClient
+from exporter.config import parse_config
+from exporter.demo.simulator import Reply, Simulator
+from exporter.transport import Transport, origin_of
+from tests.helpers import TOKEN, TOKEN_ENV, config_yaml
+from tests.test_client import https_api  # noqa: F401 - the fixture
+
+
+def shared_client(transport: Transport, url: str, **keys: Any) -> StoreClient:
+    config = parse_config(config_yaml(url, ["t1"], **keys), environ={TOKEN_ENV: TOKEN})
+    return StoreClient(config.stores[0], transport=transport)
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("https://Acme.MyShoplaza.com", ("https", "acme.myshoplaza.com", 443)),
+        ("HTTP://127.0.0.1:8080/prefix", ("http", "127.0.0.1", 8080)),
+        ("http://[::1]:9000", ("http", "::1", 9000)),
+        ("http://example.com", ("http", "example.com", 80)),
+    ],
+)
+def test_origin_of(url: str, origin: tuple[str, str, int]) -> None:
+    assert origin_of(url) == origin
+
+
+def test_origin_matches_the_pool_urllib3_keys(sim: Simulator) -> None:
+    """A host written in capitals still finds (and releases) the pool it used."""
+    sim.add_task("t1", total=2, finished=1)
+    transport = Transport(pool_size=4)
+    url = sim.url.replace("127.0.0.1", "LocalHost")
+    client = shared_client(transport, url)
+    assert client.fetch("t1").code == "200"
+    assert transport.holds(origin_of(url)) and transport.hosts == 1
+    assert client.release()
+    assert not transport.holds(origin_of(url)) and transport.hosts == 0
+    assert client.fetch("t1").code == "200"  # a new pool, a new connection
+    transport.close()
+
+
+def test_an_answer_setting_a_cookie_never_reaches_another_request(sim: Simulator) -> None:
+    """One session serves every store: a cookie one store's answer sets is not kept."""
+    sim.add_task("t1", total=2, finished=1)
+    sim.script("t1", Reply(headers={"Set-Cookie": "sid=store-a-secret; Path=/"}))
+    transport = Transport(pool_size=4)
+    first, second = shared_client(transport, sim.url), shared_client(transport, sim.url)
+    assert first.fetch("t1").code == "200"
+    assert second.fetch("t1").code == "200" and first.fetch("t1").code == "200"
+    assert [r.headers.get("Cookie") for r in sim.requests] == [None, None, None]
+    assert len(transport.session.cookies) == 0
+    transport.close()
+
+
+def test_release_never_closes_a_pool_with_a_request_in_flight(sim: Simulator) -> None:
+    """Another store of the same host has a request in flight: its pool stays."""
+    sim.add_task("t1", total=2, finished=1)
+    transport = Transport(pool_size=4)
+    idle, busy = shared_client(transport, sim.url), shared_client(transport, sim.url)
+    assert idle.fetch("t1").code == "200"
+    sim.script("t1", Reply(latency=1.0))  # in flight long enough to try a release
+    results: list[str] = []
+    worker = threading.Thread(target=lambda: results.append(busy.fetch("t1").code))
+    worker.start()
+    try:
+        assert sim.wait_for(lambda s: s.in_flight == 1, 10)
+        assert not idle.release()  # busy's request is in flight on this host
+        assert idle.holds_connections and transport.hosts == 1
+    finally:
+        worker.join(10)
+    assert results == ["200"]
+    assert idle.release() and transport.hosts == 0
+    transport.close()
+
+
+def test_hosts_beyond_the_bound_close_the_least_recently_used() -> None:
+    """Pools are bounded; a host let go by urllib3 still polls, and releasing it is harmless."""
+    transport = Transport(pool_size=2, max_hosts=2)
+    with (
+        Simulator(tokens=(TOKEN,)) as a,
+        Simulator(tokens=(TOKEN,)) as b,
+        Simulator(tokens=(TOKEN,)) as c,
+    ):
+        clients = []
+        for sim in (a, b, c):
+            sim.add_task("t1", total=2, finished=1)
+            clients.append(shared_client(transport, sim.url))
+        for _ in range(2):
+            assert [client.fetch("t1").code for client in clients] == ["200"] * 3
+            assert transport.hosts == 2
+        assert clients[0].release()  # evicted by urllib3 since: nothing to close, no error
+        assert [client.fetch("t1").code for client in clients] == ["200"] * 3
+    transport.close()
+
+
+def test_tls_settings_of_one_store_never_reach_another_on_the_same_host(
+    https_api: str,  # noqa: F811 - the fixture
+) -> None:
+    """A store that skips verification opens a pool; a verifying store still verifies."""
+    transport = Transport(pool_size=4)
+    lax = shared_client(transport, https_api, tls_config="{insecure_skip_verify: true}")
+    strict = shared_client(transport, https_api)
+    assert lax.fetch("t1").code == "200"
+    result = strict.fetch("t1")
+    assert result.code == "connection_error"
+    assert result.detail.startswith("TLS error: certificate verify failed: ")
+    assert lax.fetch("t1").code == "200"
+    transport.close()

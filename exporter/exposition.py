@@ -19,10 +19,13 @@ the families it shows (as ``restricted_registry`` selects them, in a stable orde
 
 from __future__ import annotations
 
+import array
+import functools
+import itertools
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -46,7 +49,12 @@ from exporter.collector import (
 from exporter.model import ExporterView, StoreView
 from exporter.render_cache import SEGMENT, TASK_NAMES, render_segment, task_key
 
-__all__ = ["SEGMENT", "Exposition", "default_collectors"]
+__all__ = ["BLOCK_UNITS", "SEGMENT", "Exposition", "default_collectors"]
+
+Render = Callable[[], tuple[bytes, ...]]  # a unit's lines, one chunk per family
+
+#: Units (a store's counters, or a segment of a store's tasks) per compressed block.
+BLOCK_UNITS = 32
 
 _FAST_ESCAPINGS = frozenset({om_format.UNDERSCORES, om_format.ALLOWUTF8})
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no mtime, unknown OS
@@ -85,27 +93,119 @@ class _Piece:
         return self._deflated
 
 
-class _Segment:
-    """Up to SEGMENT consecutive tasks of a store: their keys and rendered lines per family."""
+class _Block:
+    """One family's lines of up to :data:`BLOCK_UNITS` consecutive units (a store's counters,
+    or a segment of a store's tasks), held only as raw deflate, flushed to a byte boundary
+    and not final: blocks concatenate into a gzip body as they are, and the text is inflated
+    when a plain scrape or a change needs it (docs/design.md, "Exposition")."""
 
-    __slots__ = ("chunks", "keys")
+    __slots__ = ("adjust", "deflated", "ends")
 
-    def __init__(self, keys: list[tuple[object, ...]], chunks: tuple[bytes, ...]) -> None:
-        self.keys = keys
-        self.chunks = chunks
+    def __init__(self, chunks: Sequence[bytes]) -> None:
+        text = b"".join(chunks)
+        self.ends = array.array("L", itertools.accumulate(map(len, chunks)))
+        compressor = zlib.compressobj(1, zlib.DEFLATED, -15)
+        self.deflated = compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        # crc32(prefix + text) = crc32(len(text) zeros, crc32(prefix)) ^ adjust (_chain)
+        self.adjust = zlib.crc32(text) ^ _crc_of_zeros(len(text), 0)
+
+    @property
+    def size(self) -> int:
+        """Bytes of text."""
+        return self.ends[-1] if self.ends else 0
+
+    def text(self) -> bytes:
+        """The lines, inflated."""
+        return zlib.decompressobj(-15).decompress(self.deflated)
+
+    def chunks(self) -> list[bytes]:
+        """Each unit's lines."""
+        text = self.text()
+        starts = itertools.chain((0,), self.ends)
+        return [text[start:end] for start, end in zip(starts, self.ends, strict=False)]
+
+
+class _Section:
+    """The cached families of one kind of unit: the units in body order and, per family,
+    the blocks of their lines."""
+
+    __slots__ = ("blocks", "index", "units")
+
+    def __init__(self, families: int) -> None:
+        self.units: list[Hashable] = []
+        self.index: dict[Hashable, int] = {}
+        self.blocks: list[list[_Block]] = [[] for _ in range(families)]
+
+    def update(self, units: list[Hashable], fresh: dict[Hashable, Render]) -> bool:
+        """Take ``units`` in this order, with new lines for the units in ``fresh`` (every
+        unit not in the previous order is); True when anything changed.
+
+        Lines are rendered a block at a time, as they are compressed, so that a first
+        render never holds the whole text of a fleet (docs/design.md, "Exposition").
+        """
+        if units == self.units:
+            dirty: dict[int, list[tuple[int, Render]]] = {}
+            for unit, render in fresh.items():
+                block, at = divmod(self.index[unit], BLOCK_UNITS)
+                dirty.setdefault(block, []).append((at, render))
+            for block, changes in dirty.items():
+                rendered = [(at, render()) for at, render in changes]
+                for family, blocks in enumerate(self.blocks):
+                    parts = blocks[block].chunks()
+                    for at, chunks in rendered:
+                        parts[at] = chunks[family]
+                    blocks[block] = _Block(parts)
+            return bool(dirty)
+        old = _OldLines(self.blocks)
+        new_blocks: list[list[_Block]] = [[] for _ in self.blocks]
+        for start in range(0, len(units), BLOCK_UNITS):
+            group = units[start : start + BLOCK_UNITS]
+            lines = [make() if (make := fresh.get(unit)) is not None else None for unit in group]
+            for family, blocks in enumerate(new_blocks):
+                parts = [
+                    old.get(family, self.index[unit]) if chunks is None else chunks[family]
+                    for unit, chunks in zip(group, lines, strict=True)
+                ]
+                blocks.append(_Block(parts))
+        self.blocks = new_blocks
+        self.units = units
+        self.index = {unit: i for i, unit in enumerate(units)}
+        return True
+
+
+class _OldLines:
+    """Units' lines from the blocks of a previous layout, a few inflated blocks at a time
+    (units mostly keep their order, so a block is rarely inflated twice)."""
+
+    KEPT = 4
+
+    def __init__(self, blocks: list[list[_Block]]) -> None:
+        self._blocks = blocks
+        self._inflated: list[dict[int, list[bytes]]] = [{} for _ in blocks]
+
+    def get(self, family: int, index: int) -> bytes:
+        """The lines of the unit at ``index`` of the previous layout, for ``family``."""
+        number, at = divmod(index, BLOCK_UNITS)
+        inflated = self._inflated[family]
+        chunks = inflated.get(number)
+        if chunks is None:
+            if len(inflated) >= self.KEPT:
+                del inflated[next(iter(inflated))]
+            chunks = inflated[number] = self._blocks[family][number].chunks()
+        return chunks[at]
 
 
 class _Store:
-    """What is cached of one store."""
+    """What is remembered of one store to tell what changed: its view's revision and task
+    count, each segment's task keys, and its counters' key."""
 
-    __slots__ = ("count", "revision", "segments", "stats", "stats_key")
+    __slots__ = ("count", "keys", "revision", "stats_key")
 
     def __init__(self) -> None:
         self.revision = -1
         self.count = -1
-        self.segments: list[_Segment] = []
+        self.keys: list[list[tuple[object, ...]]] = []
         self.stats_key: tuple[object, ...] | None = None
-        self.stats: tuple[bytes, ...] = ()
 
 
 def default_collectors() -> tuple[Collector, ...]:
@@ -167,8 +267,8 @@ class Exposition:
         self._headers = {fmt: [_Piece([_header(fmt, f)]) for f in cached] for fmt in _ENCODERS}
         self._text_headers = [h.chunks[0] for h in self._headers["text"]]
         self._stores: dict[str, _Store] = {}
-        self._order: tuple[str, ...] = ()
-        self._sections = [_Piece([]) for _ in cached]
+        self._tasks = _Section(len(TASK_NAMES))  # units: (store, segment number)
+        self._stats = _Section(len(STORE_FAMILIES))  # units: store names
         self.generation = 0  # grows whenever a cached section changes
         self._prefix_crc: dict[str, tuple[int, int, int]] = {}  # fmt: (generation, crc, size)
 
@@ -194,55 +294,48 @@ class Exposition:
 
     def _update(self, view: ExporterView) -> None:
         """Bring the cached sections up to date with ``view``."""
-        order = tuple(store.name for store in view.stores)
-        tasks_changed = stats_changed = order != self._order
-        if tasks_changed:
-            self._stores = {name: self._stores.get(name) or _Store() for name in order}
-            self._order = order
+        stores: dict[str, _Store] = {}
+        task_units: list[Hashable] = []
+        fresh_tasks: dict[Hashable, Render] = {}
+        fresh_stats: dict[Hashable, Render] = {}
         for store_view in view.stores:
-            cached = self._stores[store_view.name]
-            changed = self._update_store(cached, store_view)
-            tasks_changed |= changed[0]
-            stats_changed |= changed[1]
-        stores = [self._stores[name] for name in order]
-        if tasks_changed:
-            for i in range(len(TASK_NAMES)):
-                chunks = [seg.chunks[i] for store in stores for seg in store.segments]
-                self._sections[i] = _Piece(chunks)
-        if stats_changed:
-            for i in range(len(STORE_FAMILIES)):
-                chunks = [store.stats[i] for store in stores]
-                self._sections[len(TASK_NAMES) + i] = _Piece(chunks)
+            name = store_view.name
+            cached = stores[name] = self._stores.get(name) or _Store()
+            stats_key = _stats_key(store_view)
+            if stats_key != cached.stats_key:
+                cached.stats_key = stats_key
+                fresh_stats[name] = functools.partial(self._store_lines, store_view)
+            segments = self._update_store(cached, store_view)
+            for n, lines in enumerate(segments):
+                task_units.append((name, n))
+                if lines is not None:
+                    fresh_tasks[(name, n)] = lines
+        self._stores = stores
+        tasks_changed = self._tasks.update(task_units, fresh_tasks)
+        stats_changed = self._stats.update(list(stores), fresh_stats)
         if tasks_changed or stats_changed:
             self.generation += 1
 
-    def _update_store(self, cached: _Store, view: StoreView) -> tuple[bool, bool]:
-        """Re-render the changed parts of one store: (tasks changed, counters changed)."""
-        stats_key = _stats_key(view)
-        stats_changed = stats_key != cached.stats_key
-        if stats_changed:
-            cached.stats_key = stats_key
-            cached.stats = self._store_lines(view)
+    def _update_store(self, cached: _Store, view: StoreView) -> list[Render | None]:
+        """Per segment of the store's tasks: how to render it, or None when it is unchanged."""
         tracked = view.revision >= 0 and view.revision == cached.revision
         if tracked and cached.count == len(view.tasks):
-            return False, stats_changed
-        tasks_changed = False
-        segments: list[_Segment] = []
+            return [None] * len(cached.keys)
+        segments: list[Render | None] = []
+        keys: list[list[tuple[object, ...]]] = []
         tasks = view.tasks
         for n, start in enumerate(range(0, len(tasks), SEGMENT)):
             part = tasks[start : start + SEGMENT]
-            keys = [task_key(task) for task in part]
-            old = cached.segments[n] if n < len(cached.segments) else None
-            if old is not None and old.keys == keys:
-                segments.append(old)
-            else:
-                segments.append(_Segment(keys, render_segment(view.name, part)))
-                tasks_changed = True
-        tasks_changed |= len(segments) != len(cached.segments)
-        cached.segments = segments
+            part_keys = [task_key(task) for task in part]
+            old = cached.keys[n] if n < len(cached.keys) else None
+            unchanged = old is not None and old == part_keys
+            render = None if unchanged else functools.partial(render_segment, view.name, part)
+            segments.append(render)
+            keys.append(part_keys)
+        cached.keys = keys
         cached.revision = view.revision
         cached.count = len(tasks)
-        return tasks_changed, stats_changed
+        return segments
 
     def _store_lines(self, view: StoreView) -> tuple[bytes, ...]:
         """One store's counter, histogram and gauge lines, as prometheus_client writes them."""
@@ -266,25 +359,41 @@ class Exposition:
 
         return _ENCODERS[fmt](_Families(families()))
 
+    def _sections(self) -> Iterator[list[_Block]]:
+        """Each cached family's blocks, in body order."""
+        yield from self._tasks.blocks
+        yield from self._stats.blocks
+
     def _assemble(self, view: ExporterView, fmt: str, gzipped: bool) -> bytes:
-        pieces: list[_Piece] = []
-        for header, section in zip(self._headers[fmt], self._sections, strict=True):
-            pieces += (header, section)
+        headers = self._headers[fmt]
         tail = self._tail(view, fmt)
         if not gzipped:
-            return b"".join([*(chunk for p in pieces for chunk in p.chunks), tail])
+            parts: list[bytes] = []
+            for header, blocks in zip(headers, self._sections(), strict=True):
+                parts += header.chunks
+                parts += (block.text() for block in blocks)
+            parts.append(tail)
+            return b"".join(parts)
         cached = self._prefix_crc.get(fmt)
         if cached is None or cached[0] != self.generation:
             crc = size = 0
-            for chunk in (chunk for p in pieces for chunk in p.chunks):
-                crc = zlib.crc32(chunk, crc)
-                size += len(chunk)
+            for header, blocks in zip(headers, self._sections(), strict=True):
+                for chunk in header.chunks:
+                    crc = zlib.crc32(chunk, crc)
+                    size += len(chunk)
+                for block in blocks:
+                    crc = _chain(crc, block)
+                    size += block.size
             cached = self._prefix_crc[fmt] = (self.generation, crc, size)
         trailer = struct.pack(
             "<II", zlib.crc32(tail, cached[1]), (cached[2] + len(tail)) & 0xFFFFFFFF
         )
-        deflated = [p.deflated for p in pieces]
-        return b"".join([_GZIP_HEADER, *deflated, _Piece([tail]).deflated, _FINAL_BLOCK, trailer])
+        deflated = [_GZIP_HEADER]
+        for header, blocks in zip(headers, self._sections(), strict=True):
+            deflated.append(header.deflated)
+            deflated += (block.deflated for block in blocks)
+        deflated += (_Piece([tail]).deflated, _FINAL_BLOCK, trailer)
+        return b"".join(deflated)
 
     def _generic(
         self,
@@ -327,6 +436,28 @@ class _Selected(Collector):
         """The chosen collectors' families, in registration order."""
         for collector in self._collectors:
             yield from collector.collect()
+
+
+_ZEROS = memoryview(bytes(1 << 16))
+
+
+def _crc_of_zeros(count: int, crc: int) -> int:
+    """crc32 of ``count`` zero bytes, continuing ``crc``."""
+    while count > 0:
+        step = min(count, len(_ZEROS))
+        crc = zlib.crc32(_ZEROS[:step], crc)
+        count -= step
+    return crc
+
+
+def _chain(crc: int, block: _Block) -> int:
+    """crc32 of a prefix whose crc32 is ``crc`` followed by the block's text, not inflated.
+
+    crc32 is affine in (initial value, data), so crc32(text, crc) = crc32(zeros, crc) ^
+    crc32(text, 0) ^ crc32(zeros, 0), zeros being len(text) zero bytes; the last two terms
+    are the block's ``adjust``.
+    """
+    return _crc_of_zeros(block.size, crc) ^ block.adjust
 
 
 def _gzip(data: bytes) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import math
+import random
 import shutil
 import subprocess
 import tracemalloc
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from exporter.collector import TaskCollector
-from exporter.exposition import SEGMENT, Exposition
+from exporter.exposition import BLOCK_UNITS, SEGMENT, Exposition
 from exporter.model import (
     DURATION_BUCKETS,
     ERROR_CODES,
@@ -241,6 +242,41 @@ def test_every_change_shows_in_the_next_scrape(tracked: bool, accept: str) -> No
         assert after == generic(view, accept), step
         assert after != before, step
         assert ours(exposition, view, accept, names=names) == generic(view, accept, names), step
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_fleet_over_many_blocks_stays_exact_through_random_changes(seed: int) -> None:
+    """Stores and segments span several compressed blocks; any mix of changes, insertions,
+    removals and reorders still renders what the encoder writes, plain and gzipped."""
+    rng = random.Random(seed)
+    big = store("big", [task(f"b{i}", i % 7) for i in range((BLOCK_UNITS + 2) * SEGMENT)])
+    stores = [big, *(store(f"s{n:03d}", [task(f"t{n}", n)]) for n in range(3 * BLOCK_UNITS + 5))]
+    exposition = Exposition(extra=())
+    fresh = 0
+    for step in range(20):
+        kind = rng.choice(["task", "counter", "insert", "remove", "swap", "big"])
+        at = rng.randrange(len(stores))
+        if kind == "task":
+            changed = tuple(task(t.task_id, rng.randrange(10)) for t in stores[at].tasks)
+            stores[at] = dataclasses.replace(stores[at], tasks=changed)
+        elif kind == "counter":
+            stores[at] = dataclasses.replace(stores[at], duration_count=step + 1)
+        elif kind == "insert":
+            fresh += 1
+            stores.insert(at, store(f"new{fresh}", [task(f"n{fresh}", step), task("x", 1)]))
+        elif kind == "remove" and len(stores) > 1:
+            del stores[at]
+        elif kind == "swap":
+            other = rng.randrange(len(stores))
+            stores[at], stores[other] = stores[other], stores[at]
+        else:  # one task deep in the big store (a block past the first)
+            for index in [i for i, s in enumerate(stores) if s.name == "big"]:
+                tasks = list(stores[index].tasks)
+                n = rng.randrange(len(tasks))
+                tasks[n] = task(tasks[n].task_id, step)
+                stores[index] = dataclasses.replace(stores[index], tasks=tuple(tasks))
+        view = exporter_view(*stores)
+        assert ours(exposition, view) == generic(view, ""), (step, kind)
 
 
 def test_unchanged_revision_skips_the_tasks_values() -> None:

@@ -101,7 +101,7 @@ class TokenBucket:
         return None
 
 
-@dataclass
+@dataclass(slots=True)
 class StoreStats:
     """A store's counters and histogram; they survive reloads while the store stays."""
 

@@ -211,6 +211,19 @@ def _error_detail(response: requests.Response, body: bytes) -> str:
 class StoreClient:
     """Fetches upload tasks of one store through the process's shared ``Transport``."""
 
+    __slots__ = (
+        "_clock",
+        "_origin",
+        "_owns_transport",
+        "_token",
+        "_token_lock",
+        "_token_reader",
+        "_token_unreadable",
+        "_transport",
+        "_verify",
+        "store",
+    )
+
     def __init__(
         self,
         store: StoreConfig,

@@ -92,7 +92,7 @@ class TaskState:
         return self.snapshot is not None and self.snapshot.completed
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoreView:
     """A consistent copy of one store for rendering."""
 

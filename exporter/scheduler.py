@@ -66,6 +66,24 @@ class Watched:
 class Store:
     """One store's watched tasks, queue, budget, counters and cached view."""
 
+    __slots__ = (
+        "active",
+        "bucket",
+        "client",
+        "config",
+        "files",
+        "in_flight",
+        "next_due",
+        "queue",
+        "ready",
+        "removed",
+        "revision",
+        "stats",
+        "tasks",
+        "timer",
+        "view",
+    )
+
     def __init__(self, config: StoreConfig, client: StoreClient, now: float) -> None:
         self.config = config
         self.client = client

@@ -17,7 +17,7 @@ MAX_CONCURRENCY = 1_000
 Labels = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TLSConfig:
     """TLS settings for the connections to one store's API."""
 
@@ -25,7 +25,7 @@ class TLSConfig:
     insecure_skip_verify: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenSource:
     """Where a store's access token comes from, plus the value read at load time."""
 
@@ -41,7 +41,7 @@ class TokenSource:
         return self.describe()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoreConfig:
     """One watched Shoplazza store, with the defaults already applied."""
 

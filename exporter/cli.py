@@ -20,7 +20,11 @@ from exporter.config import ConfigError, load_config
 from exporter.discovery import StoreFiles
 from exporter.errors import LoadError
 from exporter.logs import LEVELS, setup_logging
-from exporter.runtime import raise_open_files_limit, return_large_buffers_to_the_system
+from exporter.runtime import (
+    limit_malloc_arenas,
+    raise_open_files_limit,
+    return_large_buffers_to_the_system,
+)
 from exporter.sharding import Shard
 from exporter.web.routes import App
 from exporter.web.server import ExporterServer
@@ -172,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     if args.config_check:
         return check_config(args.config_file, args.web_config_file)
+    # Before any thread starts or any file is parsed (docs/design.md, "Exposition").
+    return_large_buffers_to_the_system()
+    limit_malloc_arenas()
     # Handlers first: a SIGTERM or SIGHUP during start-up must not kill the process
     # with the default action; it is acted on once the server runs.
     signals = _Signals()
@@ -201,7 +208,6 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack, signals
         return 1
     stack.callback(exporter.close)
     raise_open_files_limit()  # before the server sizes its connection limit from it
-    return_large_buffers_to_the_system()
     try:
         server = ExporterServer(App(exporter), args.listen_address, args.web_config_file)
     except WebConfigError as exc:

@@ -16,6 +16,7 @@ import requests
 from exporter.cli import link_web_config_health
 from exporter.demo.simulator import Simulator
 from exporter.runtime import (
+    limit_malloc_arenas,
     raise_open_files_limit,
     release_free_memory,
     return_large_buffers_to_the_system,
@@ -133,3 +134,13 @@ def test_large_buffers_go_back_to_the_system_on_glibc() -> None:
     expected = platform.libc_ver()[0] == "glibc"
     assert return_large_buffers_to_the_system() is expected
     assert release_free_memory() is expected
+
+
+def test_threads_share_two_malloc_arenas_unless_the_environment_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    expected = platform.libc_ver()[0] == "glibc"
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert limit_malloc_arenas() is expected
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the operator's choice wins
+    assert limit_malloc_arenas() is False

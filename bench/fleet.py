@@ -18,7 +18,7 @@ RSS from /proc while it works. Prints a markdown table per scenario:
 Usage::
 
     .venv/bin/python -m bench.fleet [--scenario 1000x10 --scenario 5000x2] [--latency 0.05]
-        [--scrapes 20]
+        [--scrapes 20] [--hosts distinct|one]
 """
 
 from __future__ import annotations
@@ -112,15 +112,18 @@ def _raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _config(url: str, scenario: Scenario) -> tuple[str, list[str]]:
+def _config(port: int, scenario: Scenario, distinct: bool) -> tuple[str, list[str]]:
     lines = ["stores:"]
     ids: list[str] = []
     for s in range(scenario.stores):
         store = [f"s{s:05d}-{t}" for t in range(scenario.tasks)]
         ids.extend(store)
+        # 127.0.0.0/8 is all loopback on Linux: a host of its own per store, as real
+        # stores have (each its own shop domain), or all stores on one host
+        host = f"127.{s // 62500}.{s // 250 % 250}.{s % 250 + 1}" if distinct else "127.0.0.1"
         lines += [
             f"  - name: s{s:05d}",
-            f"    base_url: {url}",
+            f"    base_url: http://{host}:{port}",
             f"    access_token_env: {TOKEN_ENV}",
             f"    task_ids: {json.dumps(store)}",
             "    min_poll_interval: 1h",
@@ -135,10 +138,15 @@ def _budget_floor(scenario: Scenario, latency: float) -> float:
     return max(tokens, waves)
 
 
-def run(scenario: Scenario, latency: float, scrapes: int, tmp: Path) -> dict[str, str]:
+def run(
+    scenario: Scenario, latency: float, scrapes: int, tmp: Path, distinct: bool
+) -> dict[str, str]:
     """One scenario; returns its figures by row name."""
-    with Simulator(tokens=(TOKEN,), latency=latency, max_records=1) as sim:
-        text, ids = _config(sim.url, scenario)
+    # Distinct hosts need a simulator on every loopback address (0.0.0.0: on this
+    # machine's other addresses too, for the few minutes of the run).
+    bind = "0.0.0.0" if distinct else "127.0.0.1"
+    with Simulator(bind, tokens=(TOKEN,), latency=latency, max_records=1) as sim:
+        text, ids = _config(sim.port, scenario, distinct)
         for i, task_id in enumerate(ids):
             if i % 10 == 0:
                 sim.add_task(task_id, total=100, finished=40)
@@ -185,12 +193,13 @@ def run(scenario: Scenario, latency: float, scrapes: int, tmp: Path) -> dict[str
             _, round_rss = watch.read()  # polled, before any full /metrics was rendered
             polled = _wait(lambda: _polled(session, url) >= len(ids), 60, proc)
             latencies: list[float] = []
-            size = 0
+            size = series = 0
             for _ in range(scrapes + 1):
                 t = time.monotonic()
                 body = session.get(url + "/metrics", headers=headers, timeout=60).content
                 latencies.append(time.monotonic() - t)
                 size = len(body)
+            series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
             latencies = latencies[1:]  # the first one after the round renders every store anew
             end_threads, end_rss = watch.read()
             watch.stop()
@@ -217,6 +226,7 @@ def run(scenario: Scenario, latency: float, scrapes: int, tmp: Path) -> dict[str
             f"{fmt_seconds(percentile(latencies, 50))} / {fmt_seconds(percentile(latencies, 99))}"
         ),
         "  body": f"{size / 1e6:.1f} MB",
+        "  series": fmt_int(series),
         "requests beyond one per task": fmt_int(extra),
     }
 
@@ -274,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--latency", type=float, default=0.05, help="upstream latency, s (0.05)")
     parser.add_argument("--scrapes", type=int, default=20, help="steady scrapes timed (20)")
+    parser.add_argument(
+        "--hosts",
+        choices=("one", "distinct"),
+        default="distinct",
+        help="every store on one API host, or each on its own loopback address (distinct)",
+    )
     args = parser.parse_args(argv)
     if args.latency < 0 or args.scrapes < 1:
         parser.error("--latency must be >= 0 and --scrapes >= 1")
@@ -283,12 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
         for scenario in scenarios:
             print(f"running {scenario.label} ...", file=sys.stderr)
-            columns.append(run(scenario, args.latency, args.scrapes, Path(tmp)))
+            columns.append(
+                run(scenario, args.latency, args.scrapes, Path(tmp), args.hosts == "distinct")
+            )
     print("# Fleet benchmark (bench.fleet)\n")
     print(
         f"Per store: {RATE:g} req/s, burst {BURST}, max_concurrency {CONCURRENCY}, "
         f"min_poll_interval 1h; one task in ten in progress; upstream latency "
-        f"{args.latency:g} s; {FETCH_WORKERS} fetch workers at most; "
+        f"{args.latency:g} s; {FETCH_WORKERS} fetch workers at most; API hosts: "
+        f"{'one per store' if args.hosts == 'distinct' else 'one for all stores'}; "
         f"{os.cpu_count()} CPUs shared with the simulator.\n"
     )
     rows = [[name, *(c[name] for c in columns)] for name in columns[0]]

@@ -282,3 +282,20 @@ def test_stores_share_one_session_and_a_host_pool(sim: Simulator, tmp_path: Path
         assert finished == {f"s{n}": n for n in range(5)}
     finally:
         exporter.close()
+
+
+def test_a_store_removed_by_a_reload_closes_its_hosts_connections(tmp_path: Path) -> None:
+    with Simulator(tokens=(TOKEN,)) as kept, Simulator(tokens=(TOKEN,)) as gone:
+        kept.add_task("k1", total=3, finished=1)
+        gone.add_task("g1", total=3, finished=1)
+        path = tmp_path / "c.yaml"
+        both = store_yaml("kept", kept.url, ["k1"]) + store_yaml("gone", gone.url, ["g1"])
+        exporter = make_exporter(write(path, "stores:\n" + both))
+        try:
+            exporter.refresh(5)
+            assert exporter.poller.transport.hosts == 2  # both polled every 10 s: kept alive
+            write(path, "stores:\n" + store_yaml("kept", kept.url, ["k1"]))
+            assert exporter.reload()[0]
+            assert exporter.poller.transport.hosts == 1
+        finally:
+            exporter.close()

@@ -257,11 +257,9 @@ class StoreClient:
         return self._transport.holds(self._origin)
 
     def release(self) -> bool:
-        """Close the host's kept-alive connections unless a request to it is in flight.
-
-        Stores that share a host share its pool: releasing it costs them a new connection.
-        """
-        return self._transport.release(self._origin)
+        """The store no longer needs its host: its kept-alive connections close once no
+        other store uses that host and no request to it is in flight (True if they did)."""
+        return self._transport.release(self._origin, self.store.name)
 
     def url(self, task_id: str) -> str:
         """The task's URL; refuses ids that are not plain task ids."""
@@ -307,7 +305,7 @@ class StoreClient:
         url = self.url(task_id)
         timeout = self.store.timeout
         start = self._clock()
-        self._transport.begin(self._origin)
+        self._transport.begin(self._origin, self.store.name)
         try:
             try:
                 response = self._transport.session.get(

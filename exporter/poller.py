@@ -369,7 +369,7 @@ class Poller:
         often one the server closed long ago (docs/design.md, "HTTP client"). A store that
         polls often keeps its connection.
         """
-        if store.in_flight or store.head() is not None or not store.client.holds_connections:
+        if store.in_flight or store.head() is not None:
             return
         min_interval = store.config.min_poll_interval
         for task in store.active.values():

@@ -73,16 +73,17 @@ class _Adapter(HTTPAdapter):
 class Transport:
     """The session the stores of a process send their requests through.
 
-    Requests are sent between ``begin(origin)`` and ``end(origin)``; ``release(origin)``
-    closes the host's kept-alive connections unless a request to it is in flight (then it
-    does nothing: the pool stays in use). ``pool_size`` is how many idle connections a host
-    keeps: no more requests than that are ever in flight in the process, so none is dropped
-    for want of room.
+    Requests are sent between ``begin(origin, store)`` and ``end(origin)``; a store that
+    goes idle calls ``release(origin, store)``, which closes the host's kept-alive
+    connections once no store uses the host any more and no request to it is in flight.
+    ``pool_size`` is how many idle connections a host keeps: no more requests than that are
+    ever in flight in the process, so none is dropped for want of room.
     """
 
     def __init__(self, *, pool_size: int, max_hosts: int = MAX_HOSTS) -> None:
         self._lock = threading.Lock()
         self._in_flight: dict[Origin, int] = {}
+        self._users: dict[Origin, set[str]] = {}  # stores that requested and did not release
         self._keys: dict[Origin, set[PoolKey]] = {}
         session = requests.Session()
         session.trust_env = False  # no ~/.netrc credentials, no env proxies by surprise
@@ -104,10 +105,11 @@ class Transport:
             if key not in keys:
                 keys.add(key)
 
-    def begin(self, origin: Origin) -> None:
-        """A request to ``origin`` starts."""
+    def begin(self, origin: Origin, user: str) -> None:
+        """A request of ``user`` (a store) to ``origin`` starts; the store now uses the host."""
         with self._lock:
             self._in_flight[origin] = self._in_flight.get(origin, 0) + 1
+            self._users.setdefault(origin, set()).add(user)
 
     def end(self, origin: Origin) -> None:
         """A request to ``origin`` is over (its response closed)."""
@@ -123,9 +125,16 @@ class Transport:
         with self._lock:
             return origin in self._keys
 
-    def release(self, origin: Origin) -> bool:
-        """Close ``origin``'s pools unless a request to it is in flight; True if closed."""
+    def release(self, origin: Origin, user: str) -> bool:
+        """``user`` no longer needs ``origin``: close its pools if no other store uses the
+        host and no request to it is in flight; True if they were closed."""
         with self._lock:
+            users = self._users.get(origin)
+            if users is not None:
+                users.discard(user)
+                if users:
+                    return False  # another store of this host still polls it
+                del self._users[origin]
             if self._in_flight.get(origin) or origin not in self._keys:
                 return False
             keys = self._keys.pop(origin)
@@ -144,4 +153,5 @@ class Transport:
         """Close every pooled connection."""
         with self._lock:
             self._keys.clear()
+            self._users.clear()
         self.session.close()

@@ -11,12 +11,13 @@ from exporter.client import StoreClient
 from exporter.config import parse_config
 from exporter.demo.simulator import Reply, Simulator
 from exporter.transport import Transport, origin_of
-from tests.helpers import TOKEN, TOKEN_ENV, config_yaml
+from tests.helpers import TOKEN, TOKEN_ENV, store_yaml
 from tests.test_client import https_api  # noqa: F401 - the fixture
 
 
-def shared_client(transport: Transport, url: str, **keys: Any) -> StoreClient:
-    config = parse_config(config_yaml(url, ["t1"], **keys), environ={TOKEN_ENV: TOKEN})
+def shared_client(transport: Transport, url: str, name: str = "shop", **keys: Any) -> StoreClient:
+    text = "stores:\n" + store_yaml(name, url, ["t1"], **keys)
+    config = parse_config(text, environ={TOKEN_ENV: TOKEN})
     return StoreClient(config.stores[0], transport=transport)
 
 
@@ -78,6 +79,20 @@ def test_release_never_closes_a_pool_with_a_request_in_flight(sim: Simulator) ->
         worker.join(10)
     assert results == ["200"]
     assert idle.release() and transport.hosts == 0
+    transport.close()
+
+
+def test_a_host_pool_stays_while_another_store_of_the_host_uses_it(sim: Simulator) -> None:
+    """Stores behind one host (a proxy): one going idle does not cut the others' connections."""
+    sim.add_task("t1", total=2, finished=1)
+    transport = Transport(pool_size=4)
+    idle = shared_client(transport, sim.url, name="idle")
+    busy = shared_client(transport, sim.url, name="busy")
+    assert idle.fetch("t1").code == "200" and busy.fetch("t1").code == "200"
+    assert not idle.release() and transport.hosts == 1
+    assert busy.fetch("t1").code == "200"
+    assert busy.release() and transport.hosts == 0
+    assert not idle.release()  # nothing left to close
     transport.close()
 
 

@@ -84,14 +84,7 @@ def return_large_buffers_to_the_system(threshold: int = MMAP_THRESHOLD) -> bool:
     70 MiB (docs/design.md, "Exposition"). A fixed threshold gives big buffers back to the
     system when they are freed. Elsewhere than glibc this does nothing.
     """
-    mallopt = getattr(_libc(), "mallopt", None)
-    if mallopt is None:
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    ok = bool(mallopt(_M_MMAP_THRESHOLD, threshold))
-    log.debug("allocator tuned", extra={"mmap_threshold": threshold, "ok": ok})
-    return ok
+    return _mallopt("mmap_threshold", _M_MMAP_THRESHOLD, threshold)
 
 
 def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> bool:
@@ -107,11 +100,16 @@ def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> bool:
     """
     if "MALLOC_ARENA_MAX" in os.environ:
         return False
+    return _mallopt("malloc_arenas", _M_ARENA_MAX, count)
+
+
+def _mallopt(name: str, param: int, value: int) -> bool:
+    """glibc's ``mallopt(param, value)``; True when it took, False without glibc."""
     mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    ok = bool(mallopt(_M_ARENA_MAX, count))
-    log.debug("allocator tuned", extra={"malloc_arenas": count, "ok": ok})
+    ok = bool(mallopt(param, value))
+    log.debug("allocator tuned", extra={name: value, "ok": ok})
     return ok

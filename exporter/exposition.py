@@ -2,13 +2,14 @@
 
 Between two scrapes almost nothing changes: completed tasks never do, a task in progress at
 most once per ``min_poll_interval``, a store's counters only when requests were made. So
-:class:`Exposition` keeps, per store, the exposition lines of each segment of up to
-:data:`SEGMENT` tasks and of the store's counters, renders a part again only when the
-values it shows changed, and assembles the body by concatenating cached parts in a stable
-order (families in :mod:`exporter.collector` order, stores and tasks in view order). The
-gzip body is assembled the same way from cached raw-deflate parts (one standard gzip
-member). Only the small tail (exporter-wide gauges, ``process_*``, ``python_*``) is encoded
-on every scrape, by prometheus_client itself.
+:class:`Exposition` renders the lines of a segment of up to :data:`SEGMENT` tasks, or of a
+store's counters, again only when the values they show changed, and keeps them only
+compressed: per family, the lines of :data:`BLOCK_UNITS` consecutive units in one
+raw-deflate block. The body is assembled in a stable order (families in
+:mod:`exporter.collector` order, stores and tasks in view order): a gzip body (one standard
+gzip member) concatenates the blocks as they are, a plain body inflates them. Only the
+small tail (exporter-wide gauges, ``process_*``, ``python_*``) is encoded on every scrape,
+by prometheus_client itself.
 
 The result is byte-identical to prometheus_client's encoders over the registry
 (:attr:`Exposition.registry`), which the tests check for every format; formats whose name

@@ -142,6 +142,7 @@ class Poller:
                 if any(
                     getattr(store.config, key) != getattr(store_config, key) for key in _CLIENT_KEYS
                 ):
+                    store.client.release()  # the old host, when base_url changed
                     store.client = self._client_factory(store_config)
                 if store.config != store_config:
                     self._touch(store)  # stuck_after, labels: what its view shows

@@ -2,7 +2,7 @@
 
 A ``requests.Session`` per store (a session, an adapter, a pool manager, a pool) cost
 thousands of small objects per store, and making and dropping them by the thousand left
-the heap fragmented: 5,000 stores held 139 MB after their first round, 76 MB with one
+the heap fragmented: 5,000 stores held 139 MB after their first round, 85 MB with one
 shared session (docs/design.md, "HTTP client"). So the process has one session; urllib3
 keeps a connection pool per host in it, and a store that goes idle lets its host's pool go
 (``Transport.release``), so idle stores hold no socket.

@@ -299,3 +299,19 @@ def test_a_store_removed_by_a_reload_closes_its_hosts_connections(tmp_path: Path
             assert exporter.poller.transport.hosts == 1
         finally:
             exporter.close()
+
+
+def test_a_store_moved_to_another_host_lets_the_old_one_go(tmp_path: Path) -> None:
+    with Simulator(tokens=(TOKEN,)) as old, Simulator(tokens=(TOKEN,)) as new:
+        for sim in (old, new):
+            sim.add_task("t1", total=3, finished=1)
+        path = tmp_path / "c.yaml"
+        exporter = make_exporter(write(path, "stores:\n" + store_yaml("shop", old.url, ["t1"])))
+        try:
+            exporter.refresh(5)
+            assert exporter.poller.transport.hosts == 1  # polled every 10 s: kept alive
+            write(path, "stores:\n" + store_yaml("shop", new.url, ["t1"]))
+            assert exporter.reload()[0]
+            assert exporter.poller.transport.hosts == 0  # the old host's pool is closed
+        finally:
+            exporter.close()

@@ -18,7 +18,7 @@ RSS from /proc while it works. Prints a markdown table per scenario:
 Usage::
 
     .venv/bin/python -m bench.fleet [--scenario 1000x10 --scenario 5000x2] [--latency 0.05]
-        [--scrapes 20] [--hosts distinct|one]
+        [--scrapes 20] [--hosts distinct|one] [--tls]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import json
 import math
 import os
 import resource
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -112,7 +113,7 @@ def _raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _config(port: int, scenario: Scenario, distinct: bool) -> tuple[str, list[str]]:
+def _config(port: int, scenario: Scenario, distinct: bool, tls: bool) -> tuple[str, list[str]]:
     lines = ["stores:"]
     ids: list[str] = []
     for s in range(scenario.stores):
@@ -123,11 +124,13 @@ def _config(port: int, scenario: Scenario, distinct: bool) -> tuple[str, list[st
         host = f"127.{s // 62500}.{s // 250 % 250}.{s % 250 + 1}" if distinct else "127.0.0.1"
         lines += [
             f"  - name: s{s:05d}",
-            f"    base_url: http://{host}:{port}",
+            f"    base_url: {'https' if tls else 'http'}://{host}:{port}",
             f"    access_token_env: {TOKEN_ENV}",
             f"    task_ids: {json.dumps(store)}",
             "    min_poll_interval: 1h",
         ]
+        if tls:  # the certificate names localhost only, not the 5,000 addresses
+            lines.append("    tls_config: {insecure_skip_verify: true}")
     return "\n".join(lines) + "\n", ids
 
 
@@ -138,15 +141,25 @@ def _budget_floor(scenario: Scenario, latency: float) -> float:
     return max(tokens, waves)
 
 
+def _server_tls() -> ssl.SSLContext:
+    """A server context with a certificate from a throwaway authority."""
+    import trustme
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("localhost").configure_cert(context)
+    return context
+
+
 def run(
-    scenario: Scenario, latency: float, scrapes: int, tmp: Path, distinct: bool
+    scenario: Scenario, latency: float, scrapes: int, tmp: Path, distinct: bool, tls: bool
 ) -> dict[str, str]:
     """One scenario; returns its figures by row name."""
     # Distinct hosts need a simulator on every loopback address (0.0.0.0: on this
     # machine's other addresses too, for the few minutes of the run).
     bind = "0.0.0.0" if distinct else "127.0.0.1"
-    with Simulator(bind, tokens=(TOKEN,), latency=latency, max_records=1) as sim:
-        text, ids = _config(sim.port, scenario, distinct)
+    server_tls = _server_tls() if tls else None
+    with Simulator(bind, tokens=(TOKEN,), latency=latency, max_records=1, tls=server_tls) as sim:
+        text, ids = _config(sim.port, scenario, distinct, tls)
         for i, task_id in enumerate(ids):
             if i % 10 == 0:
                 sim.add_task(task_id, total=100, finished=40)
@@ -290,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         default="distinct",
         help="every store on one API host, or each on its own loopback address (distinct)",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="HTTPS to the API (the simulator with a throwaway certificate; the exporter "
+        "skips verification, as the certificate cannot name every loopback address)",
+    )
     args = parser.parse_args(argv)
     if args.latency < 0 or args.scrapes < 1:
         parser.error("--latency must be >= 0 and --scrapes >= 1")
@@ -300,14 +319,22 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in scenarios:
             print(f"running {scenario.label} ...", file=sys.stderr)
             columns.append(
-                run(scenario, args.latency, args.scrapes, Path(tmp), args.hosts == "distinct")
+                run(
+                    scenario,
+                    args.latency,
+                    args.scrapes,
+                    Path(tmp),
+                    args.hosts == "distinct",
+                    args.tls,
+                )
             )
     print("# Fleet benchmark (bench.fleet)\n")
     print(
         f"Per store: {RATE:g} req/s, burst {BURST}, max_concurrency {CONCURRENCY}, "
         f"min_poll_interval 1h; one task in ten in progress; upstream latency "
         f"{args.latency:g} s; {FETCH_WORKERS} fetch workers at most; API hosts: "
-        f"{'one per store' if args.hosts == 'distinct' else 'one for all stores'}; "
+        f"{'one per store' if args.hosts == 'distinct' else 'one for all stores'}, "
+        f"{'HTTPS' if args.tls else 'plain HTTP'}; "
         f"{os.cpu_count()} CPUs shared with the simulator.\n"
     )
     rows = [[name, *(c[name] for c in columns)] for name in columns[0]]

@@ -12,26 +12,50 @@ from __future__ import annotations
 
 import contextlib
 import http.cookiejar
+import os
+import ssl
 import threading
 import urllib.parse
 from typing import Any
 
 import requests
 import urllib3
+from requests import PreparedRequest
 from requests.adapters import HTTPAdapter
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
 from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.poolmanager import PoolKey
+from urllib3.util.ssl_ import create_urllib3_context
 
 from exporter import __version__
 
 USER_AGENT = f"shoplazza-upload-exporter/{__version__}"
 #: Host pools kept at most; past it, the least recently used host's connections close.
-#: A pool with its kept-alive connection costs about 8 KB: a first round over 5,000 stores
-#: on as many hosts, which opens every store's pool before any is idle, held 94 MB with
-#: 4,096 pools kept, 75 MB with 1,024 (docs/design.md, "HTTP client").
-MAX_HOSTS = 1024
+#: A first round opens every store's pool before any store is idle (one task of each store
+#: in turn), and a kept-alive connection costs about 8 KB over HTTP and 150 KB over TLS:
+#: 5,000 stores on as many HTTPS hosts ended `bench/fleet.py --tls` at 96 MB with 256
+#: pools kept, 92 MB with 128 and 88 MB with 64 (docs/design.md, "HTTP client").
+MAX_HOSTS = 128
 
 Origin = tuple[str, str, int]  # scheme, host (lower case, no brackets), port
+
+
+def _new_context(path: str) -> ssl.SSLContext:
+    """A client TLS context verifying against the CAs at ``path`` ("": no verification)."""
+    if not path:
+        context = create_urllib3_context(cert_reqs=ssl.CERT_NONE)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+    try:
+        if os.path.isdir(path):
+            context.load_verify_locations(capath=path)
+        else:
+            context.load_verify_locations(cafile=path)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise requests.exceptions.SSLError(f"CA file {path}: {exc}") from None
+    return context
 
 
 def origin_of(url: str) -> Origin:
@@ -69,6 +93,27 @@ class _Adapter(HTTPAdapter):
             self._transport, num_pools=connections, maxsize=maxsize, block=block, **pool_kwargs
         )
 
+    def build_connection_pool_key_attributes(
+        self, request: PreparedRequest, verify: bool | str, cert: Any = None
+    ) -> tuple[Any, Any]:
+        """HTTPS pools get the transport's shared TLS context for ``verify``."""
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
+            request, verify, cert
+        )
+        if host_params["scheme"] == "https":
+            pool_kwargs.pop("ca_certs", None)
+            pool_kwargs.pop("ca_cert_dir", None)
+            pool_kwargs["ssl_context"] = self._transport.tls_context(verify)
+        return host_params, pool_kwargs
+
+    def cert_verify(self, conn: Any, url: str, verify: bool | str, cert: Any) -> None:
+        """As requests does, but the CA file stays off the pool: its shared context holds
+        the certificates, and urllib3 would load them into it again for every connection."""
+        super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
+        if getattr(conn, "conn_kw", {}).get("ssl_context") is not None:
+            conn.ca_certs = None  # urllib3 keeps the context among the connections' kwargs
+            conn.ca_cert_dir = None
+
 
 class Transport:
     """The session the stores of a process send their requests through.
@@ -84,6 +129,7 @@ class Transport:
         self._lock = threading.Lock()
         self._in_flight: dict[Origin, int] = {}
         self._users: dict[Origin, set[str]] = {}  # stores that requested and did not release
+        self._contexts: dict[str, tuple[tuple[int, ...], ssl.SSLContext]] = {}  # by CA path
         self._keys: dict[Origin, set[PoolKey]] = {}
         session = requests.Session()
         session.trust_env = False  # no ~/.netrc credentials, no env proxies by surprise
@@ -96,6 +142,34 @@ class Transport:
         session.mount("https://", self._adapter)
         session.headers.update({"Accept": "application/json", "User-Agent": USER_AGENT})
         self.session = session
+
+    def tls_context(self, verify: bool | str) -> ssl.SSLContext:
+        """The one TLS context for connections that verify against ``verify`` (True: the
+        CA bundle requests uses, a path: that CA file or directory, False: no verification).
+
+        urllib3 makes a context per connection when none is given, loading a whole CA bundle
+        into each: about 0.9 MB per kept-alive connection (docs/design.md, "HTTP client").
+        A CA file is read again when it changes (new connections use it; pools keyed on the
+        old context age out); a missing or broken one fails the request, never the process.
+        """
+        identity: tuple[int, ...] = ()
+        path = ""
+        if verify is not False:
+            path = DEFAULT_CA_BUNDLE_PATH if verify is True else verify
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                raise requests.exceptions.SSLError(
+                    f"CA file {path}: {exc.strerror or exc}"
+                ) from None
+            identity = (st.st_ino, st.st_mtime_ns, st.st_size)
+        with self._lock:
+            known = self._contexts.get(path)
+            if known is not None and known[0] == identity:
+                return known[1]
+            context = _new_context(path)
+            self._contexts[path] = (identity, context)
+            return context
 
     def _saw(self, key: PoolKey) -> None:
         port = key.key_port or (443 if key.key_scheme == "https" else 80)

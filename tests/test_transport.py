@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from exporter.client import StoreClient
 from exporter.config import parse_config
@@ -128,4 +132,66 @@ def test_tls_settings_of_one_store_never_reach_another_on_the_same_host(
     assert result.code == "connection_error"
     assert result.detail.startswith("TLS error: certificate verify failed: ")
     assert lax.fetch("t1").code == "200"
+    transport.close()
+
+
+@pytest.fixture
+def https_sim(tls_dir: Path) -> Iterator[Simulator]:
+    """The simulator speaking HTTPS with a certificate for 127.0.0.1 and localhost."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_dir / "cert.pem", tls_dir / "key.pem")
+    with Simulator(tokens=(TOKEN,), tls=context) as sim:
+        sim.add_task("t1", total=2, finished=1)
+        yield sim
+
+
+def test_the_simulator_speaks_https(https_sim: Simulator, tls_dir: Path) -> None:
+    assert https_sim.url.startswith("https://127.0.0.1:")
+    transport = Transport(pool_size=4)
+    tls = f'{{ca_file: "{tls_dir / "ca.pem"}"}}'
+    assert shared_client(transport, https_sim.url, tls_config=tls).fetch("t1").code == "200"
+    plain = shared_client(transport, https_sim.url.replace("https:", "http:"))
+    assert plain.fetch("t1").code == "connection_error"  # no TLS, no answer
+    transport.close()
+
+
+def test_connections_share_one_tls_context_per_ca_file(https_sim: Simulator, tls_dir: Path) -> None:
+    """urllib3 would make (and load CAs into) a context per connection: ~0.9 MB each."""
+    transport = Transport(pool_size=4)
+    tls = f'{{ca_file: "{tls_dir / "ca.pem"}"}}'
+    lax = "{insecure_skip_verify: true}"
+    other = https_sim.url.replace("127.0.0.1", "localhost")  # another host, same server
+    clients = [
+        shared_client(transport, https_sim.url, name="a", tls_config=tls),
+        shared_client(transport, other, name="b", tls_config=tls),
+        shared_client(transport, https_sim.url, name="c", tls_config=lax),
+        shared_client(transport, other, name="d", tls_config=lax),
+    ]
+    assert [client.fetch("t1").code for client in clients] == ["200"] * 4
+    pools = transport._adapter.poolmanager.pools
+    keys = pools.keys()
+    assert len(keys) == 4
+    assert len({id(key.key_ssl_context) for key in keys}) == 2  # one per CA file, one lax
+    assert all(pools[key].ca_certs is None for key in keys)  # never loaded per connection
+    transport.close()
+
+
+def test_a_changed_ca_file_applies_to_new_connections(https_sim: Simulator, tls_dir: Path) -> None:
+    transport = Transport(pool_size=4)
+    ca_file = tls_dir / "mine.pem"
+    ca_file.write_bytes((tls_dir / "ca.pem").read_bytes())
+    client = shared_client(transport, https_sim.url, tls_config=f'{{ca_file: "{ca_file}"}}')
+    assert client.fetch("t1").code == "200"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))  # rotated to another authority
+    client.release()  # the next request opens a new connection
+    result = client.fetch("t1")
+    assert result.code == "connection_error"
+    assert result.detail.startswith("TLS error: certificate verify failed")
+    ca_file.unlink()
+    client.release()
+    result = client.fetch("t1")  # a failed request, not a crash
+    assert result.code == "connection_error" and str(ca_file) in result.detail
+    ca_file.write_bytes((tls_dir / "ca.pem").read_bytes())
+    client.release()
+    assert client.fetch("t1").code == "200"
     transport.close()

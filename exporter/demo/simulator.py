@@ -16,6 +16,7 @@ import collections
 import dataclasses
 import re
 import socket
+import ssl
 import threading
 import time
 import types
@@ -72,10 +73,12 @@ class Simulator:
         latency: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         max_records: int | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         check_shape(shape)
         self.host = host
         self.port = port
+        self.tls = tls  # a server context: the simulator speaks HTTPS
         self.lock = threading.RLock()
         self._cond = threading.Condition(self.lock)
         self._tokens: frozenset[str] = frozenset(tokens)
@@ -111,7 +114,7 @@ class Simulator:
         if self._server is not None:
             return self
         self._stop_event.clear()
-        server = SimServer((self.host, self.port), self)
+        server = SimServer((self.host, self.port), self, self.tls)
         self._server = server
         self.port = int(server.server_address[1])
         with self.lock:
@@ -165,7 +168,7 @@ class Simulator:
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:PORT`` (valid once started)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     def task_url(self, task_id: str, api_version: str = "2022-01") -> str:
         """Full URL of a task's endpoint."""

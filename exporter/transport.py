@@ -88,7 +88,11 @@ class _Adapter(HTTPAdapter):
     def init_poolmanager(
         self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
     ) -> None:
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        # What HTTPAdapter.init_poolmanager does, with the pool manager that reports its pools
+        # (the base class would make a pool manager only to have it replaced).
+        self._pool_connections = connections
+        self._pool_maxsize = maxsize
+        self._pool_block = block
         self.poolmanager = _PoolManager(
             self._transport, num_pools=connections, maxsize=maxsize, block=block, **pool_kwargs
         )
@@ -175,9 +179,7 @@ class Transport:
         port = key.key_port or (443 if key.key_scheme == "https" else 80)
         origin = (key.key_scheme, key.key_host, port)
         with self._lock:
-            keys = self._keys.setdefault(origin, set())
-            if key not in keys:
-                keys.add(key)
+            self._keys.setdefault(origin, set()).add(key)
 
     def begin(self, origin: Origin, user: str) -> None:
         """A request of ``user`` (a store) to ``origin`` starts; the store now uses the host."""

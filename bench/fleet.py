@@ -42,7 +42,7 @@ import requests
 
 from bench.common import TOKEN, TOKEN_ENV, fmt_int, fmt_seconds, markdown_table, percentile
 from exporter.demo.simulator import Simulator
-from exporter.scheduler import FETCH_WORKERS
+from exporter.polling.scheduler import FETCH_WORKERS
 
 RATE, BURST, CONCURRENCY = 2.0, 10, 4  # the default budget of a store
 

@@ -50,10 +50,10 @@ from bench.common import (
     percentile,
 )
 from exporter.app import Exporter
-from exporter.client import StoreClient
 from exporter.clock import ScaledClock
 from exporter.config import StoreConfig, load_config
 from exporter.demo.simulator import Simulator
+from exporter.polling.client import StoreClient
 from exporter.web.routes import App, scrape_deadline
 from exporter.web.server import ExporterServer
 

@@ -11,7 +11,7 @@ completed, every tenth task with failed files) it:
    with gzip; ``/-/healthy`` gives the HTTP floor;
 3. in this process, with the same tasks loaded from the same state file: times
    prometheus_client's generic path (``generate_latest`` over the same families, from
-   ``exporter.collector.TaskCollector``) and the exporter's cached render alone, and measures
+   ``exporter.metrics.families.TaskCollector``) and the exporter's cached render alone, and measures
    with tracemalloc the bytes per task of the task state and of the render cache.
 
 What a scrape costs beyond the render (HTTP, the poller's refresh and ``view()``) is the
@@ -42,9 +42,9 @@ from prometheus_client.exposition import generate_latest
 
 from bench.common import TOKEN, TOKEN_ENV, WALL_START, markdown_table, percentile
 from exporter.app import TRIM_INTERVAL
-from exporter.collector import TaskCollector
 from exporter.demo.simulator import Simulator
-from exporter.exposition import Exposition, default_collectors
+from exporter.metrics.exposition import Exposition, default_collectors
+from exporter.metrics.families import TaskCollector
 from exporter.model import (
     DURATION_BUCKETS,
     ERROR_CODES,
@@ -56,7 +56,7 @@ from exporter.model import (
     TaskSnapshot,
     TaskState,
 )
-from exporter.state import dump_state, load_state, write_atomically
+from exporter.polling.statefile import dump_state, load_state, write_atomically
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT, OPENMETRICS = "text/plain;version=0.0.4", "application/openmetrics-text;version=1.0.0"

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from exporter.config import parse_config
-from exporter.discovery import StoreFiles
+from exporter.config.watch import StoreFiles
 
 
 def _setup(root: Path, files: int) -> str:

@@ -9,16 +9,16 @@ from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry
 
-from exporter.client import StoreClient
 from exporter.clock import Clock, SystemClock
-from exporter.collector import TaskCollector
 from exporter.config import Config, ConfigError, StoreConfig, load_config
-from exporter.discovery import StoreFiles
+from exporter.config.watch import StoreFiles
+from exporter.metrics.families import TaskCollector
 from exporter.model import ExporterView, ReloadStatus
-from exporter.poller import Poller
+from exporter.polling.client import StoreClient
+from exporter.polling.poller import Poller
+from exporter.polling.statefile import StateData, StateWriter, read_state, retention_for
 from exporter.runtime import release_free_memory
 from exporter.sharding import Shard
-from exporter.state import StateData, StateWriter, read_state, retention_for
 
 log = logging.getLogger("exporter")
 

@@ -17,7 +17,7 @@ from types import FrameType
 from exporter import __version__
 from exporter.app import Exporter
 from exporter.config import ConfigError, load_config
-from exporter.discovery import StoreFiles
+from exporter.config.watch import StoreFiles
 from exporter.errors import LoadError
 from exporter.logs import LEVELS, setup_logging
 from exporter.runtime import (

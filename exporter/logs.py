@@ -1,7 +1,8 @@
 """Logging to stderr, one event a line, as logfmt or JSON.
 
 Fields travel in ``extra=``: ``log.warning("poll failed", extra={"store": "acme"})`` becomes
-``ts=2026-11-28T16:00:00.000Z level=warn logger=exporter.poller msg="poll failed" store=acme``.
+``ts=2026-11-28T16:00:00.000Z level=warn logger=exporter.polling.poller msg="poll failed"
+store=acme`` (one line).
 """
 
 from __future__ import annotations

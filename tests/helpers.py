@@ -16,8 +16,8 @@ from typing import Any
 import requests
 
 from exporter.app import Exporter
-from exporter.client import StoreClient
 from exporter.config import StoreConfig
+from exporter.polling.client import StoreClient
 from exporter.web.routes import App
 
 # Every metric the exporter exports, with its type (README "Metrics").

@@ -187,7 +187,7 @@ def _one_file_every(seconds: float) -> Callable[[Any, float], None]:
 def _old_state(when: float) -> str:
     """A state file in which three acme tasks were last seen ``when`` (Unix time)."""
     from exporter.model import TaskSnapshot, TaskState
-    from exporter.state import dump_state
+    from exporter.polling.statefile import dump_state
 
     def seen(task_id: str, snapshot: TaskSnapshot) -> TaskState:
         done = when if snapshot.completed else None

@@ -1,7 +1,7 @@
 """One file matched by ``store_files``: ``stores:`` and nothing else, with the main defaults.
 
 A store file is checked on its own (its own names, keys, tokens); that a name is defined
-twice across files is decided when all files are combined (exporter.discovery.StoreFiles).
+twice across files is decided when all files are combined (exporter.config.watch.StoreFiles).
 A broken store file never stops the exporter: its problems come back as data
 (docs/design.md, "Configuration").
 """

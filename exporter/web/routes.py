@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs
 
-from exporter.exposition import Exposition
+from exporter.metrics.exposition import Exposition
 from exporter.model import ExporterView
-from exporter.status import render_html, render_json
+from exporter.web.pages import render_html, render_json
 
 # A person opening a page sees fresh data at once: the pages refresh due tasks first, like
 # a scrape with this deadline (docs/design.md, "Status pages").

@@ -29,7 +29,7 @@ from exporter.config import (
     parse_duration,
     read_token,
 )
-from exporter.discovery import expand_task_id_files, read_task_id_file
+from exporter.config.watch import expand_task_id_files, read_task_id_file
 
 SECRET = "s3cr3t-T0KEN-value-4f9a2c"  # long and mixed, like a real token
 OTHER = "other-token-value-0042"
@@ -1126,7 +1126,7 @@ _YAMLISH = st.text(
     max_size=200,
 )
 _BASE_DIR = tempfile.gettempdir()
-# CONFIG_FUZZ_EXAMPLES=20000 pytest tests/test_config.py -k structure  searches harder
+# CONFIG_FUZZ_EXAMPLES=20000 pytest tests/config/test_config.py -k structure  searches harder
 _FUZZ = settings(
     max_examples=int(os.environ.get("CONFIG_FUZZ_EXAMPLES", "300")),
     deadline=None,

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from exporter.cli import check_config
 from exporter.config import Config, StoreDefaults, parse_config, parse_store_file
-from exporter.discovery import StoreFiles
+from exporter.config.watch import StoreFiles
 from tests.helpers import make_exporter, wait_until, write
 
 TOKEN = "A-token-of-twenty-chars"
@@ -149,7 +149,7 @@ def test_a_broken_file_keeps_its_last_good_version(
     clock = Clock()
     files = watcher(fleet, clock)
     before = files.stores
-    caplog.set_level(logging.INFO, logger="exporter.discovery")
+    caplog.set_level(logging.INFO, logger="exporter.config.watch")
     (fleet / "stores.d" / "b.yaml").write_text("stores:\n- {name: beta, domian: x}\n")
     clock.now += 0.2
     assert files.refresh() is False  # within the interval: not looked at

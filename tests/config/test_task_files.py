@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.config.labels import LineProblem, parse_task_line
-from exporter.discovery import TaskFiles, read_task_file, read_task_id_file
+from exporter.config.watch import TaskFiles, read_task_file, read_task_id_file
 
 ID = "300b5e33-3ac5-41c5-9819-7e2e8aad6a98"
 

@@ -1,4 +1,4 @@
-"""Tests of the Shoplazza API simulator (exporter/simulator.py), against the real server."""
+"""Tests of the Shoplazza API simulator (exporter/demo/simulator.py), against the real server."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import pytest
 from exporter.app import Exporter
 from exporter.demo.simulator import Simulator
 from exporter.model import FailedFile, TaskSnapshot, TaskState
-from exporter.state import (
+from exporter.polling.statefile import (
     FORMAT,
     StateWriter,
     dump_state,
@@ -80,7 +80,7 @@ def test_corrupt_state_is_logged_and_ignored(
         path.write_bytes(content)
     else:
         path.write_text(content)
-    with caplog.at_level(logging.ERROR, logger="exporter.state"):
+    with caplog.at_level(logging.ERROR, logger="exporter.polling.statefile"):
         assert load_state(str(path)) == ([], {})
     assert "state file" in caplog.text
 
@@ -120,7 +120,7 @@ def test_bad_task_entry_is_skipped_alone_and_logged(
     text = json.dumps(data).replace('"NaN"', "NaN").replace('"1e999"', "1e999")
     path = tmp_path / "state.json"
     path.write_text(text)
-    with caplog.at_level(logging.ERROR, logger="exporter.state"):
+    with caplog.at_level(logging.ERROR, logger="exporter.polling.statefile"):
         tasks, forgotten = load_state(str(path))
     assert [t.task_id for t in tasks] == ["good"]
     assert forgotten == {("shop", "gone"): 5.0}
@@ -138,7 +138,7 @@ def test_bad_forgotten_entry_is_skipped_alone(
     data = {**good_state(), "forgotten": [entry, ["s", "kept", 2.0]]}
     path = tmp_path / "state.json"
     path.write_text(json.dumps(data).replace("Infinity", "1e999"))
-    with caplog.at_level(logging.ERROR, logger="exporter.state"):
+    with caplog.at_level(logging.ERROR, logger="exporter.polling.statefile"):
         tasks, forgotten = load_state(str(path))
     assert [t.task_id for t in tasks] == ["t1"]
     assert forgotten == {("s", "kept"): 2.0}
@@ -179,7 +179,7 @@ def test_write_failures_logged_when_the_outcome_changes(
         return writer.last_write_ok
 
     assert outcome() is None  # no attempt yet
-    with caplog.at_level(logging.INFO, logger="exporter.state"):
+    with caplog.at_level(logging.INFO, logger="exporter.polling.statefile"):
         for _ in range(5):  # the directory is missing: fails every time, logged once
             writer.flush()
         assert outcome() is False

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from exporter.budget import TokenBucket, pause_after_429, poll_interval
+from exporter.polling.store import TokenBucket, pause_after_429, poll_interval
 
 
 @pytest.mark.parametrize(

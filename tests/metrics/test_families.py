@@ -339,7 +339,7 @@ def test_new_metrics_from_a_running_exporter(exporter: Exporter, clock: FakeCloc
 
 
 def test_new_metrics_from_the_view_fields() -> None:
-    from exporter.exposition import Exposition
+    from exporter.metrics.exposition import Exposition
     from exporter.model import ExporterView, ReloadStatus, StoreView, TaskSnapshot, TaskState
 
     labelled = TaskState("acme", "t1", TaskSnapshot(4, 4, 0, 4, 0), True, completed_at=1e9,
@@ -375,7 +375,7 @@ def test_huge_stored_numbers_render_as_infinities_and_a_capped_ratio() -> None:
     """Values beyond a float never raise: ±Inf, and a ratio from the converted numbers."""
     import math
 
-    from exporter.collector import number, task_values
+    from exporter.metrics.families import number, task_values
     from exporter.model import TaskSnapshot, TaskState
 
     assert number(10**400) == math.inf and number(-(10**400)) == -math.inf

@@ -6,7 +6,7 @@ most once per ``min_poll_interval``, a store's counters only when requests were 
 store's counters, again only when the values they show changed, and keeps them only
 compressed: per family, the lines of :data:`BLOCK_UNITS` consecutive units in one
 raw-deflate block. The body is assembled in a stable order (families in
-:mod:`exporter.collector` order, stores and tasks in view order): a gzip body (one standard
+:mod:`exporter.metrics.families` order, stores and tasks in view order): a gzip body (one standard
 gzip member) concatenates the blocks as they are, a plain body inflates them. Only the
 small tail (exporter-wide gauges, ``process_*``, ``python_*``) is encoded on every scrape,
 by prometheus_client itself.
@@ -40,15 +40,15 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as om_format
 from prometheus_client.registry import Collector, RestrictedRegistry
 
-from exporter.collector import (
+from exporter.metrics.families import (
     STORE_FAMILIES,
     described,
     family_collectors,
     global_families,
     store_families,
 )
+from exporter.metrics.lines import SEGMENT, TASK_NAMES, render_segment, task_key
 from exporter.model import ExporterView, StoreView
-from exporter.render_cache import SEGMENT, TASK_NAMES, render_segment, task_key
 
 __all__ = ["BLOCK_UNITS", "SEGMENT", "Exposition", "default_collectors"]
 

@@ -21,7 +21,7 @@ from exporter.config.labels import LineProblem, parse_task_line
 from exporter.config.model import Labels
 from exporter.config.stores import shared_budget_warnings
 
-log = logging.getLogger("exporter.discovery")
+log = logging.getLogger("exporter.config.watch")
 
 _Stamp = tuple[int, int, int] | None
 _MAX_LINE_WARNINGS = 20

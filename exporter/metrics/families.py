@@ -4,7 +4,7 @@ Everything the exporter shows of itself and its tasks is defined here once, as
 prometheus_client families: gauges per task, counters and a histogram per store
 (``CounterMetricFamily`` / ``HistogramMetricFamily``) and the exporter-wide gauges.
 :class:`TaskCollector` yields them for a registry (``name[]`` filters go through
-``restricted_registry``); :mod:`exporter.exposition` writes the per-task gauges directly and
+``restricted_registry``); :mod:`exporter.metrics.exposition` writes the per-task gauges directly and
 caches every part, byte-identical to what the encoders make of these families.
 
 Every value passes :func:`number` and every label value :func:`label_value` first, so no

@@ -16,8 +16,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from exporter.collector import TaskCollector
-from exporter.exposition import BLOCK_UNITS, SEGMENT, Exposition
+from exporter.metrics.exposition import BLOCK_UNITS, SEGMENT, Exposition
+from exporter.metrics.families import TaskCollector
 from exporter.model import (
     DURATION_BUCKETS,
     ERROR_CODES,

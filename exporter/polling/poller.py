@@ -4,7 +4,7 @@ A scrape calls :meth:`Poller.refresh`: every watched task that is due is put on 
 queue (least recently attempted first). The scrape waits for the due tasks the store's
 budget allows when it starts (its token balance, outside any 429 pause), until they are
 fetched or its deadline passes; the other due tasks are counted as skipped and fetched in
-the background. Requests are started by :class:`~exporter.scheduler.Scheduler` (one timer
+the background. Requests are started by :class:`~exporter.polling.scheduler.Scheduler` (one timer
 heap, a bounded pool of fetch workers) while each store's token bucket, ``max_concurrency``
 and any 429 pause allow. A task is queued or in flight at most once (single-flight).
 
@@ -24,19 +24,19 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 
-from exporter.budget import pause_after_429, poll_interval
-from exporter.client import FetchResult, StoreClient
 from exporter.clock import Clock, SystemClock
 from exporter.config import Config, StoreConfig
-from exporter.discovery import TaskFiles
+from exporter.config.watch import TaskFiles
 from exporter.model import StoreView, TaskState
-from exporter.scheduler import FETCH_WORKERS, HOUSEKEEPING_PERIOD, Scheduler, Store, Watched
-from exporter.transport import Transport
+from exporter.polling.client import FetchResult, StoreClient
+from exporter.polling.scheduler import FETCH_WORKERS, HOUSEKEEPING_PERIOD, Scheduler
+from exporter.polling.store import Store, Watched, pause_after_429, poll_interval
+from exporter.polling.transport import Transport
 
 # A store with nothing due for this long closes its connections (see _release_if_idle).
 IDLE_RELEASE = 60.0
 
-log = logging.getLogger("exporter.poller")
+log = logging.getLogger("exporter.polling.poller")
 
 _CLIENT_KEYS = ("base_url", "token", "api_version", "timeout", "max_concurrency", "tls")
 _Labels = tuple[tuple[str, str], ...]

@@ -24,7 +24,7 @@ from exporter.model import (
     TaskSnapshot,
     TaskState,
 )
-from exporter.status import (
+from exporter.web.pages import (
     COMPLETED,
     COMPLETED_WITH_FAILURES,
     FAILING,

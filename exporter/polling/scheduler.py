@@ -19,109 +19,17 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from exporter.budget import StoreStats, TokenBucket
-from exporter.client import FetchResult, StoreClient
 from exporter.clock import Clock
-from exporter.config import StoreConfig
-from exporter.discovery import TaskFiles
-from exporter.model import CONNECTION_ERROR, StoreView, TaskState
+from exporter.model import CONNECTION_ERROR
+from exporter.polling.client import FetchResult, StoreClient
+from exporter.polling.store import Store, Watched
 
-log = logging.getLogger("exporter.poller")
+log = logging.getLogger(__name__)
 
 #: Fetch workers at most: requests in flight across all stores of one process.
 FETCH_WORKERS = 32
 #: Seconds between two housekeeping runs (task files, forgetting) without scrapes.
 HOUSEKEEPING_PERIOD = 1.0
-
-
-class Watched:
-    """One watched task: its published state and what scheduling needs."""
-
-    __slots__ = (
-        "attempts",
-        "failures",
-        "in_flight",
-        "last_attempt",
-        "queued",
-        "rank",
-        "state",
-    )
-
-    def __init__(self, state: TaskState) -> None:
-        # Published: never changed in place once handed out, replaced on every change.
-        self.state = state
-        self.queued = False
-        self.in_flight = False
-        self.last_attempt: float | None = None  # monotonic start of the last request
-        self.attempts = 0  # finished attempts
-        self.failures = 0  # consecutive failed polls
-        self.rank: tuple[float, int] = (0.0, 0)  # queue order: last attempt, then arrival
-
-    @property
-    def pending(self) -> bool:
-        """Queued or in flight."""
-        return self.queued or self.in_flight
-
-
-class Store:
-    """One store's watched tasks, queue, budget, counters and cached view."""
-
-    __slots__ = (
-        "active",
-        "bucket",
-        "client",
-        "config",
-        "files",
-        "in_flight",
-        "next_due",
-        "queue",
-        "ready",
-        "removed",
-        "revision",
-        "stats",
-        "tasks",
-        "timer",
-        "view",
-    )
-
-    def __init__(self, config: StoreConfig, client: StoreClient, now: float) -> None:
-        self.config = config
-        self.client = client
-        self.tasks: dict[str, Watched] = {}
-        self.active: dict[str, Watched] = {}  # not completed: the ones a scrape may fetch
-        self.stats = StoreStats()
-        self.queue: list[tuple[float, int, Watched]] = []
-        self.bucket = TokenBucket(config.requests_per_second, config.burst, now)
-        self.in_flight = 0
-        self.removed = False
-        self.files: TaskFiles | None = None
-        self.ready = False  # on the scheduler's ready queue
-        self.timer: float | None = None  # when of its live timer heap entry
-        self.revision = 0
-        self.view: StoreView | None = None
-        # No task of the store is due before this (monotonic); -inf: look at every scrape.
-        # Lets a steady scrape of a fleet skip the stores with nothing due at a glance.
-        self.next_due = float("-inf")
-
-    @property
-    def name(self) -> str:
-        """The store's name."""
-        return self.config.name
-
-    def push(self, task: Watched) -> None:
-        """Queue ``task`` (already marked queued) at its rank."""
-        heapq.heappush(self.queue, (*task.rank, task))
-
-    def head(self) -> Watched | None:
-        """The next queued task, dropping entries of tasks no longer watched."""
-        queue = self.queue
-        while queue and not queue[0][2].queued:
-            heapq.heappop(queue)
-        return queue[0][2] if queue else None
-
-    def can_start_more(self) -> bool:
-        """A task is queued and ``max_concurrency`` is not reached."""
-        return self.in_flight < self.config.max_concurrency and self.head() is not None
 
 
 class Scheduler:

@@ -4,7 +4,7 @@ prometheus_client's encoders spend most of a second on 10,000 tasks building and
 samples one by one. The per-task gauges are most of a scrape, so they are written here as
 the encoders would write them (labels sorted by name, values through prometheus_client's
 ``floatToGoString``, label values escaped the same way), a segment of tasks at a time, and
-only when :func:`task_key` says the segment's values changed. ``tests/test_render_cache.py``
+only when :func:`task_key` says the segment's values changed. ``tests/metrics/test_exposition.py``
 checks the bytes against the encoders.
 """
 
@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from exporter.collector import INFO, TASK_GAUGES, go_float, label_value, task_labels, task_values
+from exporter.metrics.families import (
+    INFO,
+    TASK_GAUGES,
+    go_float,
+    label_value,
+    task_labels,
+    task_values,
+)
 from exporter.model import TaskState
 
 # Tasks per cached segment: a change re-renders at most this many tasks of a store.

@@ -11,7 +11,7 @@ import pytest
 from exporter.clock import ScaledClock
 from exporter.config import Config, load_config
 from exporter.demo.simulator import Reply, Simulator
-from exporter.poller import Poller
+from exporter.polling.poller import Poller
 from tests.helpers import (
     TOKEN,
     TOKEN_ENV,
@@ -201,8 +201,8 @@ def test_labels_of_task_file_lines_reach_the_task(
     sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``TaskFiles.labels`` (labels after an id in a task file), under configured ones."""
-    import exporter.poller as poller_module
-    from exporter.discovery import TaskFiles
+    import exporter.polling.poller as poller_module
+    from exporter.config.watch import TaskFiles
 
     class LabelledFiles(TaskFiles):  # the labels a task file line carries, as discovery keeps them
         def refresh(self, force: bool = False) -> bool:

@@ -358,7 +358,7 @@ def test_failed_files_beyond_the_kept_list_are_logged_as_a_count(
     sim.add_task("big", total=2000, finished=1005, failure_list=many)
     path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["big"]))
     exporter = make_exporter(path)
-    with caplog.at_level(logging.WARNING, logger="exporter.poller"):
+    with caplog.at_level(logging.WARNING, logger="exporter.polling.poller"):
         exporter.poller.refresh(5)
     listed = [r for r in caplog.records if r.getMessage() == "upload task file failed"]
     assert len(listed) == MAX_KEPT_FAILURES

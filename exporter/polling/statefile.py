@@ -24,7 +24,7 @@ from typing import Any
 from exporter.config import STORE_NAME_RE, TASK_ID_RE
 from exporter.model import MAX_EXACT_INTEGER, MAX_KEPT_FAILURES, FailedFile, TaskSnapshot, TaskState
 
-log = logging.getLogger("exporter.state")
+log = logging.getLogger("exporter.polling.statefile")
 
 FORMAT = "shoplazza-upload-exporter/state"
 VERSION = 1

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import trustme
 
-from exporter.client import StoreClient
 from exporter.config import parse_config
 from exporter.demo.simulator import Reply, Simulator
-from exporter.transport import Transport, origin_of
+from exporter.polling.client import StoreClient
+from exporter.polling.transport import Transport, origin_of
 from tests.helpers import TOKEN, TOKEN_ENV, store_yaml
 from tests.test_client import https_api  # noqa: F401 - the fixture
 

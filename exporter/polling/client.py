@@ -43,9 +43,9 @@ from exporter.model import (
     FailedFile,
     TaskSnapshot,
 )
-from exporter.transport import Transport, origin_of
+from exporter.polling.transport import Transport, origin_of
 
-log = logging.getLogger("exporter.client")
+log = logging.getLogger("exporter.polling.client")
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_RETRY_AFTER = 600.0

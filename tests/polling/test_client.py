@@ -15,16 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter import __version__
-from exporter.client import (
+from exporter.config import parse_config
+from exporter.demo.simulator import Reply, Simulator
+from exporter.model import INVALID_RESPONSE, FailedFile
+from exporter.polling.client import (
     MAX_BODY_BYTES,
     InvalidResponse,
     StoreClient,
     parse_retry_after,
     parse_task,
 )
-from exporter.config import parse_config
-from exporter.demo.simulator import Reply, Simulator
-from exporter.model import INVALID_RESPONSE, FailedFile
 from tests.helpers import TOKEN, TOKEN_ENV, config_yaml, free_port, make_exporter
 
 
@@ -448,15 +448,15 @@ def test_token_file_missing_is_warned_once_per_outage(
     client = StoreClient(parse_config(text).stores[0])
 
     def messages() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "exporter.client"]
+        return [r.getMessage() for r in caplog.records if r.name == "exporter.polling.client"]
 
-    with caplog.at_level(logging.INFO, logger="exporter.client"):
+    with caplog.at_level(logging.INFO, logger="exporter.polling.client"):
         assert client.fetch("t1").ok
         token_file.unlink()
         for _ in range(3):
             assert client.fetch("t1").ok  # the last good token
         assert messages() == ["cannot read the access token, using the last good one"]
-        warning = next(r for r in caplog.records if r.name == "exporter.client")
+        warning = next(r for r in caplog.records if r.name == "exporter.polling.client")
         err = str(getattr(warning, "err", ""))
         assert warning.levelno == logging.WARNING and str(token_file) in err
         assert getattr(warning, "store", None) == "s" and TOKEN not in err

@@ -22,7 +22,7 @@ from tests.helpers import (
     wait_until,
     write,
 )
-from tests.test_poller import scaled_store
+from tests.polling.test_poller import scaled_store
 
 
 def _load(path: str) -> Config:

@@ -16,7 +16,7 @@ from exporter.demo.simulator import Reply, Simulator
 from exporter.polling.client import StoreClient
 from exporter.polling.transport import Transport, origin_of
 from tests.helpers import TOKEN, TOKEN_ENV, store_yaml
-from tests.test_client import https_api  # noqa: F401 - the fixture
+from tests.polling.test_client import https_api  # noqa: F401 - the fixture
 
 
 def shared_client(transport: Transport, url: str, name: str = "shop", **keys: Any) -> StoreClient:

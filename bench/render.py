@@ -11,7 +11,8 @@ completed, every tenth task with failed files) it:
    with gzip; ``/-/healthy`` gives the HTTP floor;
 3. in this process, with the same tasks loaded from the same state file: times
    prometheus_client's generic path (``generate_latest`` over the same families, from
-   ``exporter.metrics.families.TaskCollector``) and the exporter's cached render alone, and measures
+   ``exporter.metrics.families.family_collectors``) and the exporter's cached render alone,
+   and measures
    with tracemalloc the bytes per task of the task state and of the render cache.
 
 What a scrape costs beyond the render (HTTP, the poller's refresh and ``view()``) is the
@@ -44,7 +45,7 @@ from bench.common import TOKEN, TOKEN_ENV, WALL_START, markdown_table, percentil
 from exporter.app import TRIM_INTERVAL
 from exporter.demo.simulator import Simulator
 from exporter.metrics.exposition import Exposition, default_collectors
-from exporter.metrics.families import TaskCollector
+from exporter.metrics.families import family_collectors
 from exporter.model import (
     DURATION_BUCKETS,
     ERROR_CODES,
@@ -116,15 +117,20 @@ def tasks_of(workload: Workload) -> list[TaskState]:
                 for n in range(5 if i % 10 == 0 else 0)
             )
             snap = TaskSnapshot(
-                100, 40 if busy else 100, 1 if busy else 0, 95, len(failures), failures
+                total=100,
+                finished=40 if busy else 100,
+                status=1 if busy else 0,
+                succeeded=95,
+                failed=len(failures),
+                failures=failures,
             )
             out.append(
                 TaskState(
                     store,
                     task_id,
                     snap,
-                    True,
-                    "200",
+                    poll_success=True,
+                    last_code="200",
                     last_success=WALL_START + i,
                     last_progress=WALL_START + i / 2,
                     completed_at=None if busy else WALL_START + i,
@@ -233,8 +239,7 @@ def in_process(workload: Workload, state: Path, scrapes: int, result: Result) ->
             partial(exposition.render, view, accept, None, gzipped), scrapes
         )
     registry = CollectorRegistry()
-    registry.register(TaskCollector(lambda: view))
-    for collector in default_collectors():
+    for collector in (*family_collectors(lambda: view), *default_collectors()):
         registry.register(collector)
     result.generic = timed(lambda: generate_latest(registry), max(3, scrapes // 4))
 

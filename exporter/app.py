@@ -7,12 +7,10 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 
-from prometheus_client import CollectorRegistry
-
+from exporter import __version__
 from exporter.clock import Clock, SystemClock
 from exporter.config import Config, ConfigError, StoreConfig, load_config
 from exporter.config.watch import StoreFiles
-from exporter.metrics.families import TaskCollector
 from exporter.model import ExporterView, ReloadStatus
 from exporter.polling.client import StoreClient
 from exporter.polling.poller import Poller
@@ -53,9 +51,6 @@ class Exporter:
         self._stopped = threading.Event()
         self._last_watched: dict[tuple[str, str], float] = {}  # from the state file
         self.poller = Poller(clock=self.clock, client_factory=client_factory, on_change=self._dirty)
-        self.collector = TaskCollector(self.views)
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(self.collector)
         # Set by cli: did the last (re)load of --web.config.file succeed (None: no file).
         self.web_config_status: Callable[[], bool | None] = lambda: None
 
@@ -164,7 +159,7 @@ class Exporter:
             web_config_ok=self.web_config_status(),
             stores=tuple(self.poller.view()),
             now=self.clock.time(),
-            version=self.collector.version,
+            version=__version__,
             reload=status,
             store_files_invalid=self.store_files.invalid if self.store_files else 0,
             shard=self.shard.index,

@@ -8,7 +8,8 @@ read only these types, so they depend on neither the client nor the poller (docs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 # The ``code`` label values that are not an HTTP status.
 TIMEOUT = "timeout"
@@ -35,16 +36,71 @@ class FailedFile:
     reason: str
 
 
+# ---- the per-task fields, each declared once --------------------------------------------
+#
+# Every per-task value is one dataclass field below, and its metadata says everything else
+# about it: the gauge it feeds, its state-file key, its JSON key (docs/design.md, "The
+# model"). The metric families, the state file and the JSON derive from
+# :data:`TASK_FIELDS`; the /metrics cache compares task records by identity. Adding a
+# field is one declaration here, plus its parsing in the client (for API data).
+
+Kind = Literal["count", "time", "flag", "code", "text", "failures", "labels"]
+Shown = Literal["data", "always", "completed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """How one per-task field is exported, kept and shown.
+
+    ``kind`` names its codec: ``count`` (an integer from 0 to 2^53), ``time`` (Unix
+    seconds or None), ``flag`` (bool), ``code`` (a short string or None), ``text``,
+    ``failures`` (failed files), ``labels`` (context labels). ``gauge``/``help``: the
+    per-task gauge it feeds, exported always, once the task has data, or once it is
+    completed (``shown``). ``state``/``json``: its key in the state file and in the JSON
+    (None: not there). A field of :class:`TaskSnapshot` lives under ``data`` in the JSON.
+    """
+
+    kind: Kind
+    gauge: str | None = None
+    help: str = ""
+    shown: Shown = "data"
+    state: str | None = None
+    json: str | None = None
+
+
+def per_task(default: Any, kind: Kind, **spec: Any) -> Any:
+    """A dataclass field declared with its :class:`Spec` (the one place a field is named)."""
+    return field(default=default, metadata={"spec": Spec(kind, **spec)})
+
+
 @dataclass(frozen=True, slots=True)
 class TaskSnapshot:
     """The parsed state of one upload task as the API last reported it."""
 
-    total: int
-    finished: int
-    status: int
-    succeeded: int
-    failed: int
-    failures: tuple[FailedFile, ...] = ()
+    total: int = per_task(
+        0, "count", gauge="shoplazza_upload_task_files",
+        help="Files in the upload task (the API's total).", state="total", json="total",
+    )  # fmt: skip
+    finished: int = per_task(
+        0, "count", gauge="shoplazza_upload_task_files_finished",
+        help="Files of the upload task processed so far.", state="finished", json="finished",
+    )  # fmt: skip
+    succeeded: int = per_task(
+        0, "count", gauge="shoplazza_upload_task_files_succeeded",
+        help="Files stored successfully (success_list length).",
+        state="succeeded", json="succeeded",
+    )  # fmt: skip
+    failed: int = per_task(
+        0, "count", gauge="shoplazza_upload_task_files_failed",
+        help="Files that failed (failure_list length).", state="failed", json="failed",
+    )  # fmt: skip
+    status: int = per_task(
+        1, "count", gauge="shoplazza_upload_task_status",
+        help="Raw task status: 0 completed, 1 in progress.", state="status", json="status",
+    )  # fmt: skip
+    failures: tuple[FailedFile, ...] = per_task(
+        (), "failures", state="failures", json="failed_files"
+    )
 
     @property
     def completed(self) -> bool:
@@ -61,35 +117,78 @@ class TaskSnapshot:
         return min(self.finished / self.total, 1.0)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class TaskState:
-    """What the exporter knows of one watched task."""
+    """What the exporter knows of one watched task: an immutable record, replaced whole on
+    every change, so a reader may cache on its identity."""
 
     store: str
     task_id: str
     snapshot: TaskSnapshot | None = None
-    poll_success: bool = False
-    last_code: str | None = None
-    last_error_code: str | None = None
-    last_error: str = ""
-    last_attempt: float | None = None  # monotonic start of the last request
-    last_success: float | None = None  # Unix time
-    last_progress: float | None = None  # Unix time
-    completed_at: float | None = None  # Unix time
-    attempts: int = 0  # finished attempts
-    queued: bool = False
-    in_flight: bool = False
-    labels: tuple[tuple[str, str], ...] = ()  # context labels (task_ids entry or task file)
-
-    @property
-    def pending(self) -> bool:
-        """Queued or in flight."""
-        return self.queued or self.in_flight
+    last_progress: float | None = per_task(
+        None, "time", gauge="shoplazza_upload_task_last_progress_timestamp_seconds",
+        help="Unix time when finished or status last changed (first sight counts).",
+        state="last_progress", json="last_progress_timestamp",
+    )  # fmt: skip
+    last_success: float | None = per_task(
+        None, "time", gauge="shoplazza_upload_task_last_success_timestamp_seconds",
+        help="Unix time of the last successful poll of the task.",
+        state="last_success", json="last_success_timestamp",
+    )  # fmt: skip
+    completed_at: float | None = per_task(
+        None, "time", gauge="shoplazza_upload_task_completed_timestamp_seconds",
+        help="Unix time the task was first seen completed (only for completed tasks).",
+        shown="completed", state="completed_at", json="completed_timestamp",
+    )  # fmt: skip
+    poll_success: bool = per_task(
+        False, "flag", gauge="shoplazza_upload_task_poll_success",
+        help="1 if the last poll of this task succeeded, else 0.",
+        shown="always", state="poll_success", json="poll_success",
+    )  # fmt: skip
+    last_code: str | None = per_task(None, "code", state="last_code", json="last_code")
+    last_error_code: str | None = per_task(
+        None, "code", state="last_error_code", json="last_error_code"
+    )
+    last_error: str = per_task("", "text", state="last_error", json="last_error")
+    # Context labels (a task_ids entry or a task file line); shown by the info gauge.
+    labels: tuple[tuple[str, str], ...] = per_task((), "labels", json="labels")
+    # Restored from a state file that lacked one of the snapshot's fields (written by an
+    # older version): fetched once more even when completed, so no field stays at its
+    # default for good.
+    refetch: bool = False
 
     @property
     def completed(self) -> bool:
-        """The API reported the task completed."""
-        return self.snapshot is not None and self.snapshot.completed
+        """The API reported the task completed (and its data is whole)."""
+        return self.snapshot is not None and self.snapshot.completed and not self.refetch
+
+
+@dataclass(frozen=True, slots=True)
+class TaskField:
+    """One declared per-task field: its name, its owner, its default and its :class:`Spec`."""
+
+    name: str
+    on_snapshot: bool  # a field of TaskSnapshot (API data), else of TaskState
+    default: Any
+    spec: Spec
+
+    def get(self, task: TaskState) -> Any:
+        """The field's value in ``task`` (the default when it has no data yet)."""
+        if self.on_snapshot:
+            return self.default if task.snapshot is None else getattr(task.snapshot, self.name)
+        return getattr(task, self.name)
+
+
+def _declared(cls: type, on_snapshot: bool) -> tuple[TaskField, ...]:
+    return tuple(
+        TaskField(f.name, on_snapshot, f.default, f.metadata["spec"])
+        for f in fields(cls)
+        if "spec" in f.metadata
+    )
+
+
+#: Every per-task field in declaration order: the snapshot's (API data), then the task's.
+TASK_FIELDS: tuple[TaskField, ...] = (*_declared(TaskSnapshot, True), *_declared(TaskState, False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +204,6 @@ class StoreView:
     duration_count: int
     duration_sum: float
     stuck_after: float = 900.0
-    # Grows whenever anything this view shows changes; -1: not tracked (never cache on it).
-    revision: int = -1
 
 
 @dataclass

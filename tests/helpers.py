@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from prometheus_client import CollectorRegistry
 
 from exporter.app import Exporter
 from exporter.config import StoreConfig
+from exporter.metrics.families import family_collectors
 from exporter.polling.client import StoreClient
 from exporter.web.routes import App
 
@@ -160,6 +162,14 @@ def scrape(app: App, timeout: float | None = None) -> str:
     status, _, body = wsgi(app, "/metrics", headers=headers)
     assert status == 200
     return body.decode()
+
+
+def registry_of(exporter: Exporter) -> CollectorRegistry:
+    """A registry of the exporter's metric families, for ``get_sample_value``."""
+    registry = CollectorRegistry()
+    for collector in family_collectors(exporter.views):
+        registry.register(collector)
+    return registry
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

@@ -12,6 +12,7 @@ keeps their last progress and last success times, as it does across restarts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -203,12 +204,15 @@ def _old_state(when: float) -> str:
         )
 
     tasks = [
-        seen("task-done", TaskSnapshot(3, 3, 0, 3, 0)),
-        seen("task-stuck", TaskSnapshot(10, 4, 1, 4, 0)),
-        seen("task-broken", TaskSnapshot(10, 2, 1, 2, 0)),
-        seen(FORGOTTEN, TaskSnapshot(5, 5, 0, 3, 2)),
+        seen("task-done", TaskSnapshot(total=3, finished=3, status=0, succeeded=3, failed=0)),
+        seen("task-stuck", TaskSnapshot(total=10, finished=4, status=1, succeeded=4, failed=0)),
+        seen("task-broken", TaskSnapshot(total=10, finished=2, status=1, succeeded=2, failed=0)),
+        seen(FORGOTTEN, TaskSnapshot(total=5, finished=5, status=0, succeeded=3, failed=2)),
     ]
-    tasks[-1].completed_at = tasks[-1].last_success = tasks[-1].last_progress = when - 6000
+    old = when - 6000
+    tasks[-1] = dataclasses.replace(
+        tasks[-1], completed_at=old, last_success=old, last_progress=old
+    )
     return dump_state(tasks, {})
 
 

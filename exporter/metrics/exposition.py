@@ -47,8 +47,8 @@ from exporter.metrics.families import (
     global_families,
     store_families,
 )
-from exporter.metrics.lines import SEGMENT, TASK_NAMES, render_segment, task_key
-from exporter.model import ExporterView, StoreView
+from exporter.metrics.lines import SEGMENT, TASK_NAMES, render_segment
+from exporter.model import ExporterView, StoreView, TaskState
 
 __all__ = ["BLOCK_UNITS", "SEGMENT", "Exposition", "default_collectors"]
 
@@ -197,16 +197,15 @@ class _OldLines:
 
 
 class _Store:
-    """What is remembered of one store to tell what changed: its view's revision and task
-    count, each segment's task keys, and its counters' key."""
+    """What is remembered of one store to tell what changed: the view last rendered and
+    each segment's task records. Views and records are immutable and replaced on every
+    change, so identity tells what changed (docs/design.md, "Exposition")."""
 
-    __slots__ = ("count", "keys", "revision", "stats_key")
+    __slots__ = ("segments", "view")
 
     def __init__(self) -> None:
-        self.revision = -1
-        self.count = -1
-        self.keys: list[list[tuple[object, ...]]] = []
-        self.stats_key: tuple[object, ...] | None = None
+        self.view: StoreView | None = None
+        self.segments: list[Sequence[TaskState]] = []
 
 
 def default_collectors() -> tuple[Collector, ...]:
@@ -215,15 +214,17 @@ def default_collectors() -> tuple[Collector, ...]:
     return (ProcessCollector(registry=None), PlatformCollector(registry=None), GCCollector(scratch))
 
 
-def _stats_key(view: StoreView) -> tuple[object, ...]:
+def _stats_changed(old: StoreView | None, new: StoreView) -> bool:
+    """True when the store's counters, histogram or watched-task count differ."""
     return (
-        view.requests,
-        view.errors,
-        view.skipped,
-        view.buckets,
-        view.duration_count,
-        view.duration_sum,
-        len(view.tasks),
+        old is None
+        or old.requests != new.requests
+        or old.errors != new.errors
+        or old.skipped != new.skipped
+        or old.buckets != new.buckets
+        or old.duration_count != new.duration_count
+        or old.duration_sum != new.duration_sum
+        or len(old.tasks) != len(new.tasks)
     )
 
 
@@ -302,9 +303,7 @@ class Exposition:
         for store_view in view.stores:
             name = store_view.name
             cached = stores[name] = self._stores.get(name) or _Store()
-            stats_key = _stats_key(store_view)
-            if stats_key != cached.stats_key:
-                cached.stats_key = stats_key
+            if store_view is not cached.view and _stats_changed(cached.view, store_view):
                 fresh_stats[name] = functools.partial(self._store_lines, store_view)
             segments = self._update_store(cached, store_view)
             for n, lines in enumerate(segments):
@@ -319,23 +318,25 @@ class Exposition:
 
     def _update_store(self, cached: _Store, view: StoreView) -> list[Render | None]:
         """Per segment of the store's tasks: how to render it, or None when it is unchanged."""
-        tracked = view.revision >= 0 and view.revision == cached.revision
-        if tracked and cached.count == len(view.tasks):
-            return [None] * len(cached.keys)
+        if view is cached.view:
+            return [None] * len(cached.segments)
         segments: list[Render | None] = []
-        keys: list[list[tuple[object, ...]]] = []
+        kept: list[Sequence[TaskState]] = []
         tasks = view.tasks
         for n, start in enumerate(range(0, len(tasks), SEGMENT)):
             part = tasks[start : start + SEGMENT]
-            part_keys = [task_key(task) for task in part]
-            old = cached.keys[n] if n < len(cached.keys) else None
-            unchanged = old is not None and old == part_keys
-            render = None if unchanged else functools.partial(render_segment, view.name, part)
-            segments.append(render)
-            keys.append(part_keys)
-        cached.keys = keys
-        cached.revision = view.revision
-        cached.count = len(tasks)
+            old = cached.segments[n] if n < len(cached.segments) else None
+            unchanged = (
+                old is not None
+                and len(old) == len(part)
+                and all(a is b for a, b in zip(old, part, strict=True))
+            )
+            segments.append(
+                None if unchanged else functools.partial(render_segment, view.name, part)
+            )
+            kept.append(part)
+        cached.segments = kept
+        cached.view = view
         return segments
 
     def _store_lines(self, view: StoreView) -> tuple[bytes, ...]:

@@ -3,9 +3,10 @@
 Everything the exporter shows of itself and its tasks is defined here once, as
 prometheus_client families: gauges per task, counters and a histogram per store
 (``CounterMetricFamily`` / ``HistogramMetricFamily``) and the exporter-wide gauges.
-:class:`TaskCollector` yields them for a registry (``name[]`` filters go through
-``restricted_registry``); :mod:`exporter.metrics.exposition` writes the per-task gauges directly and
-caches every part, byte-identical to what the encoders make of these families.
+:func:`family_collectors` yields them for a registry, one collector per family (``name[]``
+filters go through ``restricted_registry``); :mod:`exporter.metrics.exposition` writes the
+per-task gauges directly and caches every part, byte-identical to what the encoders make
+of these families.
 
 Every value passes :func:`number` and every label value :func:`label_value` first, so no
 stored value (an integer of a thousand digits, NaN, a lone surrogate) can make rendering
@@ -27,7 +28,8 @@ import math
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -38,45 +40,14 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go
 
-from exporter import __version__
-from exporter.model import DURATION_BUCKETS, ExporterView, StoreView, TaskState
-
-# (name, help) of the per-task gauges, in exposition order.
-TASK_GAUGES: tuple[tuple[str, str], ...] = (
-    ("shoplazza_upload_task_files", "Files in the upload task (the API's total)."),
-    ("shoplazza_upload_task_files_finished", "Files of the upload task processed so far."),
-    ("shoplazza_upload_task_files_succeeded", "Files stored successfully (success_list length)."),
-    ("shoplazza_upload_task_files_failed", "Files that failed (failure_list length)."),
-    ("shoplazza_upload_task_status", "Raw task status: 0 completed, 1 in progress."),
-    ("shoplazza_upload_task_completed", "1 when the task is completed (status 0), else 0."),
-    (
-        "shoplazza_upload_task_progress_ratio",
-        "finished/total; when total is 0, 1 if completed else 0.",
-    ),
-    (
-        "shoplazza_upload_task_last_progress_timestamp_seconds",
-        "Unix time when finished or status last changed (first sight counts).",
-    ),
-    (
-        "shoplazza_upload_task_last_success_timestamp_seconds",
-        "Unix time of the last successful poll of the task.",
-    ),
-    (
-        "shoplazza_upload_task_completed_timestamp_seconds",
-        "Unix time the task was first seen completed (only for completed tasks).",
-    ),
-    (
-        "shoplazza_upload_task_poll_success",
-        "1 if the last poll of this task succeeded, else 0.",
-    ),
-    (
-        "shoplazza_upload_task_info",
-        "1 for every watched task, with its context labels.",
-    ),
+from exporter.model import (
+    DURATION_BUCKETS,
+    TASK_FIELDS,
+    ExporterView,
+    StoreView,
+    TaskField,
+    TaskState,
 )
-COMPLETED_AT = 9  # index of completed_timestamp_seconds in TASK_GAUGES
-POLL_SUCCESS = 10
-INFO = 11
 
 # (name, help, type) of the per-store families, in exposition order.
 STORE_FAMILIES: tuple[tuple[str, str, str], ...] = (
@@ -178,32 +149,87 @@ def task_labels(store: str, task: TaskState) -> dict[str, str]:
     return labels
 
 
-def task_values(task: TaskState) -> tuple[float | None, ...]:
-    """The value of each gauge of ``TASK_GAUGES`` for one task; None where none is exported."""
+INFO_NAME = "shoplazza_upload_task_info"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskGauge:
+    """One per-task gauge: its name, help, and its value for a task (None: not exported)."""
+
+    name: str
+    help: str
+    value: Callable[[TaskState], float | None]
+
+
+def _field_gauge(spec_field: TaskField) -> TaskGauge:
+    """The gauge a declared field feeds (exporter/model.py, ``TASK_FIELDS``)."""
+    spec = spec_field.spec
+    assert spec.gauge is not None
+    get = spec_field.get
+    convert: Callable[[Any], float] = (
+        (lambda v: 1.0 if v else 0.0) if spec.kind == "flag" else number
+    )
+
+    def value(task: TaskState) -> float | None:
+        if spec.shown == "always":
+            return convert(get(task))
+        snap = task.snapshot
+        if snap is None:  # before the first success only the "always" gauges (and info)
+            return None
+        if spec.shown == "completed":
+            raw = get(task)
+            return convert(raw) if snap.completed and raw is not None else None
+        return convert(get(task))
+
+    return TaskGauge(spec.gauge, spec.help, value)
+
+
+def _completed(task: TaskState) -> float | None:
     snap = task.snapshot
-    poll = 1.0 if task.poll_success else 0.0
-    if snap is None:  # before the first success only poll_success (and info)
-        return (None,) * COMPLETED_AT + (None, poll, 1.0)
-    completed = snap.completed
+    return None if snap is None else (1.0 if snap.completed else 0.0)
+
+
+def _progress_ratio(task: TaskState) -> float | None:
+    snap = task.snapshot
+    if snap is None:
+        return None
     try:
-        ratio = number(snap.progress_ratio)
+        return number(snap.progress_ratio)
     except (ArithmeticError, TypeError, ValueError):  # e.g. huge ints: their quotient overflows
         total, finished = number(snap.total), number(snap.finished)
-        ratio = min(finished / total, 1.0) if math.isfinite(total) and total > 0 else math.nan
-    return (
-        number(snap.total),
-        number(snap.finished),
-        number(snap.succeeded),
-        number(snap.failed),
-        number(snap.status),
-        1.0 if completed else 0.0,
-        ratio,
-        number(task.last_progress),
-        number(task.last_success),
-        number(task.completed_at) if completed and task.completed_at is not None else None,
-        poll,
-        1.0,
+        return min(finished / total, 1.0) if math.isfinite(total) and total > 0 else math.nan
+
+
+def _gauges(on_snapshot: bool) -> tuple[TaskGauge, ...]:
+    return tuple(
+        _field_gauge(f) for f in TASK_FIELDS if f.on_snapshot == on_snapshot and f.spec.gauge
     )
+
+
+#: The per-task gauges in exposition order: the declared fields' gauges (the snapshot's,
+#: then two derived from it, then the task's), and the info gauge last.
+TASK_GAUGE_DEFS: tuple[TaskGauge, ...] = (
+    *_gauges(on_snapshot=True),
+    TaskGauge(
+        "shoplazza_upload_task_completed",
+        "1 when the task is completed (status 0), else 0.",
+        _completed,
+    ),
+    TaskGauge(
+        "shoplazza_upload_task_progress_ratio",
+        "finished/total; when total is 0, 1 if completed else 0.",
+        _progress_ratio,
+    ),
+    *_gauges(on_snapshot=False),
+    TaskGauge(INFO_NAME, "1 for every watched task, with its context labels.", lambda _: 1.0),
+)
+#: (name, help) of the per-task gauges, in exposition order.
+TASK_GAUGES: tuple[tuple[str, str], ...] = tuple((g.name, g.help) for g in TASK_GAUGE_DEFS)
+
+
+def task_values(task: TaskState) -> tuple[float | None, ...]:
+    """The value of each gauge of ``TASK_GAUGES`` for one task; None where none is exported."""
+    return tuple(gauge.value(task) for gauge in TASK_GAUGE_DEFS)
 
 
 def task_families(stores: Iterable[StoreView], only: int | None = None) -> list[Metric]:
@@ -218,7 +244,7 @@ def task_families(stores: Iterable[StoreView], only: int | None = None) -> list[
             for i in wanted:
                 value = values[i]
                 if value is not None:
-                    labels = task_labels(view.name, task) if i == INFO else base
+                    labels = task_labels(view.name, task) if families[i].name == INFO_NAME else base
                     families[i].add_sample(families[i].name, labels, value)
     return families if only is None else [families[only]]
 
@@ -293,7 +319,7 @@ def described() -> list[Metric]:
 
 
 class FamilyCollector(Collector):
-    """One family of :class:`TaskCollector`'s, for a registry that serves ``name[]`` filters.
+    """One metric family, for a registry that serves ``name[]`` filters.
 
     prometheus_client's ``restricted_registry`` asks only the collectors whose
     ``describe()`` names a wanted metric: with one collector per family a filter builds the
@@ -324,31 +350,5 @@ class FamilyCollector(Collector):
 
 
 def family_collectors(views: Callable[[], ExporterView | None]) -> list[FamilyCollector]:
-    """One collector per family of :class:`TaskCollector`, in its order."""
+    """One collector per family, in exposition order."""
     return [FamilyCollector(views, i) for i in range(len(described()))]
-
-
-class TaskCollector(Collector):
-    """Yields every exporter metric from the :class:`ExporterView` that ``views`` returns.
-
-    ``views`` may return None (nothing to show yet): then it yields nothing.
-    """
-
-    def __init__(
-        self, views: Callable[[], ExporterView | None], version: str = __version__
-    ) -> None:
-        self._views = views
-        self.version = version
-
-    def describe(self) -> Iterable[Metric]:
-        """The families by name only: registering must not call the API."""
-        return described()
-
-    def collect(self) -> Iterator[Metric]:
-        """Render a view of memory."""
-        view = self._views()
-        if view is None:
-            return
-        yield from task_families(view.stores)
-        yield from all_store_families(view.stores)
-        yield from global_families(view)

@@ -4,7 +4,8 @@ prometheus_client's encoders spend most of a second on 10,000 tasks building and
 samples one by one. The per-task gauges are most of a scrape, so they are written here as
 the encoders would write them (labels sorted by name, values through prometheus_client's
 ``floatToGoString``, label values escaped the same way), a segment of tasks at a time, and
-only when :func:`task_key` says the segment's values changed. ``tests/metrics/test_exposition.py``
+only when a task record of the segment was replaced (records are immutable: the cache
+compares them by identity). ``tests/metrics/test_exposition.py``
 checks the bytes against the encoders.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from exporter.metrics.families import (
-    INFO,
+    INFO_NAME,
     TASK_GAUGES,
     go_float,
     label_value,
@@ -34,37 +35,18 @@ def escape(value: str) -> str:
     return value
 
 
-def task_key(task: TaskState) -> tuple[object, ...]:
-    """Everything a task's lines show: equal keys, equal lines."""
-    snap = task.snapshot
-    if snap is None:
-        return (task.task_id, task.poll_success, task.labels)
-    return (
-        task.task_id,
-        task.poll_success,
-        task.labels,
-        snap.total,
-        snap.finished,
-        snap.status,
-        snap.succeeded,
-        snap.failed,
-        task.last_progress,
-        task.last_success,
-        task.completed_at,
-    )
-
-
 def render_segment(store: str, tasks: Sequence[TaskState]) -> tuple[bytes, ...]:
     """The lines of ``tasks`` for each family of ``TASK_GAUGES`` (b"" where none)."""
     lines: list[list[str]] = [[] for _ in TASK_NAMES]
     store_label = escape(label_value(store))
+    names = TASK_NAMES
     for task in tasks:
         base = f'{{store="{store_label}",task_id="{escape(label_value(task.task_id))}"}} '
         for i, value in enumerate(task_values(task)):
             if value is None:
                 continue
             text = go_float(value)
-            if i == INFO:
+            if names[i] == INFO_NAME:
                 labels = ",".join(
                     f'{k}="{escape(v)}"' for k, v in sorted(task_labels(store, task).items())
                 )

@@ -11,8 +11,8 @@ and any 429 pause allow. A task is queued or in flight at most once (single-flig
 Reading (:meth:`Poller.view`) only reads memory: task files are re-read and completed tasks
 forgotten in :meth:`Poller.refresh` and on the scheduler's housekeeping timer. Each change
 of what a store shows replaces the affected :class:`TaskState` (never changed in place once
-handed out) and raises the store's revision, so a view hands out cached records
-(docs/design.md, "The read path").
+handed out) and drops the store's cached view, so an unchanged store hands out the same
+immutable view, and readers cache on its identity (docs/design.md, "The read path").
 """
 
 from __future__ import annotations
@@ -85,7 +85,6 @@ class Poller:
         # (store, task_id) -> completion time of tasks dropped by forget_completed_after.
         self.forgotten: dict[tuple[str, str], float] = {}
         self._seq = itertools.count()
-        self._revisions = itertools.count(1)
         self._stopped = False
         self.scheduler = Scheduler(
             self._lock,
@@ -201,8 +200,7 @@ class Poller:
         """Seed state loaded from the state file (call before the first apply_config)."""
         with self._lock:
             for task in tasks:
-                clean = dataclasses.replace(task, queued=False, in_flight=False, last_attempt=None)
-                self.restored[(task.store, task.task_id)] = clean
+                self.restored[(task.store, task.task_id)] = task
             self.forgotten.update(forgotten)
 
     # ---- scrape ----------------------------------------------------------------------
@@ -399,6 +397,7 @@ class Poller:
             )
             return dataclasses.replace(
                 old,
+                refetch=False,
                 poll_success=False,
                 last_code=result.code,
                 last_error_code=result.code,
@@ -442,6 +441,7 @@ class Poller:
                 )
         return dataclasses.replace(
             old,
+            refetch=False,
             snapshot=snapshot,
             poll_success=True,
             last_code=result.code,
@@ -456,7 +456,7 @@ class Poller:
     def view(self) -> list[StoreView]:
         """Every store as it is now, for the collector and the status pages.
 
-        Pure: it reads memory only. A store's view is built once per change (its revision)
+        Pure: it reads memory only. A store's view is built once per change
         and handed out until the next change; its task records are never changed in place.
         """
         with self._lock:
@@ -474,14 +474,12 @@ class Poller:
             duration_count=stats.duration_count,
             duration_sum=stats.duration_sum,
             stuck_after=store.config.stuck_after,
-            revision=store.revision,
         )
         store.view = view
         return view
 
     def _touch(self, store: Store) -> None:
-        """Something the store's view shows changed: a new revision, the cached view dropped."""
-        store.revision = next(self._revisions)
+        """Something the store's view shows changed: the cached view is dropped."""
         store.view = None
 
     def persistent_state(self) -> tuple[list[TaskState], dict[tuple[str, str], float]]:

@@ -19,10 +19,17 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from exporter.config import STORE_NAME_RE, TASK_ID_RE
-from exporter.model import MAX_EXACT_INTEGER, MAX_KEPT_FAILURES, FailedFile, TaskSnapshot, TaskState
+from exporter.model import (
+    MAX_EXACT_INTEGER,
+    MAX_KEPT_FAILURES,
+    TASK_FIELDS,
+    FailedFile,
+    TaskSnapshot,
+    TaskState,
+)
 
 log = logging.getLogger("exporter.polling.statefile")
 
@@ -31,6 +38,10 @@ VERSION = 1
 # How long the state of a task that is no longer configured is kept when
 # forget_completed_after is 0 (docs/design.md, "State file": pruning).
 DEFAULT_RETENTION = 7 * 24 * 3600.0
+# Longest text field read back (an error detail is far shorter).
+MAX_TEXT = 4096
+# Entries of the first state files had no "poll_success": they were all successes.
+LEGACY_DEFAULTS: dict[str, object] = {"poll_success": True}
 
 Key = tuple[str, str]
 Snapshot = Callable[[], tuple[list[TaskState], dict[Key, float]]]
@@ -41,24 +52,24 @@ def retention_for(forget_completed_after: float) -> float:
     return forget_completed_after if forget_completed_after > 0 else DEFAULT_RETENTION
 
 
+#: The declared fields kept in the state file (exporter/model.py, ``TASK_FIELDS``).
+KEPT = tuple(f for f in TASK_FIELDS if f.spec.state is not None)
+
+
+def _to_json(kind: str, value: Any) -> Any:
+    """A field's value as the state file holds it."""
+    if kind == "failures":
+        return [[f.origin_link, f.reason] for f in value]
+    return value
+
+
 def _task_to_json(task: TaskState, last_watched: float | None) -> dict[str, Any]:
-    snap = task.snapshot
-    assert snap is not None
-    entry: dict[str, Any] = {
-        "store": task.store,
-        "task_id": task.task_id,
-        "total": snap.total,
-        "finished": snap.finished,
-        "status": snap.status,
-        "succeeded": snap.succeeded,
-        "failed": snap.failed,
-        "failures": [[f.origin_link, f.reason] for f in snap.failures],
-        "poll_success": task.poll_success,
-        "last_code": task.last_code,
-        "last_success": task.last_success,
-        "last_progress": task.last_progress,
-        "completed_at": task.completed_at,
-    }
+    assert task.snapshot is not None
+    entry: dict[str, Any] = {"store": task.store, "task_id": task.task_id}
+    for spec_field in KEPT:
+        entry[cast(str, spec_field.spec.state)] = _to_json(
+            spec_field.spec.kind, spec_field.get(task)
+        )
     if last_watched is not None:
         entry["last_watched"] = last_watched
     return entry
@@ -76,13 +87,6 @@ def _number(value: object) -> float | None:
     return float(value)
 
 
-def _count(item: Mapping[str, object], key: str) -> int:
-    value = item.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EXACT_INTEGER:
-        raise ValueError(f"{key}: expected an integer from 0 to 2^53")
-    return value
-
-
 def _key(store: object, task_id: object) -> Key:
     if not isinstance(store, str) or not STORE_NAME_RE.match(store):
         raise ValueError("store is not a store name")
@@ -91,39 +95,62 @@ def _key(store: object, task_id: object) -> Key:
     return store, task_id
 
 
+def _from_json(kind: str, key: str, value: object) -> Any:
+    """A field's value read back from the state file; ValueError when it cannot be trusted."""
+    if kind == "count":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}: expected an integer from 0 to 2^53")
+        if not 0 <= value <= MAX_EXACT_INTEGER:
+            raise ValueError(f"{key}: expected an integer from 0 to 2^53")
+        return value
+    if kind == "time":
+        return _number(value)
+    if kind == "flag":
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false")
+        return value
+    if kind == "code":
+        if value is not None and not (isinstance(value, str) and len(value) <= 64):
+            raise ValueError(f"{key} must be a short string")
+        return value
+    if kind == "text":
+        if not (isinstance(value, str) and len(value) <= MAX_TEXT):
+            raise ValueError(f"{key} must be a string of at most {MAX_TEXT} characters")
+        return value
+    if kind == "failures":
+        if not isinstance(value, list) or not all(
+            isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f)
+            for f in value
+        ):
+            raise ValueError(f"{key} is not a list of [origin_link, reason]")
+        return tuple(FailedFile(a, b) for a, b in value[:MAX_KEPT_FAILURES])
+    raise ValueError(f"{key}: a {kind} field cannot be kept in the state file")
+
+
 def _task_from_json(item: object) -> tuple[TaskState, float | None]:
+    """One task entry; a key it lacks (an older version's file) takes the field's default.
+
+    A snapshot field it lacks marks the task for one more fetch (``refetch``): a completed
+    task would otherwise export that default for good.
+    """
     if not isinstance(item, dict):
         raise ValueError("task entry is not an object")
     store, task_id = _key(item.get("store"), item.get("task_id"))
-    failures = item.get("failures", [])
-    if not isinstance(failures, list) or not all(
-        isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f) for f in failures
-    ):
-        raise ValueError("failures is not a list of [origin_link, reason]")
-    last_code, poll_success = item.get("last_code"), item.get("poll_success", True)
-    if last_code is not None and not (isinstance(last_code, str) and len(last_code) <= 64):
-        raise ValueError("last_code must be a short string")
-    if not isinstance(poll_success, bool):
-        raise ValueError("poll_success must be true or false")
-    snapshot = TaskSnapshot(
-        total=_count(item, "total"),
-        finished=_count(item, "finished"),
-        status=_count(item, "status"),
-        succeeded=_count(item, "succeeded"),
-        failed=_count(item, "failed"),
-        failures=tuple(FailedFile(a, b) for a, b in failures[:MAX_KEPT_FAILURES]),
+    snapshot: dict[str, Any] = {}
+    task: dict[str, Any] = {}
+    refetch = False
+    for spec_field in KEPT:
+        key = cast(str, spec_field.spec.state)
+        if key in item:
+            value = _from_json(spec_field.spec.kind, key, item[key])
+        else:
+            value = LEGACY_DEFAULTS.get(key, spec_field.default)
+            refetch = refetch or spec_field.on_snapshot
+        (snapshot if spec_field.on_snapshot else task)[spec_field.name] = value
+    state = TaskState(
+        store=store, task_id=task_id, snapshot=TaskSnapshot(**snapshot), refetch=refetch, **task
     )
-    task = TaskState(
-        store=store,
-        task_id=task_id,
-        snapshot=snapshot,
-        poll_success=poll_success,
-        last_code=last_code,
-        last_success=_number(item.get("last_success")),
-        last_progress=_number(item.get("last_progress")),
-        completed_at=_number(item.get("completed_at")),
-    )
-    return task, _number(item.get("last_watched"))
+    return state, _number(item.get("last_watched"))
 
 
 def _forgotten_from_json(entry: object) -> tuple[Key, float, float | None]:

@@ -172,7 +172,6 @@ class Store:
         "queue",
         "ready",
         "removed",
-        "revision",
         "stats",
         "tasks",
         "timer",
@@ -192,7 +191,6 @@ class Store:
         self.files: TaskFiles | None = None
         self.ready = False  # on the scheduler's ready queue
         self.timer: float | None = None  # when of its live timer heap entry
-        self.revision = 0
         self.view: StoreView | None = None
         # No task of the store is due before this (monotonic); -inf: look at every scrape.
         # Lets a steady scrape of a fleet skip the stores with nothing due at a glance.

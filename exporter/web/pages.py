@@ -12,9 +12,9 @@ import json
 import math
 import unicodedata
 from html import escape
-from typing import Any
+from typing import Any, cast
 
-from exporter.model import ExporterView, StoreView, TaskSnapshot, TaskState
+from exporter.model import TASK_FIELDS, ExporterView, StoreView, TaskSnapshot, TaskState
 
 HTML_FAILURES_PER_TASK = 20
 FAILURES_SHOWN_OPEN = 5
@@ -135,35 +135,47 @@ def format_age(seconds: float | None) -> str:
 # --- JSON -----------------------------------------------------------------------------
 
 
-def _snapshot_json(snap: TaskSnapshot) -> dict[str, Any]:
-    return {
-        "total": _json_int(snap.total),
-        "finished": _json_int(snap.finished),
-        "succeeded": _json_int(snap.succeeded),
-        "failed": _json_int(snap.failed),
-        "status": _json_int(snap.status),
-        "completed": snap.completed,
-        "progress_ratio": ratio(snap.finished, snap.total) if snap.total else float(snap.completed),
-        "failed_files": [{"origin_link": f.origin_link, "reason": f.reason} for f in snap.failures],
-    }
+def _json_value(kind: str, value: Any) -> Any:
+    """A declared field's value in the JSON (exporter/model.py, ``TASK_FIELDS``)."""
+    if kind == "count":
+        return _json_int(value)
+    if kind == "time":
+        return _finite(value)
+    if kind == "text":
+        return value or None
+    if kind == "failures":
+        return [{"origin_link": f.origin_link, "reason": f.reason} for f in value]
+    if kind == "labels":
+        return dict(value)
+    return value  # flag, code
+
+
+_SNAPSHOT_JSON = tuple(f for f in TASK_FIELDS if f.on_snapshot and f.spec.json)
+_TASK_JSON = tuple(f for f in TASK_FIELDS if not f.on_snapshot and f.spec.json)
+
+
+def _snapshot_json(task: TaskState, snap: TaskSnapshot) -> dict[str, Any]:
+    data = {cast(str, f.spec.json): _json_value(f.spec.kind, f.get(task)) for f in _SNAPSHOT_JSON}
+    data["completed"] = snap.completed
+    data["progress_ratio"] = (
+        ratio(snap.finished, snap.total) if snap.total else float(snap.completed)
+    )
+    return data
 
 
 def _task_json(task: TaskState, store: StoreView, now: float) -> dict[str, Any]:
-    return {
+    item: dict[str, Any] = {
         "task_id": task.task_id,
         "state": task_state(task, store.stuck_after, now),
-        "labels": dict(task.labels),
-        "poll_success": task.poll_success,
-        "last_code": task.last_code,
-        "last_error_code": task.last_error_code,
-        "last_error": task.last_error or None,
-        "last_success_timestamp": _finite(task.last_success),
-        "last_progress_timestamp": _finite(task.last_progress),
-        "last_progress_age_seconds": _age_seconds(task.last_progress, now),
-        "data_age_seconds": _age_seconds(task.last_success, now),
-        "completed_timestamp": _finite(task.completed_at),
-        "data": None if task.snapshot is None else _snapshot_json(task.snapshot),
     }
+    for spec_field in _TASK_JSON:
+        item[cast(str, spec_field.spec.json)] = _json_value(
+            spec_field.spec.kind, spec_field.get(task)
+        )
+    item["last_progress_age_seconds"] = _age_seconds(task.last_progress, now)
+    item["data_age_seconds"] = _age_seconds(task.last_success, now)
+    item["data"] = None if task.snapshot is None else _snapshot_json(task, task.snapshot)
+    return item
 
 
 def render_json(view: ExporterView) -> str:

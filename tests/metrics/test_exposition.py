@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from exporter.metrics.exposition import BLOCK_UNITS, SEGMENT, Exposition
-from exporter.metrics.families import TaskCollector
+from exporter.metrics.families import family_collectors
 from exporter.model import (
     DURATION_BUCKETS,
     ERROR_CODES,
@@ -68,7 +68,7 @@ def task(task_id: str, n: int = 0, *, store: str = "shop", done: bool = False) -
     )
 
 
-def store(name: str, tasks: list[TaskState], requests: int = 0, revision: int = -1) -> StoreView:
+def store(name: str, tasks: list[TaskState], requests: int = 0) -> StoreView:
     return StoreView(
         name=name,
         tasks=tuple(tasks),
@@ -78,7 +78,6 @@ def store(name: str, tasks: list[TaskState], requests: int = 0, revision: int = 
         buckets=tuple(range(len(DURATION_BUCKETS))),
         duration_count=requests,
         duration_sum=0.125 * requests,
-        revision=revision,
     )
 
 
@@ -105,7 +104,8 @@ def sample_view() -> ExporterView:
 def generic(view: ExporterView, accept: str, names: frozenset[str] | None = None) -> bytes:
     """What prometheus_client's encoder writes for the same families."""
     registry = CollectorRegistry()
-    registry.register(TaskCollector(lambda: view))
+    for collector in family_collectors(lambda: view):
+        registry.register(collector)
     encoder, _ = choose_encoder(accept)
     return encoder(registry if names is None else registry.restricted_registry(names))
 
@@ -222,22 +222,15 @@ def _mutations() -> list[tuple[str, Callable[[ExporterView], ExporterView]]]:
     return steps
 
 
-@pytest.mark.parametrize("tracked", [False, True], ids=["values", "revision"])
 @pytest.mark.parametrize("accept", ["", "application/openmetrics-text"])
-def test_every_change_shows_in_the_next_scrape(tracked: bool, accept: str) -> None:
+def test_every_change_shows_in_the_next_scrape(accept: str) -> None:
     view = sample_view()
     exposition = Exposition(extra=())
     names = FILTERS[0] | FILTERS[2] | FILTERS[3]
-    revision = 0
     for step, mutate in _mutations():
         before = ours(exposition, view, accept)
         ours(exposition, view, accept, names=names)
         view = mutate(view)
-        if tracked:  # the poller bumps the revision of every store whose view changed
-            revision += 1
-            view = dataclasses.replace(
-                view, stores=tuple(dataclasses.replace(s, revision=revision) for s in view.stores)
-            )
         after = ours(exposition, view, accept)
         assert after == generic(view, accept), step
         assert after != before, step
@@ -279,15 +272,33 @@ def test_a_fleet_over_many_blocks_stays_exact_through_random_changes(seed: int) 
         assert ours(exposition, view) == generic(view, ""), (step, kind)
 
 
-def test_unchanged_revision_skips_the_tasks_values() -> None:
-    """With revisions tracked, an equal revision is trusted (the poller's promise)."""
-    view = exporter_view(store("shop", [task("a", 1)], revision=5))
+def test_records_are_compared_by_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Views and task records are immutable: the same objects render nothing again, a
+    replaced record re-renders its segment alone."""
+    import exporter.metrics.exposition as module
+    from exporter.metrics.lines import render_segment as real
+
+    rendered: list[str] = []
+
+    def counting(store_name: str, tasks: Any) -> tuple[bytes, ...]:
+        rendered.extend(t.task_id for t in tasks)
+        return real(store_name, tasks)
+
+    monkeypatch.setattr(module, "render_segment", counting)
+    records = [task(f"t{i}", i) for i in range(SEGMENT + 1)]
+    view = exporter_view(store("shop", records))
     exposition = Exposition(extra=())
     first = ours(exposition, view)
-    changed = dataclasses.replace(view.stores[0], tasks=(task("a", 2),))
-    assert ours(exposition, exporter_view(changed)) == first  # same revision: cached
-    bumped = dataclasses.replace(changed, revision=6)
-    assert ours(exposition, exporter_view(bumped)) == generic(exporter_view(bumped), "")
+    assert len(rendered) == SEGMENT + 1
+    rendered.clear()
+    assert ours(exposition, view) == first  # the same view: nothing looked at again
+    same_records = exporter_view(store("shop", records, requests=1))
+    ours(exposition, same_records)  # a new view, the same records: no task re-rendered
+    assert rendered == []
+    records[SEGMENT] = task(f"t{SEGMENT}", 2)  # an equal id, a new record, in segment 2
+    changed = exporter_view(store("shop", records))
+    assert ours(exposition, changed) == generic(changed, "") != first
+    assert rendered == [f"t{SEGMENT}"]
 
 
 NUMBER = cast(tuple[str, str], ("n", 5))  # not a str: stored values are not trusted
@@ -311,7 +322,13 @@ def hostile_view() -> ExporterView:
     nan, inf = cast(int, math.nan), cast(int, math.inf)
     weird = TaskSnapshot(total=0, finished=5, status=0, succeeded=nan, failed=inf)
     tasks.append(TaskState(store="s", task_id="w", snapshot=weird, completed_at=-0.0))
-    tasks.append(TaskState(store="s", task_id="z", snapshot=TaskSnapshot(0, 0, 1, 0, 0)))
+    tasks.append(
+        TaskState(
+            store="s",
+            task_id="z",
+            snapshot=TaskSnapshot(total=0, finished=0, status=1, succeeded=0, failed=0),
+        )
+    )
     view = StoreView(
         name=odd,
         tasks=tuple(tasks),

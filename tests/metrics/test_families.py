@@ -342,9 +342,11 @@ def test_new_metrics_from_the_view_fields() -> None:
     from exporter.metrics.exposition import Exposition
     from exporter.model import ExporterView, ReloadStatus, StoreView, TaskSnapshot, TaskState
 
-    labelled = TaskState("acme", "t1", TaskSnapshot(4, 4, 0, 4, 0), True, completed_at=1e9,
+    labelled = TaskState("acme", "t1", TaskSnapshot(total=4, finished=4, status=0, succeeded=4,
+                         failed=0), poll_success=True, completed_at=1e9,
                          labels=(("source", "cat.csv"), ("importer", "nightly sync")))  # fmt: skip
-    running = TaskState("acme", "t2", TaskSnapshot(4, 1, 1, 1, 0), True, completed_at=5.0)
+    running = TaskState("acme", "t2", TaskSnapshot(total=4, finished=1, status=1, succeeded=1,
+                        failed=0), poll_success=True, completed_at=5.0)  # fmt: skip
     store = StoreView("acme", (labelled, running), (), (), (), (0,) * 12, 0, 0.0)
     base = ExporterView((store,), 0.0, "9", ReloadStatus(True, 1.0), shard=1, total_shards=3,
                         stores_owned=4, stores_other=8, store_files_invalid=2)  # fmt: skip
@@ -382,8 +384,8 @@ def test_huge_stored_numbers_render_as_infinities_and_a_capped_ratio() -> None:
     assert number(7) == 7.0 and math.isnan(number("x"))
 
     def ratio(total: int, finished: int) -> float | None:
-        task = TaskState(store="s", task_id="t", poll_success=True)
-        task.snapshot = TaskSnapshot(total, finished, status=1, succeeded=0, failed=0)
+        snap = TaskSnapshot(total=total, finished=finished, status=1, succeeded=0, failed=0)
+        task = TaskState(store="s", task_id="t", poll_success=True, snapshot=snap)
         return task_values(task)[6]
 
     assert ratio(3, 10**400) == 1.0  # the quotient overflows: Inf / 3, capped at 1

@@ -24,6 +24,7 @@ from tests.helpers import (
     FakeClock,
     config_yaml,
     make_exporter,
+    registry_of,
     sample,
     scrape,
     store_yaml,
@@ -33,7 +34,7 @@ from tests.helpers import (
 
 
 def skipped(exporter: Exporter, reason: str, store: str = "shop") -> float:
-    value = exporter.registry.get_sample_value(
+    value = registry_of(exporter).get_sample_value(
         "shoplazza_exporter_polls_skipped_total", {"store": store, "reason": reason}
     )
     assert value is not None
@@ -139,7 +140,7 @@ def test_budget_respected_and_every_task_refreshed(tmp_path: Path) -> None:
         # least recently attempted first: the second round follows the first round's order
         order = [r.task_id for r in sim.requests]
         assert len(set(order[:40])) == 40
-        errors = exporter.registry.get_sample_value(
+        errors = registry_of(exporter).get_sample_value(
             "shoplazza_api_errors_total", {"store": "shop", "code": "429"}
         )
         assert errors == 0
@@ -365,7 +366,7 @@ def test_failed_files_beyond_the_kept_list_are_logged_as_a_count(
     [summary] = [r for r in caplog.records if "counted, not listed" in r.getMessage()]
     assert summary.__dict__["failed"] == 1005
     assert (
-        exporter.registry.get_sample_value(
+        registry_of(exporter).get_sample_value(
             "shoplazza_upload_task_files_failed", {"store": "shop", "task_id": "big"}
         )
         == 1005

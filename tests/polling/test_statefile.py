@@ -24,7 +24,14 @@ from tests.helpers import FakeClock, config_yaml, make_exporter, store_yaml, wai
 
 
 def task(task_id: str = "t1", status: int = 1) -> TaskState:
-    snap = TaskSnapshot(10, 4, status, 3, 1, (FailedFile("http://a/1.jpg", "timeout"),))
+    snap = TaskSnapshot(
+        total=10,
+        finished=4,
+        status=status,
+        succeeded=3,
+        failed=1,
+        failures=(FailedFile("http://a/1.jpg", "timeout"),),
+    )
     return TaskState(
         "shop",
         task_id,

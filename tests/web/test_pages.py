@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,14 @@ STUCK_AFTER = 900.0
 
 def snap(total: int, finished: int, status: int, failed: int = 0) -> TaskSnapshot:
     failures = tuple(FailedFile(f"https://img/{i}.png", "download failed") for i in range(failed))
-    return TaskSnapshot(total, finished, status, finished - failed, failed, failures)
+    return TaskSnapshot(
+        total=total,
+        finished=finished,
+        status=status,
+        succeeded=finished - failed,
+        failed=failed,
+        failures=failures,
+    )
 
 
 def polled(task_id: str, snapshot: TaskSnapshot, progress_age: float = 5.0) -> TaskState:
@@ -115,8 +123,9 @@ def test_examples_cover_every_state() -> None:
 def test_failing_wins_over_the_last_known_data() -> None:
     for state in (IN_PROGRESS, STUCK, UNKNOWN_STATUS):
         task = polled("t", EXAMPLES[state].snapshot)  # type: ignore[arg-type]
-        task.last_progress = EXAMPLES[state].last_progress
-        task.poll_success, task.last_code = False, "500"
+        task = replace(
+            task, last_progress=EXAMPLES[state].last_progress, poll_success=False, last_code="500"
+        )
         assert task_state(task, STUCK_AFTER, NOW) == FAILING
 
 
@@ -124,7 +133,7 @@ def test_stuck_follows_the_store_threshold() -> None:
     task = polled("t", snap(10, 4, 1), progress_age=120)
     assert task_state(task, 121, NOW) == IN_PROGRESS
     assert task_state(task, 120, NOW) == STUCK
-    task.last_progress = float("nan")
+    task = replace(task, last_progress=float("nan"))
     assert task_state(task, 1, NOW) == IN_PROGRESS
 
 
@@ -186,7 +195,7 @@ def test_not_polled_is_neutral() -> None:
 
 def test_page_shows_progress_age_labels_shard_and_refreshes_itself() -> None:
     task = polled("t-moving", snap(10, 4, 1), progress_age=200)
-    task.labels = (("source", "catalogue.csv"), ("importer", "nightly sync"))
+    task = replace(task, labels=(("source", "catalogue.csv"), ("importer", "nightly sync")))
     page = render_html(view(task, shard=1, total_shards=3, stores_owned=5, stores_other=9))
     assert "<meta http-equiv='refresh' content='30'>" in page
     row = rows(page)["t-moving"]
@@ -206,8 +215,9 @@ def test_control_characters_are_escaped_visibly() -> None:
     task = polled("t", snap(3, 3, 0, failed=1))
     hostile = "a\x00b\x1b[31mc\u202ed\ud800e\x7f"
     assert task.snapshot is not None
-    task.snapshot = TaskSnapshot(3, 3, 0, 2, 1, (FailedFile(hostile, hostile),))
-    task.labels = (("note", "x\ny"),)
+    failures = (FailedFile(hostile, hostile),)
+    snapshot = TaskSnapshot(total=3, finished=3, status=0, succeeded=2, failed=1, failures=failures)
+    task = replace(task, snapshot=snapshot, labels=(("note", "x\ny"),))
     page = render_html(view(task))
     for raw in ("\x00", "\x1b", "\u202e", "\ud800", "\x7f", "x\ny"):
         assert raw not in page
@@ -220,12 +230,20 @@ def test_control_characters_are_escaped_visibly() -> None:
 def test_huge_numbers_never_break_the_pages() -> None:
     huge = 10**5000
     tasks = [
-        polled("t-huge-finished", TaskSnapshot(1, huge, 1, huge, 0)),
-        polled("t-huge-total", TaskSnapshot(huge, 3, 1, 3, 0)),
-        polled("t-huge-status", TaskSnapshot(3, 1, huge, 1, huge)),
+        polled(
+            "t-huge-finished",
+            TaskSnapshot(total=1, finished=huge, status=1, succeeded=huge, failed=0),
+        ),
+        polled(
+            "t-huge-total", TaskSnapshot(total=huge, finished=3, status=1, succeeded=3, failed=0)
+        ),
+        polled(
+            "t-huge-status",
+            TaskSnapshot(total=3, finished=1, status=huge, succeeded=1, failed=huge),
+        ),
     ]
-    tasks[0].last_progress = float("inf")
-    tasks[1].last_success = float("nan")
+    tasks[0] = replace(tasks[0], last_progress=float("inf"))
+    tasks[1] = replace(tasks[1], last_success=float("nan"))
     page = render_html(view(*tasks))
     assert "~10^5000" in page and "unknown status ~10^5000" in page
     data = json_tasks(render_json(view(*tasks)))

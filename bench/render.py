@@ -13,7 +13,7 @@ completed, every tenth task with failed files) it:
    prometheus_client's generic path (``generate_latest`` over the same families, from
    ``exporter.metrics.families.family_collectors``) and the exporter's cached render alone,
    and measures
-   with tracemalloc the bytes per task of the task state and of the render cache.
+   with tracemalloc the bytes per task of the task records and of the render cache.
 
 What a scrape costs beyond the render (HTTP, the poller's refresh and ``view()``) is the
 difference between the HTTP figure and the render figure. Usage::
@@ -54,8 +54,8 @@ from exporter.model import (
     FailedFile,
     ReloadStatus,
     StoreView,
+    TaskRecord,
     TaskSnapshot,
-    TaskState,
 )
 from exporter.polling.statefile import dump_state, load_state, write_atomically
 
@@ -106,7 +106,7 @@ def make_workload(name: str, stores: int, per_store: int) -> Workload:
     return Workload(name, ids, busy)
 
 
-def tasks_of(workload: Workload) -> list[TaskState]:
+def tasks_of(workload: Workload) -> list[TaskRecord]:
     """The last known state of every task, as the state file keeps it."""
     out = []
     for store, ids in workload.stores.items():
@@ -125,7 +125,7 @@ def tasks_of(workload: Workload) -> list[TaskState]:
                 failures=failures,
             )
             out.append(
-                TaskState(
+                TaskRecord(
                     store,
                     task_id,
                     snap,
@@ -197,9 +197,9 @@ def proc_status(pid: int) -> dict[str, int]:
     return fields
 
 
-def views_of(workload: Workload, tasks: list[TaskState]) -> ExporterView:
+def views_of(workload: Workload, tasks: list[TaskRecord]) -> ExporterView:
     """The exporter's view of ``tasks``, stores with zero counters."""
-    by_store: dict[str, list[TaskState]] = {store: [] for store in workload.stores}
+    by_store: dict[str, list[TaskRecord]] = {store: [] for store in workload.stores}
     for task in tasks:
         by_store[task.store].append(task)
     stores = tuple(
@@ -379,7 +379,7 @@ def report(results: list[Result], scrapes: int) -> str:
             "generate_latest over the same families. RSS: the exporter process after the "
             "scrapes (VmRSS, VmHWM); settled: after its next return of unused memory "
             f"({TRIM_INTERVAL:.0f} s housekeeping) and one more scrape. B/task: tracemalloc, "
-            "task state (loaded from the state file) and render cache (all three formats).",
+            "task records (loaded from the state file) and render cache (all three formats).",
             "",
             markdown_table(header, rows),
             "",

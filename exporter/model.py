@@ -1,6 +1,6 @@
-"""The in-memory model every part shares: task data, task state, store views.
+"""The in-memory model every part shares: task data, task records, store views.
 
-The client produces :class:`TaskSnapshot` values, the poller keeps :class:`TaskState` per
+The client produces :class:`TaskSnapshot` values, the poller keeps :class:`TaskRecord` per
 watched task and hands out :class:`StoreView` copies; the collector and the status pages
 read only these types, so they depend on neither the client nor the poller (docs/design.md,
 "Module map").
@@ -118,7 +118,7 @@ class TaskSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
-class TaskState:
+class TaskRecord:
     """What the exporter knows of one watched task: an immutable record, replaced whole on
     every change, so a reader may cache on its identity."""
 
@@ -168,11 +168,11 @@ class TaskField:
     """One declared per-task field: its name, its owner, its default and its :class:`Spec`."""
 
     name: str
-    on_snapshot: bool  # a field of TaskSnapshot (API data), else of TaskState
+    on_snapshot: bool  # a field of TaskSnapshot (API data), else of TaskRecord
     default: Any
     spec: Spec
 
-    def get(self, task: TaskState) -> Any:
+    def get(self, task: TaskRecord) -> Any:
         """The field's value in ``task`` (the default when it has no data yet)."""
         if self.on_snapshot:
             return self.default if task.snapshot is None else getattr(task.snapshot, self.name)
@@ -188,7 +188,7 @@ def _declared(cls: type, on_snapshot: bool) -> tuple[TaskField, ...]:
 
 
 #: Every per-task field in declaration order: the snapshot's (API data), then the task's.
-TASK_FIELDS: tuple[TaskField, ...] = (*_declared(TaskSnapshot, True), *_declared(TaskState, False))
+TASK_FIELDS: tuple[TaskField, ...] = (*_declared(TaskSnapshot, True), *_declared(TaskRecord, False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +196,7 @@ class StoreView:
     """A consistent copy of one store for rendering."""
 
     name: str
-    tasks: tuple[TaskState, ...]
+    tasks: tuple[TaskRecord, ...]
     requests: tuple[tuple[str, int], ...]
     errors: tuple[tuple[str, int], ...]
     skipped: tuple[tuple[str, int], ...]

@@ -167,7 +167,7 @@ def scrape(app: App, timeout: float | None = None) -> str:
 def registry_of(exporter: Exporter) -> CollectorRegistry:
     """A registry of the exporter's metric families, for ``get_sample_value``."""
     registry = CollectorRegistry()
-    for collector in family_collectors(exporter.views):
+    for collector in family_collectors(exporter.view):
         registry.register(collector)
     return registry
 

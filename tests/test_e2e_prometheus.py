@@ -187,12 +187,12 @@ def _one_file_every(seconds: float) -> Callable[[Any, float], None]:
 
 def _old_state(when: float) -> str:
     """A state file in which three acme tasks were last seen ``when`` (Unix time)."""
-    from exporter.model import TaskSnapshot, TaskState
+    from exporter.model import TaskRecord, TaskSnapshot
     from exporter.polling.statefile import dump_state
 
-    def seen(task_id: str, snapshot: TaskSnapshot) -> TaskState:
+    def seen(task_id: str, snapshot: TaskSnapshot) -> TaskRecord:
         done = when if snapshot.completed else None
-        return TaskState(
+        return TaskRecord(
             "acme",
             task_id,
             snapshot=snapshot,

@@ -20,8 +20,8 @@ from exporter.model import (
     ReloadStatus,
     StoreView,
     TaskField,
+    TaskRecord,
     TaskSnapshot,
-    TaskState,
 )
 from exporter.polling.statefile import dump_state, read_state
 from exporter.web.pages import render_json
@@ -41,9 +41,9 @@ CHANGED: dict[str, Any] = {
 FROM_CONFIGURATION = {"labels"}
 
 
-def base_task() -> TaskState:
+def base_task() -> TaskRecord:
     """A completed task with data, every field at a value a change can be told from."""
-    return TaskState(
+    return TaskRecord(
         store="shop",
         task_id="t1",
         snapshot=TaskSnapshot(total=3, finished=3, succeeded=3, failed=0, status=0),
@@ -54,7 +54,7 @@ def base_task() -> TaskState:
     )
 
 
-def with_value(task: TaskState, spec_field: TaskField, value: Any) -> TaskState:
+def with_value(task: TaskRecord, spec_field: TaskField, value: Any) -> TaskRecord:
     if spec_field.on_snapshot:
         assert task.snapshot is not None
         return dataclasses.replace(
@@ -63,7 +63,7 @@ def with_value(task: TaskState, spec_field: TaskField, value: Any) -> TaskState:
     return dataclasses.replace(task, **{spec_field.name: value})
 
 
-def view_of(task: TaskState) -> ExporterView:
+def view_of(task: TaskRecord) -> ExporterView:
     store = StoreView(
         name="shop",
         tasks=(task,),
@@ -145,7 +145,7 @@ def test_an_older_state_file_without_a_data_field_fetches_the_task_once_more(
     exporter.poller.refresh(5)
     exporter.poller.refresh(5)
     assert sim.count("t1") == 1  # fetched again once, then completed for good
-    [task] = exporter.views().stores[0].tasks
+    [task] = exporter.view().stores[0].tasks
     assert task.completed and not task.refetch
     exporter.close()
 

@@ -100,7 +100,7 @@ def test_exporter_serves_only_its_stores(sim: Simulator, tmp_path: Path) -> None
         exporter = Exporter(path, environ={TOKEN_ENV: TOKEN}, shard=Shard(index, 3))
         exporter.start()
         exporter.refresh(10)
-        view = exporter.views()
+        view = exporter.view()
         mine = [store.name for store in view.stores]
         assert mine == [n for n in names if owner(n, 3) == index]
         assert (view.shard, view.total_shards) == (index, 3)

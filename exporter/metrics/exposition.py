@@ -48,7 +48,7 @@ from exporter.metrics.families import (
     store_families,
 )
 from exporter.metrics.lines import SEGMENT, TASK_NAMES, render_segment
-from exporter.model import ExporterView, StoreView, TaskState
+from exporter.model import ExporterView, StoreView, TaskRecord
 
 __all__ = ["BLOCK_UNITS", "SEGMENT", "Exposition", "default_collectors"]
 
@@ -205,7 +205,7 @@ class _Store:
 
     def __init__(self) -> None:
         self.view: StoreView | None = None
-        self.segments: list[Sequence[TaskState]] = []
+        self.segments: list[Sequence[TaskRecord]] = []
 
 
 def default_collectors() -> tuple[Collector, ...]:
@@ -321,7 +321,7 @@ class Exposition:
         if view is cached.view:
             return [None] * len(cached.segments)
         segments: list[Render | None] = []
-        kept: list[Sequence[TaskState]] = []
+        kept: list[Sequence[TaskRecord]] = []
         tasks = view.tasks
         for n, start in enumerate(range(0, len(tasks), SEGMENT)):
             part = tasks[start : start + SEGMENT]

@@ -46,7 +46,7 @@ from exporter.model import (
     ExporterView,
     StoreView,
     TaskField,
-    TaskState,
+    TaskRecord,
 )
 
 # (name, help, type) of the per-store families, in exposition order.
@@ -137,7 +137,7 @@ def label_value(value: object) -> str:
     return text
 
 
-def task_labels(store: str, task: TaskState) -> dict[str, str]:
+def task_labels(store: str, task: TaskRecord) -> dict[str, str]:
     """The labels of the info gauge: context labels, then ``store`` and ``task_id`` (they win)."""
     labels = {
         sys.intern(k): sys.intern(label_value(v))
@@ -158,7 +158,7 @@ class TaskGauge:
 
     name: str
     help: str
-    value: Callable[[TaskState], float | None]
+    value: Callable[[TaskRecord], float | None]
 
 
 def _field_gauge(spec_field: TaskField) -> TaskGauge:
@@ -170,7 +170,7 @@ def _field_gauge(spec_field: TaskField) -> TaskGauge:
         (lambda v: 1.0 if v else 0.0) if spec.kind == "flag" else number
     )
 
-    def value(task: TaskState) -> float | None:
+    def value(task: TaskRecord) -> float | None:
         if spec.shown == "always":
             return convert(get(task))
         snap = task.snapshot
@@ -184,12 +184,12 @@ def _field_gauge(spec_field: TaskField) -> TaskGauge:
     return TaskGauge(spec.gauge, spec.help, value)
 
 
-def _completed(task: TaskState) -> float | None:
+def _completed(task: TaskRecord) -> float | None:
     snap = task.snapshot
     return None if snap is None else (1.0 if snap.completed else 0.0)
 
 
-def _progress_ratio(task: TaskState) -> float | None:
+def _progress_ratio(task: TaskRecord) -> float | None:
     snap = task.snapshot
     if snap is None:
         return None
@@ -227,7 +227,7 @@ TASK_GAUGE_DEFS: tuple[TaskGauge, ...] = (
 TASK_GAUGES: tuple[tuple[str, str], ...] = tuple((g.name, g.help) for g in TASK_GAUGE_DEFS)
 
 
-def task_values(task: TaskState) -> tuple[float | None, ...]:
+def task_values(task: TaskRecord) -> tuple[float | None, ...]:
     """The value of each gauge of ``TASK_GAUGES`` for one task; None where none is exported."""
     return tuple(gauge.value(task) for gauge in TASK_GAUGE_DEFS)
 

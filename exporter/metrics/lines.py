@@ -21,7 +21,7 @@ from exporter.metrics.families import (
     task_labels,
     task_values,
 )
-from exporter.model import TaskState
+from exporter.model import TaskRecord
 
 # Tasks per cached segment: a change re-renders at most this many tasks of a store.
 SEGMENT = 64
@@ -35,7 +35,7 @@ def escape(value: str) -> str:
     return value
 
 
-def render_segment(store: str, tasks: Sequence[TaskState]) -> tuple[bytes, ...]:
+def render_segment(store: str, tasks: Sequence[TaskRecord]) -> tuple[bytes, ...]:
     """The lines of ``tasks`` for each family of ``TASK_GAUGES`` (b"" where none)."""
     lines: list[list[str]] = [[] for _ in TASK_NAMES]
     store_label = escape(label_value(store))

@@ -10,7 +10,7 @@ and any 429 pause allow. A task is queued or in flight at most once (single-flig
 
 Reading (:meth:`Poller.view`) only reads memory: task files are re-read and completed tasks
 forgotten in :meth:`Poller.refresh` and on the scheduler's housekeeping timer. Each change
-of what a store shows replaces the affected :class:`TaskState` (never changed in place once
+of what a store shows replaces the affected :class:`TaskRecord` (never changed in place once
 handed out) and drops the store's cached view, so an unchanged store hands out the same
 immutable view, and readers cache on its identity (docs/design.md, "The read path").
 """
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from exporter.clock import Clock, SystemClock
 from exporter.config import Config, StoreConfig
 from exporter.config.watch import TaskFiles
-from exporter.model import StoreView, TaskState
+from exporter.model import StoreView, TaskRecord
 from exporter.polling.client import FetchResult, StoreClient
 from exporter.polling.scheduler import FETCH_WORKERS, HOUSEKEEPING_PERIOD, Scheduler
 from exporter.polling.store import Store, Watched, pause_after_429, poll_interval
@@ -57,7 +57,7 @@ def _labels(configured: _Labels | None, listed: _Labels | None) -> _Labels:
 
 
 class Poller:
-    """Keeps task state and fetches due tasks under each store's budget."""
+    """Keeps the record of every task and fetches due tasks under each store's budget."""
 
     def __init__(
         self,
@@ -80,8 +80,8 @@ class Poller:
         self._discovery = threading.Lock()  # one task file reader at a time, off the lock
         self.stores: dict[str, Store] = {}
         self.forget_after = 0.0
-        # (store, task_id) -> state restored from the state file, used when a task appears.
-        self.restored: dict[tuple[str, str], TaskState] = {}
+        # (store, task_id) -> the record restored from the state file, used when a task appears.
+        self.restored: dict[tuple[str, str], TaskRecord] = {}
         # (store, task_id) -> completion time of tasks dropped by forget_completed_after.
         self.forgotten: dict[tuple[str, str], float] = {}
         self._seq = itertools.count()
@@ -169,8 +169,8 @@ class Poller:
             labels = _labels(configured_labels.get(task_id), listed_labels.get(task_id))
             task = store.tasks.get(task_id)
             if task is not None:
-                if task.state.labels != labels:
-                    task.state = dataclasses.replace(task.state, labels=labels)
+                if task.record.labels != labels:
+                    task.record = dataclasses.replace(task.record, labels=labels)
                     changed = True
                 continue
             key = (store.name, task_id)
@@ -178,12 +178,12 @@ class Poller:
                 continue
             restored = self.restored.pop(key, None)
             if restored is not None:
-                state = dataclasses.replace(restored, labels=labels)
+                record = dataclasses.replace(restored, labels=labels)
             else:
-                state = TaskState(store.name, task_id, labels=labels)
-            task = Watched(state)
+                record = TaskRecord(store.name, task_id, labels=labels)
+            task = Watched(record)
             store.tasks[task_id] = task
-            if not state.completed:
+            if not record.completed:
                 store.active[task_id] = task
                 store.next_due = float("-inf")
             changed = True
@@ -196,7 +196,7 @@ class Poller:
         for key in [k for k in self.forgotten if k[0] in targets and k[1] not in targets[k[0]]]:
             del self.forgotten[key]
 
-    def restore(self, tasks: Iterable[TaskState], forgotten: dict[tuple[str, str], float]) -> None:
+    def restore(self, tasks: Iterable[TaskRecord], forgotten: dict[tuple[str, str], float]) -> None:
         """Seed state loaded from the state file (call before the first apply_config)."""
         with self._lock:
             for task in tasks:
@@ -320,8 +320,8 @@ class Poller:
             if len(store.active) == len(store.tasks):
                 continue  # nothing completed
             for task_id, task in list(store.tasks.items()):
-                done = task.state.completed_at
-                if done is not None and task.state.completed and wall - done >= self.forget_after:
+                done = task.record.completed_at
+                if done is not None and task.record.completed and wall - done >= self.forget_after:
                     del store.tasks[task_id]
                     store.active.pop(task_id, None)
                     self.forgotten[(store.name, task_id)] = done
@@ -350,11 +350,11 @@ class Poller:
         if task.last_attempt is not None:
             interval = poll_interval(store.config.min_poll_interval, task.failures)
             store.next_due = min(store.next_due, task.last_attempt + interval)
-        state = self._record(task.state, result)
-        if state != task.state:
-            task.state = state
-        task_id = state.task_id
-        if store.tasks.get(task_id) is task and state.completed:
+        record = self._record(task.record, result)
+        if record != task.record:
+            task.record = record
+        task_id = record.task_id
+        if store.tasks.get(task_id) is task and record.completed:
             store.active.pop(task_id, None)
         self._touch(store)
         self._release_if_idle(store, self.clock.monotonic())
@@ -379,8 +379,8 @@ class Poller:
                 return
         store.client.release()
 
-    def _record(self, old: TaskState, result: FetchResult) -> TaskState:
-        """The task's state after ``result``, logging what a person should know."""
+    def _record(self, old: TaskRecord, result: FetchResult) -> TaskRecord:
+        """The task's record after ``result``, logging what a person should know."""
         snapshot = result.snapshot
         store, task_id = old.store, old.task_id
         if snapshot is None:
@@ -453,7 +453,7 @@ class Poller:
 
     # ---- reading -----------------------------------------------------------------------
 
-    def view(self) -> list[StoreView]:
+    def views(self) -> list[StoreView]:
         """Every store as it is now, for the collector and the status pages.
 
         Pure: it reads memory only. A store's view is built once per change
@@ -466,7 +466,7 @@ class Poller:
         stats = store.stats
         view = StoreView(
             name=store.name,
-            tasks=tuple(task.state for task in store.tasks.values()),
+            tasks=tuple(task.record for task in store.tasks.values()),
             requests=tuple(sorted(stats.requests.items())),
             errors=tuple(sorted(stats.errors.items())),
             skipped=tuple(stats.skipped.items()),
@@ -482,14 +482,14 @@ class Poller:
         """Something the store's view shows changed: the cached view is dropped."""
         store.view = None
 
-    def persistent_state(self) -> tuple[list[TaskState], dict[tuple[str, str], float]]:
+    def persistent_state(self) -> tuple[list[TaskRecord], dict[tuple[str, str], float]]:
         """Tasks with data, and forgotten tasks, for the state file."""
         with self._lock:
             tasks = [
-                task.state
+                task.record
                 for store in self.stores.values()
                 for task in store.tasks.values()
-                if task.state.snapshot is not None
+                if task.record.snapshot is not None
             ]
             tasks.extend(t for t in self.restored.values() if t.snapshot is not None)
             return tasks, dict(self.forgotten)

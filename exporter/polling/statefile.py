@@ -27,8 +27,8 @@ from exporter.model import (
     MAX_KEPT_FAILURES,
     TASK_FIELDS,
     FailedFile,
+    TaskRecord,
     TaskSnapshot,
-    TaskState,
 )
 
 log = logging.getLogger("exporter.polling.statefile")
@@ -44,7 +44,7 @@ MAX_TEXT = 4096
 LEGACY_DEFAULTS: dict[str, object] = {"poll_success": True}
 
 Key = tuple[str, str]
-Snapshot = Callable[[], tuple[list[TaskState], dict[Key, float]]]
+Snapshot = Callable[[], tuple[list[TaskRecord], dict[Key, float]]]
 
 
 def retention_for(forget_completed_after: float) -> float:
@@ -63,7 +63,7 @@ def _to_json(kind: str, value: Any) -> Any:
     return value
 
 
-def _task_to_json(task: TaskState, last_watched: float | None) -> dict[str, Any]:
+def _task_to_json(task: TaskRecord, last_watched: float | None) -> dict[str, Any]:
     assert task.snapshot is not None
     entry: dict[str, Any] = {"store": task.store, "task_id": task.task_id}
     for spec_field in KEPT:
@@ -127,7 +127,7 @@ def _from_json(kind: str, key: str, value: object) -> Any:
     raise ValueError(f"{key}: a {kind} field cannot be kept in the state file")
 
 
-def _task_from_json(item: object) -> tuple[TaskState, float | None]:
+def _task_from_json(item: object) -> tuple[TaskRecord, float | None]:
     """One task entry; a key it lacks (an older version's file) takes the field's default.
 
     A snapshot field it lacks marks the task for one more fetch (``refetch``): a completed
@@ -147,7 +147,7 @@ def _task_from_json(item: object) -> tuple[TaskState, float | None]:
             value = LEGACY_DEFAULTS.get(key, spec_field.default)
             refetch = refetch or spec_field.on_snapshot
         (snapshot if spec_field.on_snapshot else task)[spec_field.name] = value
-    state = TaskState(
+    state = TaskRecord(
         store=store, task_id=task_id, snapshot=TaskSnapshot(**snapshot), refetch=refetch, **task
     )
     return state, _number(item.get("last_watched"))
@@ -164,7 +164,7 @@ def _forgotten_from_json(entry: object) -> tuple[Key, float, float | None]:
 
 
 def dump_state(
-    tasks: list[TaskState],
+    tasks: list[TaskRecord],
     forgotten: dict[Key, float],
     last_watched: Mapping[Key, float] | None = None,
 ) -> str:
@@ -190,7 +190,7 @@ def dump_state(
 class StateData:
     """What a state file held: tasks, forgotten tasks, and when unwatched ones were watched."""
 
-    tasks: list[TaskState] = field(default_factory=list)
+    tasks: list[TaskRecord] = field(default_factory=list)
     forgotten: dict[Key, float] = field(default_factory=dict)
     last_watched: dict[Key, float] = field(default_factory=dict)
 
@@ -241,7 +241,7 @@ def read_state(path: str) -> StateData:
     return state
 
 
-def load_state(path: str) -> tuple[list[TaskState], dict[Key, float]]:
+def load_state(path: str) -> tuple[list[TaskRecord], dict[Key, float]]:
     """Read the state file: (tasks, forgotten); a missing or foreign file yields nothing."""
     state = read_state(path)
     return state.tasks, state.forgotten
@@ -326,7 +326,7 @@ class StateWriter:
             self.last_write_ok = True
             self._last_text = text
 
-    def _prune(self, tasks: list[TaskState], forgotten: dict[Key, float]) -> dict[Key, float]:
+    def _prune(self, tasks: list[TaskRecord], forgotten: dict[Key, float]) -> dict[Key, float]:
         """Drop long-unwatched entries from ``tasks`` and ``forgotten`` (in place)."""
         if self._watched is None:
             return {}

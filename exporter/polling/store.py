@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from exporter.config import StoreConfig
 from exporter.config.watch import TaskFiles
-from exporter.model import DURATION_BUCKETS, ERROR_CODES, SKIP_REASONS, StoreView, TaskState
+from exporter.model import DURATION_BUCKETS, ERROR_CODES, SKIP_REASONS, StoreView, TaskRecord
 from exporter.polling.client import StoreClient
 
 #: Longest interval a failing task backs off to, unless ``min_poll_interval`` is longer.
@@ -139,12 +139,12 @@ class Watched:
         "last_attempt",
         "queued",
         "rank",
-        "state",
+        "record",
     )
 
-    def __init__(self, state: TaskState) -> None:
+    def __init__(self, record: TaskRecord) -> None:
         # Published: never changed in place once handed out, replaced on every change.
-        self.state = state
+        self.record = record
         self.queued = False
         self.in_flight = False
         self.last_attempt: float | None = None  # monotonic start of the last request

@@ -1,6 +1,6 @@
 """The status page ``/`` and its JSON twin ``/api/v1/tasks``, rendered from memory.
 
-Each task has exactly one state (:func:`task_state`, docs/design.md "Status pages"); the
+Each task has exactly one state (:func:`classify`, docs/design.md "Status pages"); the
 page gives each state its own look and the JSON carries it as ``"state"``. Nothing here
 may raise on a stored value: huge integers, non-finite times and control characters from
 the API are all rendered as text, never as an error.
@@ -14,7 +14,7 @@ import unicodedata
 from html import escape
 from typing import Any, cast
 
-from exporter.model import TASK_FIELDS, ExporterView, StoreView, TaskSnapshot, TaskState
+from exporter.model import TASK_FIELDS, ExporterView, StoreView, TaskRecord, TaskSnapshot
 
 HTML_FAILURES_PER_TASK = 20
 FAILURES_SHOWN_OPEN = 5
@@ -42,7 +42,7 @@ STATES = (
 _MAX_EXACT_BITS = 64
 
 
-def task_state(task: TaskState, stuck_after: float, now: float) -> str:
+def classify(task: TaskRecord, stuck_after: float, now: float) -> str:
     """The one state of a task; ``failing`` wins when several apply."""
     if not task.poll_success and task.last_code is not None:
         return FAILING
@@ -154,7 +154,7 @@ _SNAPSHOT_JSON = tuple(f for f in TASK_FIELDS if f.on_snapshot and f.spec.json)
 _TASK_JSON = tuple(f for f in TASK_FIELDS if not f.on_snapshot and f.spec.json)
 
 
-def _snapshot_json(task: TaskState, snap: TaskSnapshot) -> dict[str, Any]:
+def _snapshot_json(task: TaskRecord, snap: TaskSnapshot) -> dict[str, Any]:
     data = {cast(str, f.spec.json): _json_value(f.spec.kind, f.get(task)) for f in _SNAPSHOT_JSON}
     data["completed"] = snap.completed
     data["progress_ratio"] = (
@@ -163,10 +163,10 @@ def _snapshot_json(task: TaskState, snap: TaskSnapshot) -> dict[str, Any]:
     return data
 
 
-def _task_json(task: TaskState, store: StoreView, now: float) -> dict[str, Any]:
+def _task_json(task: TaskRecord, store: StoreView, now: float) -> dict[str, Any]:
     item: dict[str, Any] = {
         "task_id": task.task_id,
-        "state": task_state(task, store.stuck_after, now),
+        "state": classify(task, store.stuck_after, now),
     }
     for spec_field in _TASK_JSON:
         item[cast(str, spec_field.spec.json)] = _json_value(
@@ -278,8 +278,8 @@ def _failures(snap: TaskSnapshot) -> str:
     return f"<details{opened}>{summary}<ul>{items}</ul></details>"
 
 
-def _task_row(task: TaskState, store: StoreView, now: float) -> str:
-    state = task_state(task, store.stuck_after, now)
+def _task_row(task: TaskRecord, store: StoreView, now: float) -> str:
+    state = classify(task, store.stuck_after, now)
     text = _STATE_TEXT[state]
     snap = task.snapshot
     if state == UNKNOWN_STATUS and snap is not None:

@@ -340,12 +340,12 @@ def test_new_metrics_from_a_running_exporter(exporter: Exporter, clock: FakeCloc
 
 def test_new_metrics_from_the_view_fields() -> None:
     from exporter.metrics.exposition import Exposition
-    from exporter.model import ExporterView, ReloadStatus, StoreView, TaskSnapshot, TaskState
+    from exporter.model import ExporterView, ReloadStatus, StoreView, TaskRecord, TaskSnapshot
 
-    labelled = TaskState("acme", "t1", TaskSnapshot(total=4, finished=4, status=0, succeeded=4,
+    labelled = TaskRecord("acme", "t1", TaskSnapshot(total=4, finished=4, status=0, succeeded=4,
                          failed=0), poll_success=True, completed_at=1e9,
                          labels=(("source", "cat.csv"), ("importer", "nightly sync")))  # fmt: skip
-    running = TaskState("acme", "t2", TaskSnapshot(total=4, finished=1, status=1, succeeded=1,
+    running = TaskRecord("acme", "t2", TaskSnapshot(total=4, finished=1, status=1, succeeded=1,
                         failed=0), poll_success=True, completed_at=5.0)  # fmt: skip
     store = StoreView("acme", (labelled, running), (), (), (), (0,) * 12, 0, 0.0)
     base = ExporterView((store,), 0.0, "9", ReloadStatus(True, 1.0), shard=1, total_shards=3,
@@ -378,14 +378,14 @@ def test_huge_stored_numbers_render_as_infinities_and_a_capped_ratio() -> None:
     import math
 
     from exporter.metrics.families import number, task_values
-    from exporter.model import TaskSnapshot, TaskState
+    from exporter.model import TaskRecord, TaskSnapshot
 
     assert number(10**400) == math.inf and number(-(10**400)) == -math.inf
     assert number(7) == 7.0 and math.isnan(number("x"))
 
     def ratio(total: int, finished: int) -> float | None:
         snap = TaskSnapshot(total=total, finished=finished, status=1, succeeded=0, failed=0)
-        task = TaskState(store="s", task_id="t", poll_success=True, snapshot=snap)
+        task = TaskRecord(store="s", task_id="t", poll_success=True, snapshot=snap)
         return task_values(task)[6]
 
     assert ratio(3, 10**400) == 1.0  # the quotient overflows: Inf / 3, capped at 1

@@ -22,8 +22,8 @@ from exporter.model import (
     FailedFile,
     ReloadStatus,
     StoreView,
+    TaskRecord,
     TaskSnapshot,
-    TaskState,
 )
 from exporter.web.pages import (
     COMPLETED,
@@ -34,11 +34,11 @@ from exporter.web.pages import (
     STATES,
     STUCK,
     UNKNOWN_STATUS,
+    classify,
     format_age,
     ratio,
     render_html,
     render_json,
-    task_state,
     visible,
 )
 from exporter.web.routes import App
@@ -60,8 +60,8 @@ def snap(total: int, finished: int, status: int, failed: int = 0) -> TaskSnapsho
     )
 
 
-def polled(task_id: str, snapshot: TaskSnapshot, progress_age: float = 5.0) -> TaskState:
-    return TaskState(
+def polled(task_id: str, snapshot: TaskSnapshot, progress_age: float = 5.0) -> TaskRecord:
+    return TaskRecord(
         "shop",
         task_id,
         snapshot=snapshot,
@@ -74,13 +74,13 @@ def polled(task_id: str, snapshot: TaskSnapshot, progress_age: float = 5.0) -> T
 
 
 # One task in each state, keyed by the state it must have.
-EXAMPLES: dict[str, TaskState] = {
-    NOT_POLLED: TaskState("shop", "t-new"),
+EXAMPLES: dict[str, TaskRecord] = {
+    NOT_POLLED: TaskRecord("shop", "t-new"),
     IN_PROGRESS: polled("t-moving", snap(10, 4, 1)),
     STUCK: polled("t-stuck", snap(10, 4, 1), progress_age=STUCK_AFTER + 1),
     COMPLETED: polled("t-done", snap(6, 6, 0)),
     COMPLETED_WITH_FAILURES: polled("t-done-failed", snap(40, 40, 0, failed=13)),
-    FAILING: TaskState(
+    FAILING: TaskRecord(
         "shop",
         "t-404",
         poll_success=False,
@@ -92,7 +92,7 @@ EXAMPLES: dict[str, TaskState] = {
 }
 
 
-def view(*tasks: TaskState, **fields: Any) -> ExporterView:
+def view(*tasks: TaskRecord, **fields: Any) -> ExporterView:
     store = StoreView("shop", tuple(tasks), (), (), (), (), 0, 0.0, stuck_after=STUCK_AFTER)
     return ExporterView((store,), NOW, "1.2.3", ReloadStatus(True, NOW), **fields)
 
@@ -113,7 +113,7 @@ def json_tasks(text: str) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("state", STATES)
 def test_each_example_has_its_state(state: str) -> None:
-    assert task_state(EXAMPLES[state], STUCK_AFTER, NOW) == state
+    assert classify(EXAMPLES[state], STUCK_AFTER, NOW) == state
 
 
 def test_examples_cover_every_state() -> None:
@@ -126,20 +126,20 @@ def test_failing_wins_over_the_last_known_data() -> None:
         task = replace(
             task, last_progress=EXAMPLES[state].last_progress, poll_success=False, last_code="500"
         )
-        assert task_state(task, STUCK_AFTER, NOW) == FAILING
+        assert classify(task, STUCK_AFTER, NOW) == FAILING
 
 
 def test_stuck_follows_the_store_threshold() -> None:
     task = polled("t", snap(10, 4, 1), progress_age=120)
-    assert task_state(task, 121, NOW) == IN_PROGRESS
-    assert task_state(task, 120, NOW) == STUCK
+    assert classify(task, 121, NOW) == IN_PROGRESS
+    assert classify(task, 120, NOW) == STUCK
     task = replace(task, last_progress=float("nan"))
-    assert task_state(task, 1, NOW) == IN_PROGRESS
+    assert classify(task, 1, NOW) == IN_PROGRESS
 
 
 def test_never_attempted_is_not_polled_even_with_poll_success_false() -> None:
-    task = TaskState("shop", "t", poll_success=False, last_code=None)
-    assert task_state(task, STUCK_AFTER, NOW) == NOT_POLLED
+    task = TaskRecord("shop", "t", poll_success=False, last_code=None)
+    assert classify(task, STUCK_AFTER, NOW) == NOT_POLLED
 
 
 # --- page and JSON, per state --------------------------------------------------------------

@@ -377,7 +377,7 @@ def test_huge_stored_numbers_render_as_infinities_and_a_capped_ratio() -> None:
     """Values beyond a float never raise: ±Inf, and a ratio from the converted numbers."""
     import math
 
-    from exporter.metrics.families import number, task_values
+    from exporter.metrics.families import TASK_GAUGES, number, task_values
     from exporter.model import TaskRecord, TaskSnapshot
 
     assert number(10**400) == math.inf and number(-(10**400)) == -math.inf
@@ -386,7 +386,8 @@ def test_huge_stored_numbers_render_as_infinities_and_a_capped_ratio() -> None:
     def ratio(total: int, finished: int) -> float | None:
         snap = TaskSnapshot(total=total, finished=finished, status=1, succeeded=0, failed=0)
         task = TaskRecord(store="s", task_id="t", poll_success=True, snapshot=snap)
-        return task_values(task)[6]
+        values = dict(zip((name for name, _ in TASK_GAUGES), task_values(task), strict=True))
+        return values["shoplazza_upload_task_progress_ratio"]
 
     assert ratio(3, 10**400) == 1.0  # the quotient overflows: Inf / 3, capped at 1
     assert ratio(10**400, 3) == 0.0  # no overflow: the snapshot's own ratio

@@ -155,7 +155,7 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _commit() -> str:
-    """The checked-out commit, "+ changes" when files other than docs/ differ; "" without git."""
+    """The checked-out commit, "+ local changes" when the measured code differs; "" without git."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -165,7 +165,7 @@ def _commit() -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", ".", ":!docs"],
+            ["git", "status", "--porcelain", "--", "exporter", "bench", "pyproject.toml"],
             cwd=ROOT,
             capture_output=True,
             text=True,

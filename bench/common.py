@@ -192,8 +192,9 @@ def section(
     when = (now or datetime.now(UTC)).strftime("%Y-%m-%d")
     commit = _commit()
     machine = (
-        f"Python {platform.python_version()} on {platform.machine()}, "
-        f"{os.cpu_count()} CPUs" + (f", commit {commit}" if commit else "")
+        f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} at the end"
+        + (f", commit {commit}" if commit else "")
     )
     return "\n".join(
         [

@@ -84,7 +84,7 @@ Scrape latency is in simulated seconds, measured in parts, because the sped-up c
 waits (budget, leaky bucket, upstream latency, deadline) last their simulated length but
 does not speed up CPU work (1 ms of real work would count as `speed` ms). During the window
 the scrapers call `Poller.refresh` with the scrape deadline, as `App.metrics` does before
-rendering, and read the data ages from `Poller.view()`, so that rendering does not eat the
+rendering, and read the data ages from `Poller.views()`, so that rendering does not eat the
 CPU the simulation needs; their wait is the last row. (`--scrape-mode http` scrapes
 /metrics?name[]=...last_success... over HTTP instead: the same refresh, little rendering.)
 For the exporter's latency, full Prometheus scrapes (every family, OpenMetrics, gzip, over
@@ -364,7 +364,7 @@ def run_exporter(p: Params, workload: Workload, tmp: Path) -> PhaseResult:
             end = clock.monotonic()
             seen = {
                 task.task_id: task.last_success
-                for view in exporter.views().stores
+                for view in exporter.view().stores
                 for task in view.tasks
                 if task.task_id in workload.in_progress
             }
@@ -400,7 +400,7 @@ def run_exporter(p: Params, workload: Workload, tmp: Path) -> PhaseResult:
             clock.sleep_until(t0 + window)
             requests_sent, throttled = sim.count(), sim.throttled
             succeeded = sim.count(status=200)
-            views = exporter.views().stores
+            views = exporter.view().stores
             full = full_scrapes(sessions[0], url, headers, timed, clock, p)
             exporter.poller.stop()
             # Rendering alone, polling stopped: the load of a 60 times faster poller and

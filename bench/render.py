@@ -64,7 +64,7 @@ from exporter.model import (
     ReloadStatus,
     StoreView,
     TaskSnapshot,
-    TaskState,
+    TaskRecord,
 )
 from exporter.polling.statefile import dump_state, load_state, write_atomically
 
@@ -115,7 +115,7 @@ def make_workload(name: str, stores: int, per_store: int) -> Workload:
     return Workload(name, ids, busy)
 
 
-def tasks_of(workload: Workload) -> list[TaskState]:
+def tasks_of(workload: Workload) -> list[TaskRecord]:
     """The last known state of every task, as the state file keeps it."""
     out = []
     for store, ids in workload.stores.items():
@@ -129,7 +129,7 @@ def tasks_of(workload: Workload) -> list[TaskState]:
                 100, 40 if busy else 100, 1 if busy else 0, 95, len(failures), failures
             )
             out.append(
-                TaskState(
+                TaskRecord(
                     store,
                     task_id,
                     snap,
@@ -201,9 +201,9 @@ def proc_status(pid: int) -> dict[str, int]:
     return fields
 
 
-def views_of(workload: Workload, tasks: list[TaskState]) -> ExporterView:
+def views_of(workload: Workload, tasks: list[TaskRecord]) -> ExporterView:
     """The exporter's view of ``tasks``, stores with zero counters."""
-    by_store: dict[str, list[TaskState]] = {store: [] for store in workload.stores}
+    by_store: dict[str, list[TaskRecord]] = {store: [] for store in workload.stores}
     for task in tasks:
         by_store[task.store].append(task)
     stores = tuple(

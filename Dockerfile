@@ -11,8 +11,8 @@
 # exactly as pinned, with their hashes, in requirements.lock (--require-hashes), then the
 # wheel alone (--no-deps, by its path, which also keeps hadolint's DL3013 quiet), into a
 # slim image that runs as a fixed non-root uid/gid (65532, as in distroless "nonroot").
-# Regenerate the lock after changing dependencies in pyproject.toml (README, "Container
-# image"):
+# Regenerate the lock after changing dependencies in pyproject.toml (docs/operations.md,
+# "Container image"):
 #   uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -o requirements.lock
 
 FROM python:3.12-slim-bookworm AS build

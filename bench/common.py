@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: the workload, percentiles, tables.
+"""Shared pieces of the benchmarks: the workload, percentiles, tables, the report.
 
 The sped-up clock is :class:`exporter.clock.ScaledClock`: shared by the simulator's leaky
 bucket and the exporter's poller, it lets an hour of polling run in a minute. Waits on it
@@ -8,11 +8,20 @@ are simulated faithfully; CPU work is not sped up, so a millisecond of real work
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
+import platform
 import random
+import re
+import shlex
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 #: Access token the benchmark simulators accept and the exporter sends.
 TOKEN = "bench-token-not-a-secret"
@@ -20,6 +29,9 @@ TOKEN = "bench-token-not-a-secret"
 TOKEN_ENV = "BENCH_SHOPLAZZA_TOKEN"
 #: Unix time the scaled clocks start at.
 WALL_START = 1_800_000_000.0
+ROOT = Path(__file__).resolve().parent.parent
+#: Where the figures live: one section per benchmark, between markers (see ``section``).
+PERFORMANCE_MD = ROOT / "docs" / "performance.md"
 
 
 @dataclass(frozen=True)
@@ -105,3 +117,145 @@ def fmt_seconds(value: float) -> str:
     if value < 100:
         return f"{value:.1f} s"
     return f"{value:,.0f} s"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a benchmark found: its module name, the section's title, and markdown.
+
+    ``body`` holds the set-up in words and the tables; headings in it are level 3, under
+    the section's level-2 ``title``. A ``variant`` (``"tls"``) gets a section of its own.
+    """
+
+    bench: str  # the module in bench/: "fleet" for bench/fleet.py
+    title: str
+    body: str
+    variant: str = ""
+
+    @property
+    def key(self) -> str:
+        """The section's name in its markers: ``fleet``, ``fleet-tls``."""
+        return f"{self.bench}-{self.variant}" if self.variant else self.bench
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """``--markdown`` and ``--write-docs``, the same for every benchmark."""
+    group = parser.add_argument_group("output")
+    group.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the results as this benchmark's section of docs/performance.md "
+        "(heading, command, date, tables)",
+    )
+    group.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="--markdown, and replace this benchmark's section in docs/performance.md",
+    )
+
+
+def _commit() -> str:
+    """The checked-out commit, "+ local changes" when the measured code differs; "" without git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "exporter", "bench", "pyproject.toml"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return head + (" + local changes" if dirty else "")
+
+
+def command_line(name: str, argv: Sequence[str]) -> str:
+    """The command that ran benchmark ``name`` with ``argv``, as a shell would take it."""
+    return shlex.join([".venv/bin/python", "-m", f"bench.{name}", *argv])
+
+
+def section(
+    report: Report, argv: Sequence[str], changed: Sequence[str] = (), now: datetime | None = None
+) -> str:
+    """The report as a section of docs/performance.md, markers included.
+
+    ``changed`` names the options whose values differ from the defaults: a smaller (or
+    other) run than the default one says so.
+    """
+    when = (now or datetime.now(UTC)).strftime("%Y-%m-%d")
+    commit = _commit()
+    machine = (
+        f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} at the end"
+        + (f", commit {commit}" if commit else "")
+    )
+    return "\n".join(
+        [
+            f"<!-- bench:{report.key} -->",
+            f"## {report.title}",
+            "",
+            f"Command: `{command_line(report.bench, argv)}`",
+            "",
+            f"Date: {when} ({machine}).",
+            "",
+            *(
+                [
+                    f"Not the default run: {', '.join(changed)} differ from their defaults "
+                    f"(`python -m bench.{report.bench} --help`).",
+                    "",
+                ]
+                if changed
+                else []
+            ),
+            report.body.strip(),
+            "",
+            f"<!-- /bench:{report.key} -->",
+        ]
+    )
+
+
+def replace_section(document: str, name: str, text: str) -> str:
+    """``document`` with the section of benchmark ``name`` replaced by ``text``.
+
+    The section runs from ``<!-- bench:NAME -->`` to ``<!-- /bench:NAME -->``; a document
+    without one gets ``text`` appended at its end.
+    """
+    pattern = re.compile(
+        rf"^<!-- bench:{re.escape(name)} -->$.*?^<!-- /bench:{re.escape(name)} -->$",
+        re.MULTILINE | re.DOTALL,
+    )
+    if pattern.search(document):
+        return pattern.sub(lambda _: text, document, count=1)
+    return document.rstrip("\n") + "\n\n" + text + "\n"
+
+
+def emit(
+    report: Report,
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+) -> None:
+    """Print the report (as a docs section with ``--markdown``); write it with ``--write-docs``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not (args.markdown or args.write_docs):
+        print(f"# {report.title} (bench.{report.bench})\n\n{report.body.strip()}")
+        return
+    defaults = vars(parser.parse_args([]))
+    changed = [
+        "--" + key.replace("_", "-")
+        for key, value in vars(args).items()
+        if key not in ("markdown", "write_docs") and value != defaults.get(key)
+    ]
+    text = section(report, argv, changed)
+    print(text)
+    if args.write_docs:
+        old = PERFORMANCE_MD.read_text(encoding="utf-8") if PERFORMANCE_MD.exists() else ""
+        PERFORMANCE_MD.write_text(replace_section(old, report.key, text), encoding="utf-8")
+        print(f"wrote section {report.key} of {PERFORMANCE_MD}", file=sys.stderr)

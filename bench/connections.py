@@ -16,6 +16,7 @@ open-files limit to the hard limit first.
 Usage::
 
     .venv/bin/python -m bench.connections [--idle 0,1000,10000] [--requests 200]
+        [--markdown | --write-docs]
 """
 
 from __future__ import annotations
@@ -38,7 +39,17 @@ from pathlib import Path
 
 import trustme
 
-from bench.common import TOKEN, TOKEN_ENV, config_text, fmt_int, markdown_table, percentile
+from bench.common import (
+    TOKEN,
+    TOKEN_ENV,
+    Report,
+    add_output_flags,
+    config_text,
+    emit,
+    fmt_int,
+    markdown_table,
+    percentile,
+)
 from exporter.demo.simulator import Simulator
 
 TASKS = 100
@@ -170,17 +181,20 @@ def ms(value: float) -> str:
     return f"{value * 1000:.1f} ms"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Measure and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--idle", default="0,1000,10000", help="idle connection counts")
     parser.add_argument("--requests", type=int, default=200, help="timed requests per cell")
-    args = parser.parse_args()
+    add_output_flags(parser)
+    args = parser.parse_args(argv)
     levels = [int(x) for x in args.idle.split(",")]
     limit = raise_open_files_limit()
-    print(
-        f"# bench.connections: Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"open-files limit {limit}, {TASKS} tasks, {args.requests} requests per cell\n"
-    )
+    body = [
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs, open-files limit "
+        f"{limit}; the exporter as a process watching {TASKS} tasks on the simulator, "
+        f"the client in another; {args.requests} requests per cell.\n"
+    ]
     with Simulator(tokens=(TOKEN,)) as sim, tempfile.TemporaryDirectory() as tmp:
         ids = [f"task{i:04d}" for i in range(TASKS)]
         for i, task_id in enumerate(ids):
@@ -227,8 +241,8 @@ def main() -> None:
             finally:
                 for sock in idle:
                     sock.close()
-        print("## Latency with idle connections (new connection per request, plain HTTP)\n")
-        print(
+        body.append("### Latency with idle connections (new connection per request, plain HTTP)\n")
+        body.append(
             markdown_table(
                 [
                     "idle connections",
@@ -253,8 +267,8 @@ def main() -> None:
                 kept = timed(partial(tls_client.get, "/metrics", keep_alive=True), args.requests)
                 new = timed(partial(tls_client.get, "/metrics", keep_alive=False), args.requests)
             rows.append([name, ms(kept[0]), ms(kept[1]), ms(new[0]), ms(new[1])])
-        print("\n## /metrics on a kept-alive connection vs a new connection each time\n")
-        print(
+        body.append("\n### /metrics on a kept-alive connection vs a new connection each time\n")
+        body.append(
             markdown_table(
                 [
                     "",
@@ -266,6 +280,7 @@ def main() -> None:
                 rows,
             )
         )
+    emit(Report("connections", "Connections", "\n".join(body)), parser, args, argv)
 
 
 if __name__ == "__main__":

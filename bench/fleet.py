@@ -18,7 +18,7 @@ RSS from /proc while it works. Prints a markdown table per scenario:
 Usage::
 
     .venv/bin/python -m bench.fleet [--scenario 1000x10 --scenario 5000x2] [--latency 0.05]
-        [--scrapes 20] [--hosts distinct|one] [--tls]
+        [--scrapes 20] [--hosts distinct|one] [--tls] [--markdown | --write-docs]
 """
 
 from __future__ import annotations
@@ -40,7 +40,17 @@ from pathlib import Path
 
 import requests
 
-from bench.common import TOKEN, TOKEN_ENV, fmt_int, fmt_seconds, markdown_table, percentile
+from bench.common import (
+    TOKEN,
+    TOKEN_ENV,
+    Report,
+    add_output_flags,
+    emit,
+    fmt_int,
+    fmt_seconds,
+    markdown_table,
+    percentile,
+)
 from exporter.demo.simulator import Simulator
 from exporter.polling.scheduler import FETCH_WORKERS
 
@@ -309,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         help="HTTPS to the API (the simulator with a throwaway certificate; the exporter "
         "skips verification, as the certificate cannot name every loopback address)",
     )
+    add_output_flags(parser)
     args = parser.parse_args(argv)
     if args.latency < 0 or args.scrapes < 1:
         parser.error("--latency must be >= 0 and --scrapes >= 1")
@@ -328,17 +339,19 @@ def main(argv: list[str] | None = None) -> int:
                     args.tls,
                 )
             )
-    print("# Fleet benchmark (bench.fleet)\n")
-    print(
+    setup = (
         f"Per store: {RATE:g} req/s, burst {BURST}, max_concurrency {CONCURRENCY}, "
         f"min_poll_interval 1h; one task in ten in progress; upstream latency "
         f"{args.latency:g} s; {FETCH_WORKERS} fetch workers at most; API hosts: "
         f"{'one per store' if args.hosts == 'distinct' else 'one for all stores'}, "
         f"{'HTTPS' if args.tls else 'plain HTTP'}; "
-        f"{os.cpu_count()} CPUs shared with the simulator.\n"
+        f"{os.cpu_count()} CPUs shared with the simulator."
     )
     rows = [[name, *(c[name] for c in columns)] for name in columns[0]]
-    print(markdown_table(["figure", *(s.label for s in scenarios)], rows))
+    table = markdown_table(["figure", *(s.label for s in scenarios)], rows)
+    # HTTPS has a section of its own beside the plain-HTTP one
+    title, variant = ("Fleet over HTTPS", "tls") if args.tls else ("Fleet", "")
+    emit(Report("fleet", title, f"{setup}\n\n{table}", variant), parser, args, argv)
     return 0
 
 

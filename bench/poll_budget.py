@@ -17,6 +17,7 @@ Usage::
 
     .venv/bin/python -m bench.poll_budget [--in-progress 100] [--completed 1000] [--hours 1]
         [--speed 60] [--scrapers 2] [--interval 15] [--scrape-timeout 10]
+        [--markdown | --write-docs]
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ from bench.common import (
     TOKEN,
     TOKEN_ENV,
     WALL_START,
+    Report,
     Workload,
+    add_output_flags,
     config_text,
+    emit,
     fmt_int,
     fmt_seconds,
     make_workload,
@@ -542,12 +546,10 @@ def _pair(values: list[float]) -> str:
     return f"{fmt_seconds(percentile(values, 50))} / {fmt_seconds(percentile(values, 99))}"
 
 
-def report(p: Params, workload: Workload, phases: list[PhaseResult]) -> str:
+def report(p: Params, workload: Workload, phases: list[PhaseResult]) -> Report:
     """The parameters, the markdown table and the notes."""
     budget = p.rate * 3600
     lines = [
-        "# Poll budget benchmark (bench.poll_budget)",
-        "",
         "Parameters:",
         f"- tasks: {len(workload.in_progress):,} in progress + {workload.completed:,} completed "
         f"= {len(workload.ids):,} in one store; in-progress ones spread through the config order",
@@ -626,7 +628,7 @@ def report(p: Params, workload: Workload, phases: list[PhaseResult]) -> str:
             "(see below)"
         )
     lines += ["", LATENCY_NOTE, "", NAIVE_NOTE]
-    return "\n".join(lines)
+    return Report("poll_budget", "Poll budget", "\n".join(lines))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -671,12 +673,14 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--only", choices=("exporter", "naive"), default=None, help="run one strategy only"
     )
+    add_output_flags(a)
     return a
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run both strategies and print the report; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     problems = []
     if args.in_progress < 1 or args.completed < 0:
         problems.append("--in-progress must be >= 1 and --completed >= 0")
@@ -727,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
             minutes = p.naive_hours * 60
             print(f"naive: {minutes:g} min simulated, ~{real:.0f} s real", file=sys.stderr)
             phases.append(run_naive(p, workload, Path(tmp)))
-    print(report(p, workload, phases))
+    emit(report(p, workload, phases), parser, args, argv)
     return 0
 
 

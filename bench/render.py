@@ -19,6 +19,7 @@ What a scrape costs beyond the render (HTTP, the poller's refresh and ``view()``
 difference between the HTTP figure and the render figure. Usage::
 
     .venv/bin/python -m bench.render [--tasks 1000,10000,100000] [--scrapes 20]
+        [--markdown | --write-docs]
 """
 
 from __future__ import annotations
@@ -41,7 +42,16 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from bench.common import TOKEN, TOKEN_ENV, WALL_START, markdown_table, percentile
+from bench.common import (
+    TOKEN,
+    TOKEN_ENV,
+    WALL_START,
+    Report,
+    add_output_flags,
+    emit,
+    markdown_table,
+    percentile,
+)
 from exporter.app import TRIM_INTERVAL
 from exporter.demo.simulator import Simulator
 from exporter.metrics.exposition import Exposition, default_collectors
@@ -327,7 +337,7 @@ def ms(values: list[float], q: float = 50) -> str:
     return f"{percentile(values, q) * 1000:,.1f}"
 
 
-def report(results: list[Result], scrapes: int) -> str:
+def report(results: list[Result], scrapes: int) -> Report:
     """The markdown report."""
     header = [
         "workload",
@@ -368,10 +378,8 @@ def report(results: list[Result], scrapes: int) -> str:
                 f"{r.cache_bytes:,.0f}",
             ]
         )
-    return "\n".join(
+    body = "\n".join(
         [
-            "# /metrics at scale (bench.render)",
-            "",
             f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; "
             f"{scrapes} timed steady scrapes per format after one warm-up (ms p50). HTTP: the "
             "exporter as a child process, a new loopback connection per scrape, nothing due. "
@@ -391,6 +399,7 @@ def report(results: list[Result], scrapes: int) -> str:
             ),
         ]
     )
+    return Report("render", "Render", body)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         "--fleet", default="1000x10", help="STORESxTASKS workload (1000x10; empty: none)"
     )
     parser.add_argument("--scrapes", type=int, default=20, help="timed scrapes per format (20)")
+    add_output_flags(parser)
     args = parser.parse_args(argv)
     try:
         sizes = [int(n) for n in args.tasks.split(",") if n]
@@ -424,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         for workload in workloads:
             print(f"measuring {workload.name} ...", file=sys.stderr)
             results.append(run(workload, args.scrapes, Path(tmp)))
-    print(report(results, args.scrapes))
+    emit(report(results, args.scrapes), parser, args, argv)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Prints the time of the first read (every file parsed, every token read), of a steady check
 (nothing changed: a glob and a stat per file), and of a check after one file changed.
-Run: ``python -m bench.store_files [--files N] [--rounds N]``.
+Run: ``python -m bench.store_files [--files N] [--rounds N] [--markdown | --write-docs]``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import Report, add_output_flags, emit, markdown_table
 from exporter.config import parse_config
 from exporter.config.watch import StoreFiles
 
@@ -35,12 +36,13 @@ def _setup(root: Path, files: int) -> str:
     return str(config)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Measure and print."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--files", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=20)
-    args = parser.parse_args()
+    parser = argparse.ArgumentParser(prog="python -m bench.store_files", description=__doc__)
+    parser.add_argument("--files", type=int, default=1000, help="store files (1000)")
+    parser.add_argument("--rounds", type=int, default=20, help="checks timed, each kind (20)")
+    add_output_flags(parser)
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
         path = _setup(root, args.files)
@@ -60,10 +62,17 @@ def main() -> None:
             start = time.perf_counter()
             assert watcher.refresh(force=True) is True
             changed.append(time.perf_counter() - start)
-    print(f"store files: {args.files}, one store and one token file each")
-    print(f"first read (parse all, read all tokens): {first * 1000:8.1f} ms")
-    print(f"steady check, nothing changed (median): {statistics.median(steady) * 1000:8.1f} ms")
-    print(f"check after one file changed (median):  {statistics.median(changed) * 1000:8.1f} ms")
+    rows = [
+        ["first read (parse all, read all tokens)", f"{first * 1000:.1f} ms"],
+        ["steady check, nothing changed (median)", f"{statistics.median(steady) * 1000:.1f} ms"],
+        ["check after one file changed (median)", f"{statistics.median(changed) * 1000:.1f} ms"],
+    ]
+    setup = (
+        f"{args.files:,} store files, one store and one token file each, in one process; "
+        f"{args.rounds} checks of each kind. A check is a glob and a `stat` per file."
+    )
+    table = markdown_table(["figure", "time"], rows)
+    emit(Report("store_files", "Store files", f"{setup}\n\n{table}"), parser, args, argv)
 
 
 if __name__ == "__main__":

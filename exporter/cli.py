@@ -1,4 +1,4 @@
-"""Command line: flags, logging, wiring, signals (README "Running it")."""
+"""Command line: flags, logging, wiring, signals (README "Installing")."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ DEFAULT_LISTEN = ":9877"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line flags, Prometheus style (README "Running it")."""
+    """The command-line flags, Prometheus style (README "Installing")."""
     parser = argparse.ArgumentParser(
         prog=PROGRAM, description="Prometheus exporter for Shoplazza upload-file tasks."
     )

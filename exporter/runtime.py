@@ -62,8 +62,8 @@ def release_free_memory() -> bool:
     """Give memory the allocator holds but nobody uses back to the system (glibc only).
 
     Rendering a large fleet for the first time leaves freed pieces spread over the heap;
-    ``malloc_trim`` returns their pages (about 70 MiB at 100,000 tasks, docs/design.md,
-    "Exposition") and costs well under a millisecond when there is nothing to return.
+    ``malloc_trim`` returns their pages and costs little when there is nothing to return
+    (docs/design.md, "Exposition"; docs/performance.md#design-measurements).
     """
     libc = _libc()
     trim = getattr(libc, "malloc_trim", None)
@@ -80,8 +80,8 @@ def return_large_buffers_to_the_system(threshold: int = MMAP_THRESHOLD) -> bool:
 
     A scrape builds bodies of megabytes on one of several worker threads. glibc's default
     threshold grows after such a buffer is freed, so the next ones come from per-thread
-    arenas that keep the memory: steady scrapes of 10,000 tasks then held 170 MiB instead of
-    70 MiB (docs/design.md, "Exposition"). A fixed threshold gives big buffers back to the
+    arenas that keep the memory: steady scrapes of 10,000 tasks then held about twice as much
+    (docs/performance.md#design-measurements). A fixed threshold gives big buffers back to the
     system when they are freed. Elsewhere than glibc this does nothing.
     """
     return _mallopt("mmap_threshold", _M_MMAP_THRESHOLD, threshold)
@@ -92,8 +92,8 @@ def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> bool:
 
     glibc gives threads that allocate at the same time arenas of their own, up to eight per
     core, and each keeps what it once held. The 32 fetch workers of a fleet's first round
-    spread their buffers that way: with two arenas, 5,000 stores x 2 tasks ended
-    `bench/fleet.py` at 85 MB instead of 92 MB (docs/design.md, "Exposition"). Python's own
+    spread their buffers that way; two arenas keep less of it (`bench/fleet.py`,
+    docs/performance.md#design-measurements). Python's own
     objects do not use these arenas, and the workers wait on the network, not on malloc.
     ``MALLOC_ARENA_MAX`` set in the environment wins; elsewhere than glibc this does
     nothing.

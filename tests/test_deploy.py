@@ -40,7 +40,8 @@ DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 LOCK = REPO / "requirements.lock"
 PYPROJECT = REPO / "pyproject.toml"
-# The documented command that writes the lock file (README, docs/design.md, Dockerfile).
+# The documented command that writes the lock file (docs/operations.md, docs/design.md,
+# Dockerfile).
 LOCK_COMMAND = (
     "uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes"
     " -o requirements.lock"
@@ -375,7 +376,7 @@ def test_lock_satisfies_pyproject() -> None:
         )
     header = LOCK.read_text(encoding="utf-8").splitlines()[:3]
     assert any(LOCK_COMMAND in line for line in header), "the lock names its command"
-    assert LOCK_COMMAND in README.read_text(encoding="utf-8")
+    assert LOCK_COMMAND in (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
     assert LOCK_COMMAND in DOCKERFILE.read_text(encoding="utf-8")
     assert LOCK_COMMAND in (REPO / "docs" / "design.md").read_text(encoding="utf-8")
 
@@ -808,7 +809,7 @@ def readme_secret_command() -> tuple[str, dict[str, str]]:
     """The Secret name and {key: file} of the README's `kubectl create secret` line."""
     match = re.search(
         r"kubectl create secret generic (\S+)((?: --from-file=\S+)+)",
-        readme_section("## Kubernetes sidecar"),
+        readme_section("### Kubernetes sidecar"),
     )
     assert match is not None, "the README shows how to create the token Secret"
     keys = dict(item.split("=", 1) for item in re.findall(r"--from-file=(\S+)", match.group(2)))
@@ -817,7 +818,7 @@ def readme_secret_command() -> tuple[str, dict[str, str]]:
 
 def readme_sidecar() -> dict[str, Any]:
     """The README's short version of the sidecar (containers and volumes)."""
-    section = readme_section("## Kubernetes sidecar")
+    section = readme_section("### Kubernetes sidecar")
     block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     data: dict[str, Any] = yaml.safe_load(block)
     return data
@@ -877,7 +878,7 @@ def test_readme_sidecar_matches_the_manifests() -> None:
     secret_name, _ = readme_secret_command()
     (token,) = [v for v in snippet["volumes"] if "secret" in v]
     assert token["secret"]["secretName"] == secret_name
-    section = readme_section("## Kubernetes sidecar")
+    section = readme_section("### Kubernetes sidecar")
     assert "kubectl apply -k deploy/kubernetes" in section
     assert str(RUNBOOK_URL_CONFIG.relative_to(REPO)) in readme_section("## Alerts")
 

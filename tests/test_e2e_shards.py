@@ -54,7 +54,7 @@ SCRAPES_AFTER = 3  # scrapes of every target waited for before counting fetches
 
 
 def owner(store: str, total: int) -> int:
-    """The shard of a store: rendezvous hashing as the README's "Many stores" states it."""
+    """The shard of a store: rendezvous hashing as docs/sharding.md states it."""
     scores = [
         int.from_bytes(sha256(f"{store}\x00{index}".encode()).digest()[:8], "big")
         for index in range(total)

@@ -79,10 +79,10 @@ class StrictLoader(_Strict, yaml.SafeLoader):
     """The pure-Python strict loader: its error messages are the ones users see."""
 
 
-# libyaml's parser, when PyYAML was built with it, reads a fleet's configuration six times
-# faster and leaves far less freed memory behind (at 5,000 stores 29 MB of RSS instead of
-# 54 MB); its error messages differ, so a file it refuses is read again by StrictLoader
-# for the message (docs/design.md, "Configuration").
+# libyaml's parser, when PyYAML was built with it, reads a fleet's configuration several
+# times faster and leaves far less freed memory behind (docs/performance.md#design-measurements);
+# its error messages differ, so a file it refuses is read again by StrictLoader for the
+# message (docs/design.md, "Configuration").
 _CLoader: Any = getattr(yaml, "CSafeLoader", None)
 _FastLoader: Any = type("_FastLoader", (_Strict, _CLoader), {}) if _CLoader else StrictLoader
 
@@ -126,12 +126,12 @@ def load_yaml(text: str | bytes) -> object:
 def _compact(data: object) -> object:
     """``data`` again, made afresh once everything the parser allocated is freed.
 
-    PyYAML builds a node (with two marks) for every scalar before the values: for a fleet's
-    file, 28 MB of nodes for 4 MB of values, and the values, made among the nodes, kept
-    most of that memory from going back to the system (5,000 stores: 72 MB of RSS once
-    started; 54 MB with this). A pickle of the values is one buffer; with the values
-    freed, the allocator returns the emptied arenas, and the copy is made densely. The
-    buffer is made here, from our own objects, and never leaves this function.
+    PyYAML builds a node (with two marks) for every scalar before the values, several times
+    the memory of the values, and the values, made among the nodes, kept most of that
+    memory from going back to the system (docs/performance.md#design-measurements). A
+    pickle of the values is one buffer; with the values freed, the allocator returns the
+    emptied arenas, and the copy is made densely. The buffer is made here, from our own
+    objects, and never leaves this function.
     """
     try:
         blob = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)

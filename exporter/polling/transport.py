@@ -2,10 +2,9 @@
 
 A ``requests.Session`` per store (a session, an adapter, a pool manager, a pool) cost
 thousands of small objects per store, and making and dropping them by the thousand left
-the heap fragmented: 5,000 stores held 139 MB after their first round, 85 MB with one
-shared session (docs/design.md, "HTTP client"). So the process has one session; urllib3
-keeps a connection pool per host in it, and a store that goes idle lets its host's pool go
-(``Transport.release``), so idle stores hold no socket.
+the heap fragmented (docs/performance.md#design-measurements). So the process has one
+session; urllib3 keeps a connection pool per host in it, and a store that goes idle lets
+its host's pool go (``Transport.release``), so idle stores hold no socket.
 """
 
 from __future__ import annotations
@@ -32,9 +31,8 @@ from exporter import __version__
 USER_AGENT = f"shoplazza-upload-exporter/{__version__}"
 #: Host pools kept at most; past it, the least recently used host's connections close.
 #: A first round opens every store's pool before any store is idle (one task of each store
-#: in turn), and a kept-alive connection costs about 8 KB over HTTP and 150 KB over TLS:
-#: 5,000 stores on as many HTTPS hosts ended `bench/fleet.py --tls` at 96 MB with 256
-#: pools kept, 92 MB with 128 and 88 MB with 64 (docs/design.md, "HTTP client").
+#: in turn), and a kept-alive TLS connection costs far more than a plain one: the bound
+#: caps a first round's memory (docs/performance.md#design-measurements).
 MAX_HOSTS = 128
 
 Origin = tuple[str, str, int]  # scheme, host (lower case, no brackets), port
@@ -152,7 +150,7 @@ class Transport:
         CA bundle requests uses, a path: that CA file or directory, False: no verification).
 
         urllib3 makes a context per connection when none is given, loading a whole CA bundle
-        into each: about 0.9 MB per kept-alive connection (docs/design.md, "HTTP client").
+        into each (docs/design.md, "HTTP client"; docs/performance.md#design-measurements).
         A CA file is read again when it changes (new connections use it; pools keyed on the
         old context age out); a missing or broken one fails the request, never the process.
         """

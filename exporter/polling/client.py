@@ -43,6 +43,7 @@ from exporter.model import (
     FailedFile,
     TaskSnapshot,
 )
+from exporter.polling.redaction import Redactor
 from exporter.polling.transport import Transport, origin_of
 
 log = logging.getLogger("exporter.polling.client")
@@ -50,7 +51,6 @@ log = logging.getLogger("exporter.polling.client")
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_RETRY_AFTER = 600.0
 MIN_RETRY_AFTER = 1.0
-REDACTED = "<redacted>"
 DEFAULT_RETRY_AFTER = 1.0
 
 _DIGITS = re.compile(r"[0-9]{1,18}")
@@ -312,6 +312,7 @@ class StoreClient:
         "_clock",
         "_origin",
         "_owns_transport",
+        "_redactor",
         "_token",
         "_token_lock",
         "_token_reader",
@@ -334,6 +335,7 @@ class StoreClient:
         # clock, whatever clock schedules the polls.
         self._clock = time.monotonic
         self._token = store.token.value
+        self._redactor: Redactor | None = None
         self._token_lock = threading.Lock()
         self._token_unreadable = False
         # A client made alone (tests, benchmarks) gets a transport of its own.
@@ -396,7 +398,16 @@ class StoreClient:
         logged and shown on pages; an API that echoes the token must not publish it.
         """
         token = self.token()
-        return _redact(self._fetch(task_id, token), token)
+        return _redact(self._fetch(task_id, token), self._redactor_for(token))
+
+    def _redactor_for(self, token: str) -> Redactor | None:
+        """The token's redactor, made once per token (a rotation makes a new one)."""
+        redactor = self._redactor
+        if redactor is None or redactor.token != token:
+            if len(token) < MIN_TOKEN_LENGTH:
+                return None
+            redactor = self._redactor = Redactor(token)
+        return redactor
 
     def _fetch(self, task_id: str, token: str) -> FetchResult:
         url = self.url(task_id)
@@ -513,25 +524,23 @@ def _cut(response: requests.Response) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def _redact(result: FetchResult, token: str) -> FetchResult:
-    """``result`` with every occurrence of ``token`` in API-supplied text replaced."""
-    if len(token) < MIN_TOKEN_LENGTH:
+def _redact(result: FetchResult, redactor: Redactor | None) -> FetchResult:
+    """``result`` with every run of 12 or more of the token's characters in API text replaced."""
+    if redactor is None:
         return result  # config rejects such tokens (docs/design.md, "Configuration")
-
-    def clean(text: str) -> str:
-        return text.replace(token, REDACTED) if token in text else text
-
+    clean, spans = redactor.clean, redactor.spans
     snapshot = result.snapshot
     if snapshot is not None and any(
-        token in f.origin_link or token in f.reason for f in snapshot.failures
+        spans(f.origin_link) or spans(f.reason) for f in snapshot.failures
     ):
         failures = tuple(
             FailedFile(clean(f.origin_link), clean(f.reason)) for f in snapshot.failures
         )
         snapshot = dataclasses.replace(snapshot, failures=failures)
-    elif token not in result.detail:
+    detail = clean(result.detail)
+    if detail == result.detail and snapshot is result.snapshot:
         return result  # the usual case: nothing to redact, nothing to copy
-    return dataclasses.replace(result, detail=clean(result.detail), snapshot=snapshot)
+    return dataclasses.replace(result, detail=detail, snapshot=snapshot)
 
 
 def _describe_exception(exc: requests.RequestException) -> str:

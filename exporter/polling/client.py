@@ -57,6 +57,7 @@ _DIGITS = re.compile(r"[0-9]{1,18}")
 # Retry-After is ASCII digits (RFC 9110 delay-seconds) or an HTTP date; float() would take
 # "1e3", "1_0", " nan" and Arabic-Indic digits.
 _DELAY_SECONDS = re.compile(r"[0-9]+")
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -302,7 +303,7 @@ def _error_detail(response: requests.Response, body: bytes) -> str:
     message = _api_message(decoded) if isinstance(decoded, Mapping) else ""
     if message:
         return f"HTTP {response.status_code}: {message}"
-    return f"HTTP {response.status_code} {response.reason or ''}".strip()
+    return f"HTTP {response.status_code} {_text(response.reason, 200)}".strip()
 
 
 class StoreClient:
@@ -459,7 +460,8 @@ class StoreClient:
             if status == 429:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if 300 <= status < 400:
-                detail = f"HTTP {status} redirect to {response.headers.get('Location', '?')!r}"
+                location = _text(response.headers.get("Location", "?"), 300)
+                detail = f"HTTP {status} redirect to {location!r}"
                 detail += " not followed"
             else:
                 detail = _error_detail(response, body)
@@ -475,9 +477,7 @@ class StoreClient:
         return FetchResult(code, snapshot, duration)
 
     def _read_body(self, response: requests.Response, start: float, timeout: float) -> bytes:
-        length = response.headers.get("Content-Length")
-        if length is not None and length.strip().isdigit() and int(length) > MAX_BODY_BYTES:
-            raise _BodyTooLarge(f"body of {int(length)} bytes exceeds {MAX_BODY_BYTES}")
+        _check_declared_length(response.headers.get("Content-Length"))
         # Socket timeouts apply to each read, so a body dripping a byte at a time would hold
         # the request (and a max_concurrency slot) far past `timeout`: cut the connection
         # when the request's time is up.
@@ -513,6 +513,22 @@ class StoreClient:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+def _check_declared_length(value: str | None) -> None:
+    """Raise _BodyTooLarge when ``Content-Length`` says more than the body limit.
+
+    Only ASCII digits count (``str.isdigit`` takes "²", which ``int()`` refuses, and
+    ``int()`` refuses more than 4300 digits); anything else is left to the read's limit.
+    """
+    digits = (value or "").strip(" \t")
+    if not _ASCII_DIGITS.fullmatch(digits):
+        return
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > 18:
+        raise _BodyTooLarge(f"declared body length of {len(digits)} digits exceeds the limit")
+    if int(digits) > MAX_BODY_BYTES:
+        raise _BodyTooLarge(f"body of {int(digits)} bytes exceeds {MAX_BODY_BYTES}")
 
 
 def _cut(response: requests.Response) -> None:

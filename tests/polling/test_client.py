@@ -810,3 +810,29 @@ def test_parse_task_checks_the_task_id_only_when_given() -> None:
     assert parse_task(body, "a").status == 0
     with pytest.raises(InvalidResponse, match="another task"):
         parse_task(body, "b")
+
+
+@pytest.mark.parametrize(
+    ("length", "detail"),
+    [
+        ("9" * 5000, "declared body length of 5000 digits exceeds the limit"),
+        ("\u00b2", "total: missing"),  # "²".isdigit() is True; int("²") raises
+    ],
+)
+def test_a_content_length_of_any_text_is_classified(
+    sim: Simulator, client: StoreClient, length: str, detail: str
+) -> None:
+    """A hostile Content-Length never raises out of fetch (it was counted as an internal
+    connection_error, its text logged unredacted)."""
+    sim.script(
+        "t1", Reply(status=200, body=b"{}", headers={"Content-Length": length}, chunked=True)
+    )
+    result = client.fetch("t1")
+    assert (result.code, result.detail) == (INVALID_RESPONSE, detail)
+
+
+def test_a_redirect_location_is_bounded(sim: Simulator, client: StoreClient) -> None:
+    """A 60 KB Location (one header line may be 64 KiB) is cut before logs and pages."""
+    sim.script("t1", Reply(status=302, headers={"Location": "http://x/" + "a" * 60_000}))
+    detail = client.fetch("t1").detail
+    assert detail == "HTTP 302 redirect to 'http://x/" + "a" * 291 + "' not followed"

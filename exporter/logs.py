@@ -12,6 +12,7 @@ import logging
 import re
 import sys
 import time
+import unicodedata
 from typing import Any, TextIO
 
 LEVELS = {
@@ -44,13 +45,30 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 # What a log line must not carry raw: C0 and C1 controls and DEL (a NUL, an ESC sequence
 # that recolours a terminal, a newline that forges a second event), the line and paragraph
-# separators some readers split on, and lone surrogates (not encodable: the line would be
-# lost). Written as \uXXXX instead (docs/design.md, "Values from outside").
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# separators some readers split on, lone surrogates (not encodable: the line would be
+# lost), and format characters (Unicode category Cf: U+202E and the other bidirectional
+# controls reorder what a reader sees, U+200B hides). Written as \uXXXX instead
+# (docs/design.md, "Values from outside").
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+# Every character outside printable ASCII is a candidate; its category decides.
+_CANDIDATE = re.compile("[^\x20-\x7e]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if unicodedata.category(char) not in _UNSAFE_CATEGORIES:
+        return char
+    code = ord(char)
+    if code > 0xFFFF:  # U+E0001 (a Cf tag character): as JSON writes it, a surrogate pair
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
 
 
 def _escape_unsafe(text: str) -> str:
-    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    if text.isprintable():  # False for every character of the unsafe categories
+        return text
+    return _CANDIDATE.sub(_escape, text)
 
 
 def _logfmt_value(value: object) -> str:
@@ -73,7 +91,7 @@ class JSONFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """One line of JSON."""
-        # json escapes C0 controls itself; DEL, C1, separators and surrogates are left.
+        # json escapes C0 controls itself; DEL, C1, separators, surrogates and Cf are left.
         return _escape_unsafe(json.dumps(_fields(record), default=str, ensure_ascii=False))
 
 

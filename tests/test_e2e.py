@@ -100,7 +100,7 @@ def test_example_config_passes_check() -> None:
         "--config.check",
         env={
             "SHOPLAZZA_ACME_TOKEN": "x-token-of-16-chars",
-            "SHOPLAZZA_OUTLET_TOKEN": "y-token-of-16-chars",
+            "SHOPLAZZA_SANDBOX_TOKEN": "y-token-of-16-chars",
         },
     )
     assert result.returncode == 0, result.stderr

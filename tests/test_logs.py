@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +62,25 @@ def test_control_characters_are_escaped(
         assert "\\u000ats=x level=error msg=forged\\u000d" in line
 
 
+FORMAT_CHARS = "\u202e\u200b\ufeff\u2066\u00ad\U000e0001"  # Cf: RLO, ZWSP, BOM, LRI, SHY, tag
+
+
+@pytest.mark.parametrize("fmt", ["logfmt", "json"])
+def test_format_characters_are_escaped(
+    logger: tuple[logging.Logger, io.StringIO], fmt: str
+) -> None:
+    """U+202E makes "exe.txt" of "\u202etxt.exe": a line must read as it holds."""
+    log, stream = logger
+    setup_logging("info", fmt, stream)
+    text = f"file {FORMAT_CHARS} é 中 \u00a0 🙂 end"
+    log.warning("failed: %s", text, extra={"reason": text})
+    (line,) = lines_of(stream)
+    assert not any(c in line for c in FORMAT_CHARS)
+    assert "\\u202e\\u200b\\ufeff\\u2066\\u00ad\\udb40\\udc01 é 中 \u00a0 🙂 end" in line
+    if fmt == "json":
+        assert json.loads(line)["reason"] == text
+
+
 def test_logfmt_keeps_plain_values_bare(logger: tuple[logging.Logger, io.StringIO]) -> None:
     log, stream = logger
     setup_logging("info", "logfmt", stream)
@@ -70,7 +90,10 @@ def test_logfmt_keeps_plain_values_bare(logger: tuple[logging.Logger, io.StringI
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(), st.sampled_from(["logfmt", "json"]))
+@given(
+    st.text() | st.text(st.characters(categories=["Cf", "Cc", "Zl", "Zp", "Ll"])),
+    st.sampled_from(["logfmt", "json"]),
+)
 def test_any_text_gives_one_encodable_line(text: str, fmt: str) -> None:
     stream = io.StringIO()
     root = logging.getLogger()
@@ -86,6 +109,7 @@ def test_any_text_gives_one_encodable_line(text: str, fmt: str) -> None:
         root.setLevel(level)
     (line,) = lines_of(stream)
     assert not any(c in line for c in RAW_UNSAFE)
+    assert not any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") for c in line)
     line.encode("utf-8")
     if fmt == "json":
         assert json.loads(line)["err"] == text

@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
         "--token",
         action="append",
         default=None,
-        help=f"accepted access token, repeatable (sim-token; {DEMO_TOKEN} with --demo)",
+        help=f"accepted access token, repeatable (default {DEMO_TOKEN})",
     )
     p.add_argument("--demo", action="store_true", help="add the demo tasks")
     p.add_argument(
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tasks < 0:
         print("--tasks must be >= 0", file=sys.stderr)
         return 2
-    tokens = args.token or [DEMO_TOKEN if args.demo else "sim-token"]
+    # One default, with or without --demo, long enough for the exporter (16 characters).
+    tokens = args.token or [DEMO_TOKEN]
     sim = Simulator(
         args.host,
         args.port,

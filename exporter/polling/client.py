@@ -43,6 +43,7 @@ from exporter.model import (
     FailedFile,
     TaskSnapshot,
 )
+from exporter.polling.redaction import Redactor
 from exporter.polling.transport import Transport, origin_of
 
 log = logging.getLogger("exporter.polling.client")
@@ -50,13 +51,13 @@ log = logging.getLogger("exporter.polling.client")
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_RETRY_AFTER = 600.0
 MIN_RETRY_AFTER = 1.0
-REDACTED = "<redacted>"
 DEFAULT_RETRY_AFTER = 1.0
 
 _DIGITS = re.compile(r"[0-9]{1,18}")
 # Retry-After is ASCII digits (RFC 9110 delay-seconds) or an HTTP date; float() would take
 # "1e3", "1_0", " nan" and Arabic-Indic digits.
 _DELAY_SECONDS = re.compile(r"[0-9]+")
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -80,13 +81,87 @@ class FetchResult:
         return self.snapshot is not None
 
 
+class _OutOfRange:
+    """A JSON number no exact integer or finite float holds, kept as its description.
+
+    ``int()`` refuses more than 4300 digits (``json.loads`` would fail as "not JSON") and
+    ``float()`` turns ``1e400`` into infinity: neither says what the API sent.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text  # what follows the key in a message: "has 5000 digits"
+
+    def __str__(self) -> str:
+        return f"<a number that {self.text}>"
+
+
+# More digits than this are far above 2^53 (16 digits): never converted.
+_MAX_INT_DIGITS = 30
+
+
+def _parse_int(text: str) -> int | _OutOfRange:
+    digits = len(text.lstrip("-"))
+    if digits > _MAX_INT_DIGITS:
+        return _OutOfRange(f"has {digits} digits")
+    return int(text)
+
+
+def _parse_float(text: str) -> float | _OutOfRange:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400, or a 500-digit number with a fraction
+        return _OutOfRange(f"is out of range ({text[:40]}{'...' if len(text) > 40 else ''})")
+    return value
+
+
+def _parse_constant(text: str) -> float:
+    # Python's json takes NaN, Infinity and -Infinity; JSON has no such numbers.
+    raise InvalidResponse(f"body is not JSON: {text} is not a JSON number")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object; a key repeated in it is an invalid response, at any depth.
+
+    Parsers disagree on ``{"status": 1, "status": 0}`` (Python keeps the last value):
+    an answer that can be read two ways is not trusted either way.
+    """
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidResponse(f"key {key[:40]!r} repeated in one object")
+            seen.add(key)
+    return data
+
+
+def decode_json(body: bytes | str) -> Any:
+    """The API's JSON, strictly: no repeated keys, no NaN, huge numbers kept described.
+
+    Raises InvalidResponse for what JSON parsers would read differently, ValueError for
+    what is not JSON, RecursionError for nesting too deep.
+    """
+    return json.loads(
+        body,
+        object_pairs_hook=_object,
+        parse_int=_parse_int,
+        parse_float=_parse_float,
+        parse_constant=_parse_constant,
+    )
+
+
 def _integer(data: Mapping[str, Any], key: str) -> int:
     value = data.get(key)
     if value is None:
         raise InvalidResponse(f"{key}: missing")
+    if isinstance(value, _OutOfRange):
+        raise InvalidResponse(f"{key} {value.text}, expected a non-negative integer up to 2^53")
     if isinstance(value, str) and _DIGITS.fullmatch(value):
         value = int(value)  # an integral numeric string such as "3" is accepted
     elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        if abs(value) > MAX_EXACT_INTEGER:  # 1e308: an integral float, but not exactly
+            raise InvalidResponse(f"{key} is not an exact integer ({value!r} is above 2^53)")
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidResponse(f"{key}: expected a non-negative integer, got {_brief(value)}")
@@ -106,10 +181,15 @@ def _list(data: Mapping[str, Any], key: str) -> list[Any]:
     return value
 
 
+def _dumps(value: object) -> str:
+    """JSON text of a decoded value (an out-of-range number as its description)."""
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 def _brief(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**40:
         return "an integer above 10^40"  # str() of it is slow, and refused past 4300 digits
-    text = json.dumps(value)[:40] if not isinstance(value, str) else repr(value[:40])
+    text = _dumps(value)[:40] if not isinstance(value, str) else repr(value[:40])
     return f"{type(value).__name__} {text}"
 
 
@@ -117,7 +197,7 @@ def _text(value: object, limit: int = 2048) -> str:
     """API-supplied text as kept: at most ``limit`` characters, no lone surrogates."""
     if value is None:
         return ""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = str(value) if isinstance(value, (str, _OutOfRange)) else _dumps(value)
     # JSON may carry "\ud800" alone: no encoder can write it (a page, a log line, a file).
     return _SURROGATE.sub("\ufffd", text[:limit])
 
@@ -134,8 +214,12 @@ def _failed_file(entry: object) -> FailedFile:
     return FailedFile(origin_link=_text(entry), reason="")
 
 
-def parse_task(body: object) -> TaskSnapshot:
-    """Parse a decoded JSON body of either shape; raise InvalidResponse when off-shape."""
+def parse_task(body: object, task_id: str | None = None) -> TaskSnapshot:
+    """Parse a decoded JSON body of either shape; raise InvalidResponse when off-shape.
+
+    With ``task_id``, an answer that names another task (``task_id``, flat or in ``data``)
+    is invalid: it must never complete the task asked for.
+    """
     if not isinstance(body, Mapping):
         raise InvalidResponse(f"expected a JSON object, got {type(body).__name__}")
     data: Mapping[str, Any] = body
@@ -146,7 +230,11 @@ def parse_task(body: object) -> TaskSnapshot:
             raise InvalidResponse(
                 "wrapped response without a data object" + (f" ({message})" if message else "")
             )
+        if task_id is not None:
+            _check_task_id(body, task_id)
         data = inner
+    if task_id is not None:
+        _check_task_id(data, task_id)
     total = _integer(data, "total")
     finished = _integer(data, "finished")
     status = _integer(data, "status")
@@ -161,6 +249,16 @@ def parse_task(body: object) -> TaskSnapshot:
         failed=len(failures),
         failures=tuple(_failed_file(entry) for entry in failures[:MAX_KEPT_FAILURES]),
     )
+
+
+def _check_task_id(data: Mapping[str, Any], task_id: str) -> None:
+    """Raise InvalidResponse when ``data`` names a task other than ``task_id``.
+
+    An absent or null ``task_id`` names none (the simulator's scripted bodies, older APIs).
+    """
+    named = data.get("task_id")
+    if named is not None and named != task_id:
+        raise InvalidResponse(f"answer for another task: task_id {_brief(named)}")
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float:
@@ -199,13 +297,13 @@ def _api_message(body: Mapping[str, Any]) -> str:
 def _error_detail(response: requests.Response, body: bytes) -> str:
     """A short, loggable description of an error answer (never the request headers)."""
     try:
-        decoded = json.loads(body)
+        decoded = decode_json(body)
     except (ValueError, RecursionError):
         decoded = None
     message = _api_message(decoded) if isinstance(decoded, Mapping) else ""
     if message:
         return f"HTTP {response.status_code}: {message}"
-    return f"HTTP {response.status_code} {response.reason or ''}".strip()
+    return f"HTTP {response.status_code} {_text(response.reason, 200)}".strip()
 
 
 class StoreClient:
@@ -215,6 +313,7 @@ class StoreClient:
         "_clock",
         "_origin",
         "_owns_transport",
+        "_redactor",
         "_token",
         "_token_lock",
         "_token_reader",
@@ -237,6 +336,7 @@ class StoreClient:
         # clock, whatever clock schedules the polls.
         self._clock = time.monotonic
         self._token = store.token.value
+        self._redactor: Redactor | None = None
         self._token_lock = threading.Lock()
         self._token_unreadable = False
         # A client made alone (tests, benchmarks) gets a transport of its own.
@@ -299,7 +399,16 @@ class StoreClient:
         logged and shown on pages; an API that echoes the token must not publish it.
         """
         token = self.token()
-        return _redact(self._fetch(task_id, token), token)
+        return _redact(self._fetch(task_id, token), self._redactor_for(token))
+
+    def _redactor_for(self, token: str) -> Redactor | None:
+        """The token's redactor, made once per token (a rotation makes a new one)."""
+        redactor = self._redactor
+        if redactor is None or redactor.token != token:
+            if len(token) < MIN_TOKEN_LENGTH:
+                return None
+            redactor = self._redactor = Redactor(token)
+        return redactor
 
     def _fetch(self, task_id: str, token: str) -> FetchResult:
         url = self.url(task_id)
@@ -324,13 +433,15 @@ class StoreClient:
                     CONNECTION_ERROR, None, self._clock() - start, _describe_exception(exc)
                 )
             try:
-                return self._classify(response, start, timeout)
+                return self._classify(response, start, timeout, task_id)
             finally:
                 response.close()
         finally:
             self._transport.end(self._origin)
 
-    def _classify(self, response: requests.Response, start: float, timeout: float) -> FetchResult:
+    def _classify(
+        self, response: requests.Response, start: float, timeout: float, task_id: str
+    ) -> FetchResult:
         code = str(response.status_code)
         try:
             body = self._read_body(response, start, timeout)
@@ -349,22 +460,24 @@ class StoreClient:
             if status == 429:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if 300 <= status < 400:
-                detail = f"HTTP {status} redirect to {response.headers.get('Location', '?')!r}"
+                location = _text(response.headers.get("Location", "?"), 300)
+                detail = f"HTTP {status} redirect to {location!r}"
                 detail += " not followed"
             else:
                 detail = _error_detail(response, body)
             return FetchResult(code, None, duration, detail, retry_after)
         try:
-            snapshot = parse_task(json.loads(body))
-        except (ValueError, RecursionError) as exc:
-            reason = str(exc) if isinstance(exc, InvalidResponse) else "body is not JSON"
-            return FetchResult(INVALID_RESPONSE, None, duration, reason)
+            snapshot = parse_task(decode_json(body), task_id)
+        except InvalidResponse as exc:
+            return FetchResult(INVALID_RESPONSE, None, duration, str(exc))
+        except ValueError:
+            return FetchResult(INVALID_RESPONSE, None, duration, "body is not JSON")
+        except RecursionError:
+            return FetchResult(INVALID_RESPONSE, None, duration, "body nests too deep")
         return FetchResult(code, snapshot, duration)
 
     def _read_body(self, response: requests.Response, start: float, timeout: float) -> bytes:
-        length = response.headers.get("Content-Length")
-        if length is not None and length.strip().isdigit() and int(length) > MAX_BODY_BYTES:
-            raise _BodyTooLarge(f"body of {int(length)} bytes exceeds {MAX_BODY_BYTES}")
+        _check_declared_length(response.headers.get("Content-Length"))
         # Socket timeouts apply to each read, so a body dripping a byte at a time would hold
         # the request (and a max_concurrency slot) far past `timeout`: cut the connection
         # when the request's time is up.
@@ -402,6 +515,22 @@ class _BodyTooLarge(Exception):
     pass
 
 
+def _check_declared_length(value: str | None) -> None:
+    """Raise _BodyTooLarge when ``Content-Length`` says more than the body limit.
+
+    Only ASCII digits count (``str.isdigit`` takes "²", which ``int()`` refuses, and
+    ``int()`` refuses more than 4300 digits); anything else is left to the read's limit.
+    """
+    digits = (value or "").strip(" \t")
+    if not _ASCII_DIGITS.fullmatch(digits):
+        return
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > 18:
+        raise _BodyTooLarge(f"declared body length of {len(digits)} digits exceeds the limit")
+    if int(digits) > MAX_BODY_BYTES:
+        raise _BodyTooLarge(f"body of {int(digits)} bytes exceeds {MAX_BODY_BYTES}")
+
+
 def _cut(response: requests.Response) -> None:
     """Shut the response's socket down, waking a read blocked on it."""
     connection = getattr(response.raw, "connection", None)
@@ -411,25 +540,23 @@ def _cut(response: requests.Response) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def _redact(result: FetchResult, token: str) -> FetchResult:
-    """``result`` with every occurrence of ``token`` in API-supplied text replaced."""
-    if len(token) < MIN_TOKEN_LENGTH:
+def _redact(result: FetchResult, redactor: Redactor | None) -> FetchResult:
+    """``result`` with every run of 12 or more of the token's characters in API text replaced."""
+    if redactor is None:
         return result  # config rejects such tokens (docs/design.md, "Configuration")
-
-    def clean(text: str) -> str:
-        return text.replace(token, REDACTED) if token in text else text
-
+    clean, spans = redactor.clean, redactor.spans
     snapshot = result.snapshot
     if snapshot is not None and any(
-        token in f.origin_link or token in f.reason for f in snapshot.failures
+        spans(f.origin_link) or spans(f.reason) for f in snapshot.failures
     ):
         failures = tuple(
             FailedFile(clean(f.origin_link), clean(f.reason)) for f in snapshot.failures
         )
         snapshot = dataclasses.replace(snapshot, failures=failures)
-    elif token not in result.detail:
+    detail = clean(result.detail)
+    if detail == result.detail and snapshot is result.snapshot:
         return result  # the usual case: nothing to redact, nothing to copy
-    return dataclasses.replace(result, detail=clean(result.detail), snapshot=snapshot)
+    return dataclasses.replace(result, detail=detail, snapshot=snapshot)
 
 
 def _describe_exception(exc: requests.RequestException) -> str:

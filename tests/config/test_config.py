@@ -30,6 +30,8 @@ from exporter.config import (
     read_token,
 )
 from exporter.config.watch import expand_task_id_files, read_task_id_file
+from exporter.demo.simulator import Simulator
+from exporter.demo.tasks import DEMO_TOKEN, add_demo_tasks
 
 SECRET = "s3cr3t-T0KEN-value-4f9a2c"  # long and mixed, like a real token
 OTHER = "other-token-value-0042"
@@ -830,9 +832,8 @@ def test_the_token_never_shows(confdir: Path) -> None:
 
 
 def test_example_config_parses() -> None:
-    config = load_config(
-        str(REPO / "config.example.yaml"), environ={"SHOPLAZZA_ACME_TOKEN": SECRET}
-    )
+    environ = {"SHOPLAZZA_ACME_TOKEN": SECRET, "SHOPLAZZA_SANDBOX_TOKEN": DEMO_TOKEN}
+    config = load_config(str(REPO / "config.example.yaml"), environ=environ)
     assert [s.name for s in config.stores] == ["acme", "sandbox"]
     acme, sandbox = config.stores
     assert acme.base_url == "https://acme.myshoplaza.com"
@@ -848,6 +849,9 @@ def test_example_config_parses() -> None:
     )
     assert config.store_files == (str(REPO / "stores.d" / "*.yaml"),)
     assert sandbox.base_url == "http://127.0.0.1:8080"
+    assert sandbox.token == TokenSource("env", "SHOPLAZZA_SANDBOX_TOKEN", DEMO_TOKEN)
+    # The tasks the simulator's demo has (it answers 200 for them: tests/test_examples.py).
+    assert set(sandbox.task_ids) < set(add_demo_tasks(Simulator()))
     assert config.forget_completed_after == 86400.0
     assert config.warnings == ()
 
@@ -856,7 +860,8 @@ def test_example_config_needs_its_token() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(str(REPO / "config.example.yaml"), environ={})
     assert len(info.value.errors) == 2
-    assert all("SHOPLAZZA_ACME_TOKEN is not set" in line for line in info.value.errors)
+    assert "SHOPLAZZA_ACME_TOKEN is not set" in info.value.errors[0]
+    assert "SHOPLAZZA_SANDBOX_TOKEN is not set" in info.value.errors[1]
 
 
 def test_load_config_file_problems(tmp_path: Path) -> None:

@@ -145,7 +145,14 @@ def test_error_detail_texts(
         (b'{"total": 1, "finished": -2, "status": 1}', "finished: negative value int -2"),
         (b'{"total": 1, "finished": 1, "status": "x"}', "status: expected a non-negative integer"),
         (b'{"total": 1, "finished": 1, "status": 1, "failure_list": 3}', "failure_list: expected"),
-        (b'{"total": 1e300, "finished": 1, "status": 1}', "total: an integer above 10^40 is above"),
+        (b'{"total": 1e308, "finished": 1, "status": 1}', "total is not an exact integer (1e+308"),
+        (b'{"total": 9.1e15, "finished": 1, "status": 1}', "total is not an exact integer (91000"),
+        (b'{"total": 1e400, "finished": 1, "status": 1}', "total is out of range (1e400)"),
+        (b'{"total": ' + b"7" * 5000 + b', "finished": 1, "status": 1}', "total has 5000 digits"),
+        (b'{"total": 1, "finished": -' + b"7" * 99 + b', "status": 1}', "finished has 99 digits"),
+        (b'{"total": 1, "finished": 1, "status": NaN}', "body is not JSON: NaN is not a JSON"),
+        (b'{"total": 1, "finished": 1, "status": 1, "x": -Infinity}', "body is not JSON: -Inf"),
+        (b"[" * 100_000 + b"]" * 100_000, "body nests too deep"),
         (b'{"code": "Success"}', "wrapped response without a data object (Success)"),
     ],
 )
@@ -708,3 +715,124 @@ def test_ca_file_of_another_authority_is_refused(https_api: str, tmp_path: Path)
     trustme.CA().cert_pem.write_to_path(str(other))
     result = client_for(https_api, tls_config=f'{{ca_file: "{other}"}}').fetch("t1")
     assert result.code == "connection_error" and result.detail.startswith("TLS error")
+
+
+def test_numbers_beyond_any_int_or_float_in_texts_are_described(
+    sim: Simulator, client: StoreClient
+) -> None:
+    body = b'{"total": 1, "finished": 1, "status": 0, "failure_list": [{"origin_link": '
+    body += b"9" * 5000 + b', "reason": {"code": 1e999}}]}'
+    sim.script("t1", Reply(status=200, body=body))
+    snap = client.fetch("t1").snapshot
+    assert snap is not None
+    assert snap.failures == (
+        FailedFile(
+            "<a number that has 5000 digits>", '{"code": "<a number that is out of range (1e999)>"}'
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"total": 1, "finished": 1, "status": 1, "status": 0}',
+        b'{"status": 0, "total": 1, "finished": 1, "status": 1}',
+        b'{"code": "Success", "data": {"total": 1, "finished": 1, "status": 1, "status": 0}}',
+        b'{"code": "Success", "data": {"total": 1, "finished": 1, "status": 0}, "data": {}}',
+        b'{"total": 1, "finished": 1, "status": 0, "failure_list": [{"a": 1, "a": 2}]}',
+        b'{"total": 1, "finished": 1, "status": 0, "x": [[{"y": {"z": 1, "z": 1}}]]}',
+    ],
+)
+def test_a_key_repeated_in_one_object_is_invalid(
+    sim: Simulator, client: StoreClient, body: bytes
+) -> None:
+    """Parsers disagree on repeated keys (Python keeps the last): never trusted either way."""
+    sim.script("t1", Reply(status=200, body=body))
+    result = client.fetch("t1")
+    assert result.code == INVALID_RESPONSE and not result.ok
+    assert "repeated in one object" in result.detail
+
+
+def test_a_repeated_key_in_an_error_body_still_gives_the_status(
+    sim: Simulator, client: StoreClient
+) -> None:
+    sim.script("t1", Reply(status=401, body=b'{"error": "a", "error": "b"}'))
+    assert client.fetch("t1").detail == "HTTP 401 Unauthorized"
+
+
+@pytest.mark.parametrize("shape", ["flat", "wrapped"])
+def test_an_answer_for_another_task_never_completes_it(
+    sim: Simulator, client: StoreClient, shape: str
+) -> None:
+    other = {"task_id": "someone-elses-task", "total": 3, "finished": 3, "status": 0}
+    body = other if shape == "flat" else {"code": "Success", "data": other}
+    sim.script("t1", Reply(status=200, body=json.dumps(body).encode()))
+    result = client.fetch("t1")
+    assert result.code == INVALID_RESPONSE and result.snapshot is None
+    assert result.detail == "answer for another task: task_id str 'someone-elses-task'"
+    sim.set_shape("t1", shape)
+    snap = client.fetch("t1").snapshot  # the simulator's own answer names t1
+    assert snap is not None and snap.status == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"code": "Success", "task_id": "other", "data": {"total": 1, "finished": 1, "status": 0}},
+        {"task_id": 7, "total": 1, "finished": 1, "status": 0},
+        {"task_id": ["t1"], "total": 1, "finished": 1, "status": 0},
+        {"task_id": "T1", "total": 1, "finished": 1, "status": 0},
+    ],
+)
+def test_any_task_id_but_the_one_asked_is_invalid(
+    sim: Simulator, client: StoreClient, body: dict[str, Any]
+) -> None:
+    sim.script("t1", Reply(status=200, body=json.dumps(body).encode()))
+    result = client.fetch("t1")
+    assert result.code == INVALID_RESPONSE and result.detail.startswith("answer for another task")
+
+
+@pytest.mark.parametrize("named", [None, "absent"])
+def test_an_answer_naming_no_task_is_taken(
+    sim: Simulator, client: StoreClient, named: str | None
+) -> None:
+    body: dict[str, Any] = {"total": 2, "finished": 2, "status": 0}
+    if named != "absent":
+        body["task_id"] = named
+    sim.script("t1", Reply(status=200, body=json.dumps(body).encode()))
+    snap = client.fetch("t1").snapshot
+    assert snap is not None and snap.status == 0
+
+
+def test_parse_task_checks_the_task_id_only_when_given() -> None:
+    body = {"task_id": "a", "total": 1, "finished": 1, "status": 0}
+    assert parse_task(body).status == 0
+    assert parse_task(body, "a").status == 0
+    with pytest.raises(InvalidResponse, match="another task"):
+        parse_task(body, "b")
+
+
+@pytest.mark.parametrize(
+    ("length", "detail"),
+    [
+        ("9" * 5000, "declared body length of 5000 digits exceeds the limit"),
+        ("\u00b2", "total: missing"),  # "²".isdigit() is True; int("²") raises
+    ],
+)
+def test_a_content_length_of_any_text_is_classified(
+    sim: Simulator, client: StoreClient, length: str, detail: str
+) -> None:
+    """A hostile Content-Length never raises out of fetch (it was counted as an internal
+    connection_error, its text logged unredacted)."""
+    sim.script(
+        "t1", Reply(status=200, body=b"{}", headers={"Content-Length": length}, chunked=True)
+    )
+    result = client.fetch("t1")
+    assert (result.code, result.detail) == (INVALID_RESPONSE, detail)
+
+
+def test_a_redirect_location_is_bounded(sim: Simulator, client: StoreClient) -> None:
+    """A 60 KB Location (one header line may be 64 KiB) is cut before logs and pages."""
+    sim.script("t1", Reply(status=302, headers={"Location": "http://x/" + "a" * 60_000}))
+    detail = client.fetch("t1").detail
+    assert detail == "HTTP 302 redirect to 'http://x/" + "a" * 291 + "' not followed"

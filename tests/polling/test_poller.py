@@ -54,6 +54,35 @@ def test_completed_task_fetched_exactly_once(sim: Simulator, tmp_path: Path) -> 
     exporter.close()
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"task_id": "someone-elses-task", "total": 2, "finished": 2, "status": 0}',
+        b'{"code": "Success", "data": {"task_id": "x", "total": 2, "finished": 2, "status": 0}}',
+        b'{"task_id": "busy", "total": 2, "finished": 2, "status": 1, "status": 0}',
+    ],
+)
+def test_a_wrong_answer_never_completes_a_task(sim: Simulator, tmp_path: Path, body: bytes) -> None:
+    sim.add_task("busy", total=5, finished=1)
+    sim.script("busy", Reply(status=200, body=body))
+    text = config_yaml(sim.url, ["busy"], min_poll_interval=0, requests_per_second=1000)
+    exporter = make_exporter(write(tmp_path / "c.yaml", text))
+    try:
+        for _ in range(3):
+            exporter.poller.refresh(5)
+        assert sim.count("busy") == 3  # still polled: the wrong answer completed nothing
+        metrics = scrape(App(exporter))
+        labels = {"store": "shop", "task_id": "busy"}
+        assert sample(metrics, "shoplazza_upload_task_completed", **labels) == 0
+        assert sample(metrics, "shoplazza_upload_task_files_finished", **labels) == 1
+        errors = sample(
+            metrics, "shoplazza_api_errors_total", store="shop", code="invalid_response"
+        )
+        assert errors == 1
+    finally:
+        exporter.close()
+
+
 def test_every_fetch_of_a_task_ends_the_scrape_that_waits_for_it(
     sim: Simulator, tmp_path: Path
 ) -> None:

@@ -11,7 +11,7 @@ Times ``Redactor.clean`` on the texts of one answer, in this process, for:
 
 Usage::
 
-    .venv/bin/python -m bench.redaction [--repeat 5]
+    .venv/bin/python -m bench.redaction [--repeat 5] [--markdown | --write-docs]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import string
 import time
 from collections.abc import Callable
 
+from bench.common import Report, add_output_flags, emit, markdown_table
 from exporter.polling.redaction import WINDOW, Redactor
 
 TOKEN = "shpat-0123456789abcdef0123456789abcdef"
@@ -48,8 +49,9 @@ def _best(repeat: int, texts: list[str], clean: Callable[[str], object]) -> floa
 
 def main(argv: list[str] | None = None) -> int:
     """Print the time to redact the texts of one answer, per workload."""
-    parser = argparse.ArgumentParser(prog="python -m bench.redaction")
+    parser = argparse.ArgumentParser(prog="python -m bench.redaction", description=__doc__)
     parser.add_argument("--repeat", type=int, default=5, help="runs per figure; best is shown")
+    add_output_flags(parser)
     args = parser.parse_args(argv)
     rng = random.Random(20240601)
     alphabet = string.ascii_letters + string.digits + "/-_.:?=&% "
@@ -65,11 +67,18 @@ def main(argv: list[str] | None = None) -> int:
         ("largest kept, token echoed in each text", echoed, redactor.clean),
         ("largest kept, naive scan of every position", largest, _naive_spans(TOKEN)),
     ]
-    print(f"token of {len(TOKEN)} characters, best of {args.repeat}")
-    print(f"{'workload':<46} {'chars':>10} {'ms':>9}")
-    for name, texts, clean in rows:
-        chars = sum(map(len, texts))
-        print(f"{name:<46} {chars:>10,} {_best(args.repeat, texts, clean) * 1000:>9.2f}")
+    table = markdown_table(
+        ["workload", "characters", "time"],
+        [
+            [name, f"{sum(map(len, texts)):,}", f"{_best(args.repeat, texts, clean) * 1000:.2f} ms"]
+            for name, texts, clean in rows
+        ],
+    )
+    setup = (
+        f"`Redactor.clean` over the texts of one answer (a token of {len(TOKEN)} characters), "
+        f"in this process; best of {args.repeat} runs."
+    )
+    emit(Report("redaction", "Redaction", f"{setup}\n\n{table}"), parser, args, argv)
     return 0
 
 

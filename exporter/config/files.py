@@ -15,6 +15,7 @@ operator's script), so nothing in it is trusted (docs/design.md, "Rules for file
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import re
@@ -208,8 +209,11 @@ def open_regular(path: str, *, follow: bool = True) -> int:
         flags |= getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(path, flags)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFile(0, "not a regular file", path)
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(0, f"not a regular file ({_kind(mode)})", path)
     except BaseException:
         os.close(fd)
         raise
@@ -233,6 +237,10 @@ def file_kind_problem(path: str) -> str | None:
         return f"cannot be examined: {getattr(exc, 'strerror', None) or exc}"
     if stat.S_ISREG(mode):
         return None
+    return f"is {_kind(mode)}, not a regular file"
+
+
+def _kind(mode: int) -> str:
     kinds = (
         (stat.S_ISDIR, "a directory"),
         (stat.S_ISFIFO, "a FIFO"),
@@ -242,5 +250,5 @@ def file_kind_problem(path: str) -> str | None:
     )
     for test, name in kinds:
         if test(mode):
-            return f"is {name}, not a regular file"
-    return "is not a regular file"
+            return name
+    return "not a file"

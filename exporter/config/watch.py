@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -51,6 +52,7 @@ class TaskFile:
 
 
 _TOKEN_LINE = "holds an access token, not a task id"
+_PLAIN_LINE = re.compile(rb"[ \t]*([A-Za-z0-9_-]{1,128})[ \t\r]*")
 # Bytes before the end already read that must be unchanged for an append to be read alone.
 _CHECK_BYTES = 4096
 
@@ -107,6 +109,16 @@ def _parse_lines(
         number = listing.lines + position + 1
         problem: str | None = None
         parsed: tuple[str, Labels] | None = None
+        plain = _PLAIN_LINE.fullmatch(raw)  # the common line, a bare id: no parsing
+        if plain is not None and not (secrets and plain[1].decode("ascii") in secrets):
+            task_id = plain[1].decode("ascii")
+            if position == last:
+                listing.tail = (task_id, ())
+                new.append(task_id)
+            elif task_id not in listing.ids:
+                listing.ids[task_id] = None
+                new.append(task_id)
+            continue
         try:
             line = raw.decode("utf-8")
             if secrets and line.strip() in secrets:

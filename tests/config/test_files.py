@@ -226,7 +226,8 @@ def test_a_state_file_that_is_a_fifo_or_a_device_is_a_configuration_error(
         os.symlink("/dev/zero", state)
     path = write(
         tmp_path / "c.yaml",
-        f"state_file: state.json\nstores:\n- {{name: s, domain: a.com, access_token_env: {TOKEN_ENV}}}\n",
+        "state_file: state.json\n"
+        f"stores:\n- {{name: s, domain: a.com, access_token_env: {TOKEN_ENV}}}\n",
     )
     assert finishes(lambda: check_config(path, None)) == 1
     what = "a FIFO" if kind == "fifo" else "a character device"

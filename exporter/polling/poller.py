@@ -41,6 +41,8 @@ IDLE_RELEASE = 60.0
 DEPARTED_GRACE = 600.0
 # Share of a scrape's time it may wait for the task files to be looked at.
 DISCOVERY_SHARE = 0.5
+# New ids from appended lines watched per hold of the lock: scrapes get it in between.
+ADD_CHUNK = 2000
 
 log = logging.getLogger("exporter.polling.poller")
 
@@ -380,13 +382,17 @@ class Poller:
             with self._lock:
                 targets: dict[str, set[str]] = {}
                 for store, files in changed:
-                    if store.removed or store.files is not files:
+                    if store.removed or store.files is not files or files.added is not None:
                         continue
-                    if files.added is not None:
-                        self._add_listed(store, files.added)  # lines appended: only those
-                    else:
-                        targets[store.name] = self._sync_tasks(store)
+                    targets[store.name] = self._sync_tasks(store)
                 self._drop_forgotten(targets)
+            for store, files in changed:  # lines appended: only those, a chunk per lock hold
+                added = sorted(files.added or ())
+                for start in range(0, len(added), ADD_CHUNK):
+                    with self._lock:
+                        if store.removed or store.files is not files:
+                            break
+                        self._add_listed(store, added[start : start + ADD_CHUNK])
 
     def _forget(self) -> bool:
         if self.forget_after <= 0:

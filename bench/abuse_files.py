@@ -65,7 +65,7 @@ def million(root: Path, lines: int) -> None:
     start = time.perf_counter()
     poller.apply_config(config)
     first = time.perf_counter() - start
-    watched = sum(len(view.tasks) for view in poller.view())
+    watched = sum(len(view.tasks) for view in poller.views())
     print(
         f"million: first reading of {lines:,} lines: {first:.2f} s, {watched:,} tasks watched, "
         f"peak RSS {rss_before:.0f} -> {_rss_mb():.0f} MB"
@@ -75,7 +75,7 @@ def million(root: Path, lines: int) -> None:
     start = time.perf_counter()
     poller._discover()  # what the discovery thread does each second
     one = time.perf_counter() - start
-    watched = sum(len(view.tasks) for view in poller.view())
+    watched = sum(len(view.tasks) for view in poller.views())
     print(f"million: one appended line read and watched: {one * 1000:.2f} ms ({watched:,} tasks)")
     with path.open("a") as handle:
         for i in range(lines // 10):

@@ -188,12 +188,12 @@ class Exporter:
             timeout = max(timeout - (self.clock.monotonic() - started), 0.0)
         self.poller.refresh(timeout)
 
-    def views(self) -> ExporterView:
+    def view(self) -> ExporterView:
         """A consistent copy of what the exporter knows, for metrics and pages."""
         status = ReloadStatus(self.reload_status.successful, self.reload_status.last_success)
         return ExporterView(
             web_config_ok=self.web_config_status(),
-            stores=tuple(self.poller.view()),
+            stores=tuple(self.poller.views()),
             now=self.clock.time(),
             version=self.collector.version,
             reload=status,

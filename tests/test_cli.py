@@ -113,16 +113,16 @@ def test_web_config_health_reaches_the_exporter_view(sim: Simulator, tmp_path: P
     server = ExporterServer(App(exporter), "127.0.0.1:0", str(web))
     try:
         link_web_config_health(exporter, plain)
-        assert exporter.views().web_config_ok is None  # no --web.config.file
+        assert exporter.view().web_config_ok is None  # no --web.config.file
         link_web_config_health(exporter, server)
-        assert exporter.views().web_config_ok is True
+        assert exporter.view().web_config_ok is True
         web.write_text("http_server_config:\n  headers:\n    X-Frame-Options: maybe\n")
         assert server.web_config is not None
         server.web_config.check()  # what SIGHUP or the next connection does
-        assert exporter.views().web_config_ok is False  # the old one still serves
+        assert exporter.view().web_config_ok is False  # the old one still serves
         web.write_text("http_server_config:\n  headers:\n    X-Frame-Options: sameorigin\n")
         server.web_config.check()
-        assert exporter.views().web_config_ok is True
+        assert exporter.view().web_config_ok is True
     finally:
         plain.shutdown()
         server.shutdown()

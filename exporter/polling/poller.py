@@ -10,7 +10,7 @@ and any 429 pause allow. A task is queued or in flight at most once (single-flig
 
 Reading (:meth:`Poller.view`) only reads memory: task files are re-read and completed tasks
 forgotten in :meth:`Poller.refresh` and on the scheduler's housekeeping timer. Each change
-of what a store shows replaces the affected :class:`TaskState` (never changed in place once
+of what a store shows replaces the affected :class:`TaskRecord` (never changed in place once
 handed out) and raises the store's revision, so a view hands out cached records
 (docs/design.md, "The read path").
 """
@@ -28,7 +28,7 @@ from exporter.clock import Clock, SystemClock
 from exporter.config import Config, StoreConfig
 from exporter.config.watch import TaskFiles
 from exporter.jobs import OnDemand
-from exporter.model import StoreView, TaskState
+from exporter.model import StoreView, TaskRecord
 from exporter.polling.client import FetchResult, StoreClient
 from exporter.polling.scheduler import FETCH_WORKERS, HOUSEKEEPING_PERIOD, Scheduler
 from exporter.polling.store import Store, Watched, pause_after_429, poll_interval
@@ -89,7 +89,7 @@ class Poller:
         self.stores: dict[str, Store] = {}
         self.forget_after = 0.0
         # (store, task_id) -> state restored from the state file, used when a task appears.
-        self.restored: dict[tuple[str, str], TaskState] = {}
+        self.restored: dict[tuple[str, str], TaskRecord] = {}
         # (store, task_id) -> completion time of tasks dropped by forget_completed_after.
         self.forgotten: dict[tuple[str, str], float] = {}
         # Stores that left the configuration: (store, when it left); kept DEPARTED_GRACE s.
@@ -199,8 +199,8 @@ class Poller:
             labels = _labels(configured_labels.get(task_id), listed_labels.get(task_id))
             task = store.tasks.get(task_id)
             if task is not None:
-                if task.state.labels != labels:
-                    task.state = dataclasses.replace(task.state, labels=labels)
+                if task.record.labels != labels:
+                    task.record = dataclasses.replace(task.record, labels=labels)
                     changed = True
                 continue
             changed = self._watch_task(store, task_id, labels) or changed
@@ -229,8 +229,8 @@ class Poller:
         if restored is not None:
             state = dataclasses.replace(restored, labels=labels)
         else:
-            state = TaskState(store.name, task_id, labels=labels)
-        task = Watched(state)
+            state = TaskRecord(store.name, task_id, labels=labels)
+        task = Watched(record)
         store.tasks[task_id] = task
         if not state.completed:
             store.active[task_id] = task
@@ -242,7 +242,7 @@ class Poller:
         for key in [k for k in self.forgotten if k[0] in targets and k[1] not in targets[k[0]]]:
             del self.forgotten[key]
 
-    def restore(self, tasks: Iterable[TaskState], forgotten: dict[tuple[str, str], float]) -> None:
+    def restore(self, tasks: Iterable[TaskRecord], forgotten: dict[tuple[str, str], float]) -> None:
         """Seed state loaded from the state file (call before the first apply_config)."""
         with self._lock:
             for task in tasks:
@@ -365,9 +365,9 @@ class Poller:
         for name in expired:
             gone, _ = self.departed.pop(name)
             for task_id, task in gone.tasks.items():
-                if task.state.snapshot is not None:
+                if task.record.snapshot is not None:
                     self.restored[(name, task_id)] = dataclasses.replace(
-                        task.state, queued=False, in_flight=False, last_attempt=None
+                        task.record, queued=False, in_flight=False, last_attempt=None
                     )
             log.info("forgetting a store that left the configuration", extra={"store": name})
         return bool(expired)
@@ -403,8 +403,8 @@ class Poller:
             if len(store.active) == len(store.tasks):
                 continue  # nothing completed
             for task_id, task in list(store.tasks.items()):
-                done = task.state.completed_at
-                if done is not None and task.state.completed and wall - done >= self.forget_after:
+                done = task.record.completed_at
+                if done is not None and task.record.completed and wall - done >= self.forget_after:
                     del store.tasks[task_id]
                     store.active.pop(task_id, None)
                     self.forgotten[(store.name, task_id)] = done
@@ -433,9 +433,9 @@ class Poller:
         if task.last_attempt is not None:
             interval = poll_interval(store.config.min_poll_interval, task.failures)
             store.next_due = min(store.next_due, task.last_attempt + interval)
-        state = self._record(task.state, result)
-        if state != task.state:
-            task.state = state
+        state = self._record(task.record, result)
+        if state != task.record:
+            task.record = state
         task_id = state.task_id
         if store.tasks.get(task_id) is task and state.completed:
             store.active.pop(task_id, None)
@@ -462,7 +462,7 @@ class Poller:
                 return
         store.client.release()
 
-    def _record(self, old: TaskState, result: FetchResult) -> TaskState:
+    def _record(self, old: TaskRecord, result: FetchResult) -> TaskRecord:
         """The task's state after ``result``, logging what a person should know."""
         snapshot = result.snapshot
         store, task_id = old.store, old.task_id
@@ -534,7 +534,7 @@ class Poller:
 
     # ---- reading -----------------------------------------------------------------------
 
-    def view(self) -> list[StoreView]:
+    def views(self) -> list[StoreView]:
         """Every store as it is now, for the collector and the status pages.
 
         Pure: it reads memory only. A store's view is built once per change (its revision)
@@ -547,7 +547,7 @@ class Poller:
         stats = store.stats
         view = StoreView(
             name=store.name,
-            tasks=tuple(task.state for task in store.tasks.values()),
+            tasks=tuple(task.record for task in store.tasks.values()),
             requests=tuple(sorted(stats.requests.items())),
             errors=tuple(sorted(stats.errors.items())),
             skipped=tuple(stats.skipped.items()),
@@ -565,15 +565,15 @@ class Poller:
         store.revision = next(self._revisions)
         store.view = None
 
-    def persistent_state(self) -> tuple[list[TaskState], dict[tuple[str, str], float]]:
+    def persistent_state(self) -> tuple[list[TaskRecord], dict[tuple[str, str], float]]:
         """Tasks with data, and forgotten tasks, for the state file."""
         with self._lock:
             stores = [*self.stores.values(), *(gone for gone, _ in self.departed.values())]
             tasks = [
-                task.state
+                task.record
                 for store in stores
                 for task in store.tasks.values()
-                if task.state.snapshot is not None
+                if task.record.snapshot is not None
             ]
             tasks.extend(t for t in self.restored.values() if t.snapshot is not None)
             return tasks, dict(self.forgotten)

@@ -24,7 +24,7 @@ from typing import Any
 
 from exporter.config import STORE_NAME_RE, TASK_ID_RE
 from exporter.config.files import read_regular
-from exporter.model import MAX_EXACT_INTEGER, MAX_KEPT_FAILURES, FailedFile, TaskSnapshot, TaskState
+from exporter.model import MAX_EXACT_INTEGER, MAX_KEPT_FAILURES, FailedFile, TaskSnapshot, TaskRecord
 
 log = logging.getLogger("exporter.polling.statefile")
 
@@ -35,7 +35,7 @@ VERSION = 1
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 
 Key = tuple[str, str]
-Snapshot = Callable[[], tuple[list[TaskState], dict[Key, float]]]
+Snapshot = Callable[[], tuple[list[TaskRecord], dict[Key, float]]]
 
 
 def retention_for(forget_completed_after: float) -> float:
@@ -43,7 +43,7 @@ def retention_for(forget_completed_after: float) -> float:
     return forget_completed_after if forget_completed_after > 0 else DEFAULT_RETENTION
 
 
-def _task_to_json(task: TaskState, last_watched: float | None) -> dict[str, Any]:
+def _task_to_json(task: TaskRecord, last_watched: float | None) -> dict[str, Any]:
     snap = task.snapshot
     assert snap is not None
     entry: dict[str, Any] = {
@@ -93,7 +93,7 @@ def _key(store: object, task_id: object) -> Key:
     return store, task_id
 
 
-def _task_from_json(item: object) -> tuple[TaskState, float | None]:
+def _task_from_json(item: object) -> tuple[TaskRecord, float | None]:
     if not isinstance(item, dict):
         raise ValueError("task entry is not an object")
     store, task_id = _key(item.get("store"), item.get("task_id"))
@@ -115,7 +115,7 @@ def _task_from_json(item: object) -> tuple[TaskState, float | None]:
         failed=_count(item, "failed"),
         failures=tuple(FailedFile(a, b) for a, b in failures[:MAX_KEPT_FAILURES]),
     )
-    task = TaskState(
+    task = TaskRecord(
         store=store,
         task_id=task_id,
         snapshot=snapshot,
@@ -139,7 +139,7 @@ def _forgotten_from_json(entry: object) -> tuple[Key, float, float | None]:
 
 
 def dump_state(
-    tasks: list[TaskState],
+    tasks: list[TaskRecord],
     forgotten: dict[Key, float],
     last_watched: Mapping[Key, float] | None = None,
 ) -> str:
@@ -165,7 +165,7 @@ def dump_state(
 class StateData:
     """What a state file held: tasks, forgotten tasks, and when unwatched ones were watched."""
 
-    tasks: list[TaskState] = field(default_factory=list)
+    tasks: list[TaskRecord] = field(default_factory=list)
     forgotten: dict[Key, float] = field(default_factory=dict)
     last_watched: dict[Key, float] = field(default_factory=dict)
 
@@ -221,7 +221,7 @@ def read_state(path: str) -> StateData:
     return state
 
 
-def load_state(path: str) -> tuple[list[TaskState], dict[Key, float]]:
+def load_state(path: str) -> tuple[list[TaskRecord], dict[Key, float]]:
     """Read the state file: (tasks, forgotten); a missing or foreign file yields nothing."""
     state = read_state(path)
     return state.tasks, state.forgotten
@@ -368,7 +368,7 @@ class StateWriter:
             self.last_write_ok = True
             self._last_text = text
 
-    def _prune(self, tasks: list[TaskState], forgotten: dict[Key, float]) -> dict[Key, float]:
+    def _prune(self, tasks: list[TaskRecord], forgotten: dict[Key, float]) -> dict[Key, float]:
         """Drop long-unwatched entries from ``tasks`` and ``forgotten`` (in place)."""
         if self._watched is None:
             return {}

@@ -134,7 +134,7 @@ def test_a_line_equal_to_a_configured_token_is_never_a_task_id(
     caplog.set_level(logging.DEBUG)
     exporter = make_exporter(path)
     try:
-        (store,) = exporter.views().stores
+        (store,) = exporter.view().stores
         assert [task.task_id for task in store.tasks] == ["good-1"]
     finally:
         exporter.close()

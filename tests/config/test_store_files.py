@@ -265,7 +265,7 @@ def test_the_exporter_serves_store_file_stores_and_counts_invalid_files(fleet: P
     (fleet / "stores.d" / "c.yaml").write_text("stores: nope\n")
     exporter = make_exporter(str(fleet / "config.yaml"), environ=ENV)
     try:
-        view = exporter.views()
+        view = exporter.view()
         assert sorted(s.name for s in view.stores) == ["acme", "beta", "gamma", "main"]
         assert view.store_files_invalid == 1
         (fleet / "stores.d" / "c.yaml").write_text(
@@ -273,15 +273,15 @@ def test_the_exporter_serves_store_file_stores_and_counts_invalid_files(fleet: P
         )
         os.unlink(fleet / "stores.d" / "a.yaml")
         exporter.refresh(0.1)  # every scrape looks at the store files first
-        view = exporter.views()
+        view = exporter.view()
         assert sorted(s.name for s in view.stores) == ["beta", "gamma", "main"]  # new: unsettled
-        wait_until(lambda: "new" in {s.name for s in exporter.views().stores}, timeout=5.0)
-        view = exporter.views()
+        wait_until(lambda: "new" in {s.name for s in exporter.view().stores}, timeout=5.0)
+        view = exporter.view()
         assert sorted(s.name for s in view.stores) == ["beta", "gamma", "main", "new"]
         assert view.store_files_invalid == 0
         # nobody scrapes: the one-second timer notices the change by itself
         (fleet / "stores.d" / "d.yaml").write_text("stores: [1]\n")
-        wait_until(lambda: exporter.views().store_files_invalid == 1, timeout=5.0)
+        wait_until(lambda: exporter.view().store_files_invalid == 1, timeout=5.0)
     finally:
         exporter.close()
 

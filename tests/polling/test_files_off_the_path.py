@@ -84,12 +84,12 @@ def test_a_store_that_leaves_and_comes_back_goes_on_where_it_was(
         exporter._check_store_files()
 
     def names() -> list[str]:
-        return sorted(s.name for s in exporter.views().stores)
+        return sorted(s.name for s in exporter.view().stores)
 
     try:
         exporter.refresh(5)
         assert sim.count("b-done") == 1
-        (b,) = [s for s in exporter.views().stores if s.name == "b"]
+        (b,) = [s for s in exporter.view().stores if s.name == "b"]
         _fleet(tmp_path, sim, ["a"])  # b leaves: not shown nor polled at once
         apply()
         assert names() == ["a"]
@@ -101,7 +101,7 @@ def test_a_store_that_leaves_and_comes_back_goes_on_where_it_was(
         apply()
         assert names() == ["a", "b"]
         exporter.refresh(5)
-        (again,) = [s for s in exporter.views().stores if s.name == "b"]
+        (again,) = [s for s in exporter.view().stores if s.name == "b"]
         assert again.requests == b.requests  # counters go on, no reset
         assert sim.count("b-done") == 1  # its completed task is not fetched again
         _fleet(tmp_path, sim, ["a"])  # leaves for good: dropped after the grace ...
@@ -124,14 +124,14 @@ def test_a_store_file_being_rewritten_is_not_applied_half_written(
     _fleet(tmp_path, sim, names)
     exporter = make_exporter(cfg)
     try:
-        assert len(exporter.views().stores) == 20
+        assert len(exporter.view().stores) == 20
         path = tmp_path / "stores.d" / "s.yaml"
         full = path.read_bytes()
         with path.open("r+b") as handle:  # rewritten in place: a valid prefix, for now
             handle.truncate(0)
             handle.write(full[: full.index(b"  - name: s10")])
         exporter.refresh(1.0)
-        assert len(exporter.views().stores) == 20  # a prefix is never applied at once
+        assert len(exporter.view().stores) == 20  # a prefix is never applied at once
         with path.open("ab") as handle:
             handle.write(full[full.index(b"  - name: s10") :])
         exporter.refresh(1.0)
@@ -141,6 +141,6 @@ def test_a_store_file_being_rewritten_is_not_applied_half_written(
                 and not exporter.store_files._entries[str(path)].pending
             )
         )
-        assert len(exporter.views().stores) == 20
+        assert len(exporter.view().stores) == 20
     finally:
         exporter.close()

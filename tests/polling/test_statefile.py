@@ -13,7 +13,7 @@ import pytest
 from exporter.app import Exporter
 from exporter.config import ConfigError
 from exporter.demo.simulator import Simulator
-from exporter.model import FailedFile, TaskSnapshot, TaskState
+from exporter.model import FailedFile, TaskSnapshot, TaskRecord
 from exporter.polling.statefile import (
     FORMAT,
     StateWriter,
@@ -26,9 +26,9 @@ from exporter.polling.statefile import (
 from tests.helpers import FakeClock, config_yaml, make_exporter, store_yaml, wait_until, write
 
 
-def task(task_id: str = "t1", status: int = 1) -> TaskState:
+def task(task_id: str = "t1", status: int = 1) -> TaskRecord:
     snap = TaskSnapshot(10, 4, status, 3, 1, (FailedFile("http://a/1.jpg", "timeout"),))
-    return TaskState(
+    return TaskRecord(
         "shop",
         task_id,
         snapshot=snap,
@@ -341,18 +341,18 @@ def test_exporter_view_reports_state_file_health(sim: Simulator, tmp_path: Path)
     )
     exporter = make_exporter(cfg)
     try:
-        wait_until(lambda: exporter.views().state_file_ok is True)
+        wait_until(lambda: exporter.view().state_file_ok is True)
         directory.rename(tmp_path / "away")
         exporter.refresh(5)  # a change to write: the write fails
-        wait_until(lambda: exporter.views().state_file_ok is False)
+        wait_until(lambda: exporter.view().state_file_ok is False)
         (tmp_path / "away").rename(directory)
-        wait_until(lambda: exporter.views().state_file_ok is True)  # retried, no new change
+        wait_until(lambda: exporter.view().state_file_ok is True)  # retried, no new change
     finally:
         exporter.close()
     no_state = write(tmp_path / "d.yaml", config_yaml(sim.url, ["a"]))
     other = make_exporter(no_state)
     try:
-        assert other.views().state_file_ok is None
+        assert other.view().state_file_ok is None
     finally:
         other.close()
 
@@ -370,7 +370,7 @@ def test_forgotten_stays_forgotten_across_reload_and_restart(
 
     def shown(exporter: Exporter) -> bool:
         text = scrape(App(exporter))  # a scrape, as Prometheus does it, then the pages' view
-        ids = {t.task_id for store in exporter.views().stores for t in store.tasks}
+        ids = {t.task_id for store in exporter.view().stores for t in store.tasks}
         return "done" in ids or 'task_id="done"' in text
 
     exporter = make_exporter(cfg, clock=clock)

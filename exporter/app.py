@@ -1,4 +1,4 @@
-"""The running exporter: configuration, reloads, poller, state file and registry together."""
+"""The running exporter: configuration, reloads, poller and state file together."""
 
 from __future__ import annotations
 
@@ -11,10 +11,18 @@ from exporter import __version__
 from exporter.clock import Clock, SystemClock
 from exporter.config import Config, ConfigError, StoreConfig, load_config
 from exporter.config.watch import StoreFiles
+from exporter.jobs import OnDemand
 from exporter.model import ExporterView, ReloadStatus
 from exporter.polling.client import StoreClient
 from exporter.polling.poller import Poller
-from exporter.polling.statefile import StateData, StateWriter, read_state, retention_for
+from exporter.polling.statefile import (
+    StateData,
+    StateFileInUse,
+    StateLock,
+    StateWriter,
+    read_state,
+    retention_for,
+)
 from exporter.runtime import release_free_memory
 from exporter.sharding import Shard
 
@@ -22,6 +30,8 @@ log = logging.getLogger("exporter")
 
 # Seconds between two returns of unused allocator memory (docs/design.md, "Exposition").
 TRIM_INTERVAL = 30.0
+# Share of a scrape's time it may wait for the store files to be looked at.
+STORE_FILES_SHARE = 0.25
 
 
 class Exporter:
@@ -48,6 +58,8 @@ class Exporter:
         self.config: Config | None = None
         self.state_writer: StateWriter | None = None
         self.store_files: StoreFiles | None = None
+        self.state_lock: StateLock | None = None
+        self._store_files_job: OnDemand | None = None
         self._stopped = threading.Event()
         self._last_watched: dict[tuple[str, str], float] = {}  # from the state file
         self.poller = Poller(clock=self.clock, client_factory=client_factory, on_change=self._dirty)
@@ -57,6 +69,7 @@ class Exporter:
     def start(self) -> Config:
         """Load the configuration and the state file; raises ConfigError when invalid."""
         config = load_config(self.config_path, self._environ)
+        self.state_lock = _lock(config)  # before reading: the file may be another's
         saved = read_state(config.state_file) if config.state_file else StateData()
         self.poller.restore(saved.tasks, saved.forgotten)
         self._last_watched = saved.last_watched
@@ -64,6 +77,8 @@ class Exporter:
         self.store_files.refresh(force=True)
         self._apply(config)
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
+        # Store files are looked at each second and on scrapes, on a thread of their own.
+        self._store_files_job = OnDemand(self._check_store_files, "store-files", period=1.0)
         return config
 
     def reload(self) -> tuple[bool, str]:
@@ -71,12 +86,19 @@ class Exporter:
         with self._reload_lock:
             try:
                 config = load_config(self.config_path, self._environ)
+                lock = None
+                if config.state_file != (self.config.state_file if self.config else None):
+                    lock = _lock(config)
             except ConfigError as exc:
                 self.reload_status.successful = False
                 log.error("configuration reload failed, keeping the previous configuration")
                 for line in exc.errors:
                     log.error("configuration error", extra={"err": line})
                 return False, str(exc)
+            if lock is not None or not config.state_file:
+                if self.state_lock is not None:
+                    self.state_lock.release()
+                self.state_lock = lock
             if self.store_files is not None:
                 self.store_files.configure(config)
                 self.store_files.refresh(force=True)
@@ -123,10 +145,9 @@ class Exporter:
                     self._watch(self._with_store_files(self.config))
 
     def _housekeeping(self) -> None:
-        """Each second: store files; every ``TRIM_INTERVAL`` s: free memory to the system."""
+        """Every ``TRIM_INTERVAL`` s: free memory to the system."""
         last_trim = self.clock.monotonic()
         while not self._stopped.wait(1.0):
-            self._check_store_files()
             if self.clock.monotonic() - last_trim >= TRIM_INTERVAL:
                 release_free_memory()
                 last_trim = self.clock.monotonic()
@@ -138,6 +159,8 @@ class Exporter:
         "Sharding"): this process polls, exports and lists only the stores it owns.
         """
         owned = tuple(store for store in config.stores if self.shard.owns(store.name))
+        # Every configured token, other shards' included: never a task id from a file.
+        self.poller.secrets = frozenset(store.token.value for store in config.stores)
         self.poller.apply_config(dataclasses.replace(config, stores=owned))
         self._stores_owned = len(owned)
         self._stores_other = len(config.stores) - len(owned)
@@ -148,8 +171,16 @@ class Exporter:
             writer.mark_dirty()
 
     def refresh(self, timeout: float) -> None:
-        """Fetch due tasks, waiting at most ``timeout`` seconds (docs/design.md, "The model")."""
-        self._check_store_files()
+        """Fetch due tasks, waiting at most ``timeout`` seconds (docs/design.md, "The model").
+
+        The store files are looked at first, for at most a share of the time: a slow or
+        hostile file system never holds the answer past its deadline.
+        """
+        job = self._store_files_job
+        if job is not None and self.config is not None and self.config.store_files:
+            started = self.clock.monotonic()
+            job.run_within(timeout * STORE_FILES_SHARE)
+            timeout = max(timeout - (self.clock.monotonic() - started), 0.0)
         self.poller.refresh(timeout)
 
     def view(self) -> ExporterView:
@@ -180,6 +211,24 @@ class Exporter:
             return
         self._closed = True
         self._stopped.set()
+        if self._store_files_job is not None:
+            self._store_files_job.stop()
         self.poller.stop()
         if self.state_writer is not None:
             self.state_writer.close()
+        if self.state_lock is not None:
+            self.state_lock.release()
+
+
+def _lock(config: Config) -> StateLock | None:
+    """The lock of ``config``'s state file; ConfigError when another process holds it."""
+    if not config.state_file:
+        return None
+    try:
+        return StateLock(config.state_file)
+    except StateFileInUse as exc:
+        raise ConfigError([f"{config.source}: state_file: {exc}"]) from None
+    except OSError as exc:
+        raise ConfigError(
+            [f"{config.source}: state_file: cannot lock {config.state_file}: {exc.strerror or exc}"]
+        ) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -10,7 +11,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from types import FrameType
 
@@ -34,6 +35,10 @@ log = logging.getLogger("exporter")
 
 PROGRAM = "shoplazza-upload-exporter"
 DEFAULT_LISTEN = ":9877"
+# Shards at most: each process hashes every store name once per shard (README "Sharding").
+MAX_SHARDS = 1000
+# Seconds from SIGTERM to exit at most, whatever a thread is doing (README "Running it").
+EXIT_DEADLINE = 1.5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="M",
-        help="processes the stores are spread over by rendezvous hashing (default: 1)",
+        help=f"processes the stores are spread over by rendezvous hashing, at most {MAX_SHARDS} "
+        "(default: 1)",
     )
     add(
         "--demo",
@@ -173,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(  # exits 2, like every usage error
             f"--shard {args.shard} --total-shards {args.total_shards}: want 0 <= N < M"
         )
+    if args.total_shards > MAX_SHARDS:
+        parser.error(f"--total-shards {args.total_shards}: at most {MAX_SHARDS}")
     setup_logging(args.log_level, args.log_format)
     if args.config_check:
         return check_config(args.config_file, args.web_config_file)
@@ -201,12 +209,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack, signals: _Signals) -> int:
     exporter = Exporter(config_file, shard=Shard(args.shard, args.total_shards))
-    try:
-        exporter.start()
-    except ConfigError as exc:
-        _print_errors(exc.errors)
-        return 1
     stack.callback(exporter.close)
+    started = _in_background(exporter.start, "start", signals)
+    if signals.stopping():
+        _exit_soon()
+        return 0  # stopped while starting: whatever the start was reading is abandoned
+    if isinstance(started, ConfigError):
+        _print_errors(started.errors)
+        return 1
+    if isinstance(started, BaseException):
+        raise started
     raise_open_files_limit()  # before the server sizes its connection limit from it
     try:
         server = ExporterServer(App(exporter), args.listen_address, args.web_config_file)
@@ -229,20 +241,75 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack, signals
     )
     if args.demo:
         print(f"Demo running: open {scheme}://{shown}:{port}/ (metrics at /metrics)", flush=True)
+    reloading = threading.Lock()  # one SIGHUP reload at a time, off the main thread
     while True:
         signals.wake.wait()
         signals.wake.clear()
-        if signals.terminate:
+        if signals.stopping():
             break
-        if signals.reload:
+        if signals.reload and reloading.acquire(blocking=False):
             signals.reload = False
-            exporter.reload()
-            if server.web_config is not None:
-                server.web_config.check()
+            threading.Thread(
+                target=_reload, args=(exporter, server, reloading), name="reload", daemon=True
+            ).start()
     log.info("shutting down")
+    _exit_soon()
     exporter.close()  # scrapes waiting on the API answer from memory now; once only
     server.shutdown()
     return 0
+
+
+def _reload(exporter: Exporter, server: ExporterServer, done: threading.Lock) -> None:
+    """SIGHUP: reload the configuration and the web configuration."""
+    try:
+        exporter.reload()
+        if server.web_config is not None:
+            server.web_config.check()
+    finally:
+        done.release()
+
+
+def _in_background(work: Callable[[], object], name: str, signals: _Signals) -> object:
+    """Run ``work`` on a daemon thread until it ends or a stop signal comes.
+
+    The main thread only waits, so it acts on SIGTERM at once (Python runs signal handlers
+    in the main thread only, between bytecodes): a start-up reading a huge or hostile file
+    never delays the exit (docs/design.md, "Rules for files"). Returns what ``work``
+    returned or the exception it raised; None when stopped first.
+    """
+    outcome: list[object] = []
+    finished = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as exc:  # handed to the main thread
+            outcome.append(exc)
+        finished.set()
+        signals.wake.set()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    while not finished.is_set() and not signals.terminate:
+        signals.wake.wait()
+        signals.wake.clear()
+    if signals.reload and not signals.terminate:
+        signals.reload = False  # the configuration just read is the current one
+    return outcome[0] if outcome else None
+
+
+def _exit_soon() -> None:
+    """Exit within EXIT_DEADLINE s whatever a thread holds (a lock, a file being read)."""
+
+    def hard_exit() -> None:
+        log.error("shutdown took too long, exiting now")
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(0)
+
+    timer = threading.Timer(EXIT_DEADLINE, hard_exit)
+    timer.daemon = True
+    timer.start()
 
 
 class _Signals:
@@ -252,6 +319,10 @@ class _Signals:
         self.wake = threading.Event()
         self.terminate = False
         self.reload = False
+
+    def stopping(self) -> bool:
+        """A stop signal came (a call: the flag changes under the reader's feet)."""
+        return self.terminate
 
     def on_stop(self, signum: int, frame: FrameType | None) -> None:
         """Signal handler: stop."""

@@ -144,3 +144,38 @@ def test_threads_share_two_malloc_arenas_unless_the_environment_says(
     assert limit_malloc_arenas() is expected
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the operator's choice wins
     assert limit_malloc_arenas() is False
+
+
+def test_total_shards_above_1000_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from exporter.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--total-shards", "100000000", "--config.file", "/nonexistent.yaml"])
+    assert info.value.code == 2
+    assert "--total-shards 100000000: at most 1000" in capsys.readouterr().err
+
+
+def test_a_loop_of_links_neither_stops_the_start_nor_delays_sigterm(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Links ``a -> .`` and ``b -> .`` under a ``**`` glob: the exporter serves, then stops."""
+    from tests.helpers import ExporterProcess, store_yaml
+
+    sim.add_task("t1", total=2, finished=1)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "ids.txt").write_text("t1\n")
+    os.symlink(".", tasks / "a")
+    os.symlink(".", tasks / "b")
+    cfg = write(
+        tmp_path / "c.yaml",
+        "stores:\n" + store_yaml("shop", sim.url, task_id_files="['tasks/**/*.txt']"),
+    )
+    proc = ExporterProcess(["--config.file", cfg], tmp_path)
+    try:
+        proc.wait_ready(timeout=20)
+        assert 'task_id="t1"' in proc.get("/metrics").text
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.proc.wait(timeout=2) == 0  # within 2 s of SIGTERM (README "Running it")
+    finally:
+        proc.stop()

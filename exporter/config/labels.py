@@ -30,7 +30,23 @@ def _skip_space(line: str, pos: int) -> int:
 
 
 class LineProblem(ValueError):
-    """Why a task id file line is skipped; the message quotes no more than the line does."""
+    """Why a task id file line is skipped; the message quotes no more than the line does.
+
+    ``reason`` says why without quoting the line: it is what the log shows, since a file
+    another party writes may hold anything (docs/design.md, "Rules for files").
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+_BAD_ID = "invalid task id (use [A-Za-z0-9_-], 1 to 128 characters)"
+_BAD_LABEL = 'invalid label (use name=value or name="a value")'
+_BAD_LABELS = (
+    "invalid labels (names [a-zA-Z_][a-zA-Z0-9_]*, not store, task_id or __*; "
+    "at most 8; values at most 256 characters without control characters)"
+)
 
 
 def label_name_problem(name: str) -> str | None:
@@ -80,9 +96,9 @@ def parse_task_line(line: str) -> tuple[str, Labels] | None:
     head = line[pos:].split("#", 1)[0]
     if "=" not in head and head.strip():
         # no labels: the old rule, one id a line ("two ids" is an invalid id)
-        raise LineProblem(f"invalid task id {quoted(line.split('#', 1)[0].strip())}")
+        raise LineProblem(f"invalid task id {quoted(line.split('#', 1)[0].strip())}", _BAD_ID)
     if not TASK_ID_RE.match(task_id):
-        raise LineProblem(f"invalid task id {quoted(task_id)}")
+        raise LineProblem(f"invalid task id {quoted(task_id)}", _BAD_ID)
     pairs: list[tuple[str, str]] = []
     while True:
         pos = _skip_space(line, pos)
@@ -92,7 +108,7 @@ def parse_task_line(line: str) -> tuple[str, Labels] | None:
         if pair is None:
             word = line[pos:].split(None, 1)[0]
             raise LineProblem(
-                f'invalid label {quoted(word, 64)} (use name=value or name="a value")'
+                f'invalid label {quoted(word, 64)} (use name=value or name="a value")', _BAD_LABEL
             )
         name, quoted_value, bare = pair.groups()
         value = _ESCAPE_RE.sub(r"\1", quoted_value) if quoted_value is not None else bare
@@ -100,5 +116,5 @@ def parse_task_line(line: str) -> tuple[str, Labels] | None:
         pos = pair.end()
     problem = labels_problem(pairs)
     if problem is not None:
-        raise LineProblem(problem)
+        raise LineProblem(problem, _BAD_LABELS)
     return task_id, tuple(sorted(pairs))

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+from exporter.config.files import file_kind_problem, read_regular
 from exporter.config.kit import join, quoted, show
 from exporter.config.model import Config, StoreConfig, StoreDefaults
 from exporter.config.stores import (
@@ -34,9 +35,13 @@ _TOP_KEYS = ("defaults", "stores", "store_files", "forget_completed_after", "sta
 
 def state_file_problem(path: str) -> str | None:
     """Why the exporter could not write ``path`` (its directory missing or read-only)."""
-    directory = os.path.dirname(path) or "."
     if os.path.isdir(path):
         return f"{quoted(path)} is a directory"
+    kind = file_kind_problem(path)  # a FIFO would block the start, /dev/zero never end
+    if kind is not None:
+        return f"{quoted(path)} {kind}"
+    # A symlink is followed: its target is what is replaced (docs/design.md, "State file").
+    directory = os.path.dirname(os.path.realpath(path)) or "."
     if not os.path.isdir(directory):
         return f"directory {quoted(directory)} does not exist"
     try:  # the honest test: create a file there (root ignores mode bits; mounts may be ro)
@@ -153,12 +158,16 @@ def parse_config(
 def read_text(path: str, error: type[ConfigError] = ConfigError) -> str:
     """The UTF-8 text of a configuration file; ``error`` (one line) if it cannot be read."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = read_regular(path)  # a FIFO or a device is refused, never waited on
     except OSError as exc:
         raise error([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     except ValueError:
         raise error([f"{path}: cannot read: invalid path"]) from None
+    return decode_text(path, data, error)
+
+
+def decode_text(path: str, data: bytes, error: type[ConfigError] = ConfigError) -> str:
+    """``data`` read from ``path`` as UTF-8 text; ``error`` (one line) if it is not."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from exporter.config.kit import show
 from exporter.config.model import StoreConfig, StoreDefaults
-from exporter.config.parse import read_text
+from exporter.config.parse import decode_text, read_text
 from exporter.config.stores import StoreParser
 from exporter.config.yamlfile import YamlError, load_yaml
 from exporter.errors import StoreFileError
@@ -39,13 +39,21 @@ class StoreFile:
 
 
 def parse_store_file(
-    path: str, defaults: StoreDefaults, environ: Mapping[str, str] | None = None
+    path: str,
+    defaults: StoreDefaults,
+    environ: Mapping[str, str] | None = None,
+    content: bytes | None = None,
 ) -> StoreFile:
-    """Read and check one store file; problems are returned, never raised."""
+    """Read (or take ``content``) and check one store file; problems are returned, never raised."""
     env = os.environ if environ is None else environ
     parser = StoreParser(path, env, os.path.dirname(os.path.abspath(path)), defaults)
     try:
-        data = load_yaml(read_text(path, StoreFileError))
+        text = (
+            read_text(path, StoreFileError)
+            if content is None
+            else decode_text(path, content, StoreFileError)
+        )
+        data = load_yaml(text)
     except StoreFileError as exc:
         return StoreFile(path, errors=tuple(exc.errors))
     except YamlError as exc:

@@ -8,6 +8,7 @@ decodes and then validates each module: adding a setting is one line in ``SETTIN
 from __future__ import annotations
 
 import glob
+import ipaddress
 import os
 import re
 import ssl
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter.config.durations import format_duration, parse_duration
+from exporter.config.files import read_regular
 from exporter.config.kit import Checker, index, join, quoted, scalar_text
 from exporter.config.labels import label_name_problem, label_value_problem, labels_problem
 from exporter.config.model import (
@@ -81,6 +83,19 @@ SETTINGS: Mapping[str, Setting] = {
 }
 STORE_KEYS = (*STORE_ONLY_KEYS, "task_id_files", *TOKEN_KEYS, *SETTINGS)
 DEFAULTS_KEYS = ("task_id_files", *TOKEN_KEYS, *SETTINGS)
+
+
+def _loopback(host: str | None) -> bool:
+    """Whether ``host`` (from a URL) is this machine: localhost, 127.0.0.0/8, ::1."""
+    if not host:
+        return False
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def budget_key(base_url: str) -> str:
@@ -185,6 +200,8 @@ class StoreParser(Checker):
                 f"{path}.name",
                 f"invalid store name {quoted(text)} (use [A-Za-z0-9_.-], 1 to 64)",
             )
+        elif text in (".", ".."):  # {store} in a path would name a directory
+            self.error(f"{path}.name", f"invalid store name {quoted(text)} (not . or ..)")
         else:
             return text
         return None
@@ -238,6 +255,12 @@ class StoreParser(Checker):
         if problem:
             self.error(path, f"invalid URL {quoted(value)}: {problem}")
             return None
+        if parts is not None and parts.scheme.lower() == "http" and not _loopback(parts.hostname):
+            self.warn(
+                path,
+                f"plain http:// to {parts.hostname}, which is not loopback: the access token "
+                "travels in clear text",
+            )
         return value.rstrip("/")
 
     # -- tokens ---------------------------------------------------------------------------
@@ -467,8 +490,7 @@ class StoreParser(Checker):
     def check_ca_file(self, path: str, where: str) -> None:
         self.files_read.append(path)
         try:
-            with open(path, "rb") as handle:
-                handle.read(1)
+            read_regular(path, 0)  # a FIFO or a device is refused before OpenSSL reads it
             ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
         except ssl.SSLError as exc:
             reason = exc.reason or exc.strerror or "no certificate found"

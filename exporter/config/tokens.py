@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 
+from exporter.config.files import read_regular
 from exporter.config.kit import quoted
 from exporter.config.model import TokenSource
 from exporter.errors import ConfigError
@@ -43,8 +44,7 @@ def check_token(token: str, where: str, what: str = "") -> str:
 def read_token_file(path: str) -> str:
     """The token held in ``path``, stripped; TokenProblem if unreadable or unusable."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(_MAX_TOKEN_FILE + 1)
+        data = read_regular(path, _MAX_TOKEN_FILE)  # a FIFO would block, /dev/zero never end
     except OSError as exc:
         raise TokenProblem(f"cannot read {quoted(path)}: {exc.strerror or exc}") from None
     except ValueError:

@@ -8,14 +8,17 @@ cheap enough to run every second and on every scrape, with a thousand files
 from __future__ import annotations
 
 import dataclasses
-import glob
+import hashlib
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from exporter.config import Config, StoreConfig, StoreFile, parse_store_file
+from exporter.config.files import MAX_WALK_ENTRIES, Matches, expand, open_regular, read_regular
 from exporter.config.kit import quoted
 from exporter.config.labels import LineProblem, parse_task_line
 from exporter.config.model import Labels
@@ -48,39 +51,151 @@ class TaskFile:
     warnings: tuple[str, ...] = ()
 
 
-def read_task_file(path: str) -> TaskFile:
-    """Read ``id [name=value]...`` lines ('#' comments); a bad line is skipped alone."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        return TaskFile(warnings=(f"{path}: cannot read: {exc.strerror or exc}",))
-    except ValueError:
-        return TaskFile(warnings=(f"{path}: cannot read: invalid path",))
-    if data.startswith(_BOM):
+_TOKEN_LINE = "holds an access token, not a task id"
+_PLAIN_LINE = re.compile(rb"[ \t]*([A-Za-z0-9_-]{1,128})[ \t\r]*")
+# Bytes before the end already read that must be unchanged for an append to be read alone.
+_CHECK_BYTES = 4096
+
+
+class _Listing:
+    """One task id file as read so far: the complete lines, and the unterminated last one.
+
+    When the file only grew (same inode, longer, the bytes before the old end unchanged)
+    only what was appended is read (docs/design.md, "Rules for files").
+    """
+
+    __slots__ = ("bad", "check", "ident", "ids", "labels", "lines", "offset", "size", "tail")
+
+    def __init__(self) -> None:
+        self.ident: tuple[int, int] | None = None  # (st_dev, st_ino)
+        self.size = 0  # bytes read
+        self.offset = 0  # end of the last complete line
+        self.check = b""  # the last bytes read, up to _CHECK_BYTES
+        self.lines = 0  # complete lines read
+        self.bad = 0  # lines skipped so far
+        self.ids: dict[str, None] = {}
+        self.labels: dict[str, Labels] = {}
+        self.tail: tuple[str, Labels] | None = None  # the entry of an unterminated last line
+
+    def all_ids(self) -> list[str]:
+        """The ids in file order, the unterminated last line's included."""
+        ids = list(self.ids)
+        if self.tail is not None and self.tail[0] not in self.ids:
+            ids.append(self.tail[0])
+        return ids
+
+    def label_of(self, task_id: str) -> Labels | None:
+        found = self.labels.get(task_id)
+        if found is None and task_id not in self.ids and self.tail and self.tail[0] == task_id:
+            return self.tail[1] or None
+        return found
+
+
+def _parse_lines(
+    listing: _Listing,
+    data: bytes,
+    path: str,
+    secrets: AbstractSet[str],
+    warnings: list[str],
+) -> list[str]:
+    """Add the lines of ``data`` (from ``listing.offset``) to ``listing``; the new ids."""
+    if listing.size == len(data) and data.startswith(_BOM):  # read from the start
         data = data[len(_BOM) :]
-    ids: dict[str, None] = {}
-    labels: dict[str, Labels] = {}
-    warnings: list[str] = []
-    bad = 0
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    raws = data.split(b"\n")
+    new: list[str] = []
+    listing.tail = None
+    last = len(raws) - 1
+    for position, raw in enumerate(raws):
+        number = listing.lines + position + 1
+        problem: str | None = None
+        parsed: tuple[str, Labels] | None = None
+        plain = _PLAIN_LINE.fullmatch(raw)  # the common line, a bare id: no parsing
+        if plain is not None and not (secrets and plain[1].decode("ascii") in secrets):
+            task_id = plain[1].decode("ascii")
+            if position == last:
+                listing.tail = (task_id, ())
+                new.append(task_id)
+            elif task_id not in listing.ids:
+                listing.ids[task_id] = None
+                new.append(task_id)
+            continue
         try:
-            parsed = parse_task_line(raw.decode("utf-8"))
+            line = raw.decode("utf-8")
+            if secrets and line.strip() in secrets:
+                problem = _TOKEN_LINE
+            else:
+                parsed = parse_task_line(line)
+                if parsed is not None and parsed[0] in secrets:
+                    problem = _TOKEN_LINE
         except UnicodeDecodeError:
             problem = "not valid UTF-8"
         except LineProblem as exc:
-            problem = str(exc)
-        else:
-            if parsed is not None and parsed[0] not in ids:
-                ids[parsed[0]] = None
+            problem = exc.reason  # never the line itself: the file may hold anything
+        if problem is None:
+            if parsed is None:
+                continue
+            if position == last:
+                listing.tail = parsed
+                new.append(parsed[0])
+            elif parsed[0] not in listing.ids:
+                listing.ids[parsed[0]] = None
                 if parsed[1]:
-                    labels[parsed[0]] = parsed[1]
+                    listing.labels[parsed[0]] = parsed[1]
+                new.append(parsed[0])
             continue
-        bad += 1
-        if bad <= _MAX_LINE_WARNINGS:
+        if position < last:
+            listing.bad += 1
+        if len(warnings) < _MAX_LINE_WARNINGS:
             warnings.append(f"{path}:{number}: {problem}")
-    if bad > _MAX_LINE_WARNINGS:
-        warnings.append(f"{path}: {bad - _MAX_LINE_WARNINGS} more invalid lines skipped")
+    listing.lines += last
+    return new
+
+
+def _read_listing(
+    path: str, known: _Listing | None, secrets: AbstractSet[str]
+) -> tuple[_Listing, list[str] | None, list[str], _Stamp]:
+    """(listing, ids the appended lines add or None when read whole, warnings, stamp)."""
+    warnings: list[str] = []
+    try:
+        fd = open_regular(path)
+    except OSError as exc:
+        return _Listing(), None, [f"{path}: cannot read: {exc.strerror or exc}"], None
+    except ValueError:
+        return _Listing(), None, [f"{path}: cannot read: invalid path"], None
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        ident, size = (st.st_dev, st.st_ino), st.st_size
+        appended = (
+            known is not None
+            and known.ident == ident
+            and size > known.size
+            and os.pread(handle.fileno(), len(known.check), known.size - len(known.check))
+            == known.check
+        )
+        if appended and known is not None:
+            listing, start = known, known.offset
+        else:
+            listing, start = _Listing(), 0
+        handle.seek(start)
+        data = handle.read(max(size - start, 0))  # what fstat saw: later bytes come next time
+        size = start + len(data)
+        keep = min(size, _CHECK_BYTES)
+        check = os.pread(handle.fileno(), keep, size - keep)
+    listing.ident, listing.size, listing.check = ident, size, check
+    listing.offset = start + data.rfind(b"\n") + 1
+    bad_before = listing.bad
+    new = _parse_lines(listing, data, path, secrets, warnings)
+    skipped = listing.bad - bad_before
+    if skipped > _MAX_LINE_WARNINGS:
+        warnings.append(f"{path}: {skipped - _MAX_LINE_WARNINGS} more invalid lines skipped")
+    return listing, (new if appended else None), warnings, (st.st_mtime_ns, size, st.st_ino)
+
+
+def read_task_file(path: str, secrets: AbstractSet[str] = frozenset()) -> TaskFile:
+    """Read ``id [name=value]...`` lines ('#' comments); a bad line is skipped alone."""
+    listing, _, warnings, _ = _read_listing(path, None, secrets)
+    ids = listing.all_ids()
+    labels = {task_id: found for task_id in ids if (found := listing.label_of(task_id))}
     return TaskFile(tuple(ids), labels, tuple(warnings))
 
 
@@ -91,19 +206,17 @@ def read_task_id_file(path: str) -> tuple[list[str], list[str]]:
 
 
 def expand_task_id_files(patterns: Sequence[str]) -> list[str]:
-    """Expand glob patterns ("**" included) to the files they match, sorted, each once."""
-    found: set[str] = set()
-    for pattern in patterns:
-        try:
-            matches = glob.glob(pattern, recursive=True)
-            found.update(os.path.normpath(m) for m in matches if os.path.isfile(m))
-        except (OSError, ValueError):
-            continue
-    return sorted(found)
+    """The regular files the globs match inside their bases, sorted, each once (bounded)."""
+    return list(expand(tuple(patterns)).files)
 
 
 class TaskFiles:
-    """The ids (and labels) listed in one store's ``task_id_files``, re-read on change."""
+    """The ids (and labels) listed in one store's ``task_id_files``, re-read on change.
+
+    After :meth:`refresh`, ``added`` holds the ids that appended lines added when that is
+    all that changed (None: anything may have changed), so a watcher of a file of a
+    million lines pays for what is appended, not for the file.
+    """
 
     def __init__(
         self,
@@ -112,15 +225,20 @@ class TaskFiles:
         *,
         min_interval: float = 1.0,
         clock: Callable[[], float],
+        secrets: Callable[[], AbstractSet[str]] | None = None,
     ) -> None:
         self.store = store
         self.patterns = tuple(patterns)
         self.min_interval = min_interval
         self._clock = clock
+        self._secrets = secrets or frozenset
         self._checked: float | None = None
-        self._files: dict[str, tuple[_Stamp, TaskFile]] = {}
-        self.ids: frozenset[str] = frozenset()
+        self._files: dict[str, tuple[_Stamp, _Listing]] = {}
+        self._skipped: tuple[tuple[str, str], ...] = ()
+        self._truncated = False
+        self.ids: set[str] = set()
         self.labels: dict[str, Labels] = {}
+        self.added: frozenset[str] | None = None
 
     def refresh(self, force: bool = False) -> bool:
         """Re-check the files (at most once per ``min_interval``); True if ids or labels changed."""
@@ -130,28 +248,72 @@ class TaskFiles:
         if not force and self._checked is not None and now - self._checked < self.min_interval:
             return False
         self._checked = now
-        files: dict[str, tuple[_Stamp, TaskFile]] = {}
-        for path in expand_task_id_files(self.patterns):
+        matches = expand(self.patterns)
+        self._report(matches)
+        secrets = self._secrets()
+        files: dict[str, tuple[_Stamp, _Listing]] = {}
+        whole = set(self._files) != set(matches.files)
+        added: list[tuple[str, _Listing]] = []
+        for path in matches.files:
             stamp = _stamp(path)
             if stamp is None:
+                whole = True
                 continue  # vanished between glob and stat: it simply lists nothing now
             known = self._files.get(path)
             if known is not None and known[0] == stamp:
                 files[path] = known
                 continue
-            listed = read_task_file(path)
-            for warning in listed.warnings:
+            had_tail = known is not None and known[1].tail is not None
+            listing, new, warnings, read = _read_listing(path, known[1] if known else None, secrets)
+            for warning in warnings:
                 log.warning("skipping task id line", extra={"store": self.store, "err": warning})
-            files[path] = (stamp, listed)
+            files[path] = (read or stamp, listing)
+            if new is None or had_tail:
+                whole = True  # read whole, or its unterminated last line may have changed
+            else:
+                added.extend((task_id, listing) for task_id in new)
         self._files = files
+        if not whole and all(
+            task_id not in self.ids or listing.label_of(task_id) is None
+            for task_id, listing in added
+        ):
+            fresh = {task_id for task_id, _ in added if task_id not in self.ids}
+            for task_id, listing in added:
+                found = listing.label_of(task_id)
+                if task_id in fresh and found:
+                    self.labels.setdefault(task_id, found)
+            self.ids |= fresh
+            self.added = frozenset(fresh)
+            return bool(fresh)
         labels: dict[str, Labels] = {}
-        for _, listed in files.values():  # sorted paths: the first file naming a task wins
-            for task_id, task_labels in listed.labels.items():
+        ids: set[str] = set()
+        for _, listing in files.values():  # sorted paths: the first file naming a task wins
+            for task_id, task_labels in listing.labels.items():
                 labels.setdefault(task_id, task_labels)
-        ids = frozenset(task_id for _, listed in files.values() for task_id in listed.ids)
+            ids.update(listing.ids)
+            if listing.tail is not None:
+                ids.add(listing.tail[0])
+                if listing.tail[1] and listing.tail[0] not in listing.ids:
+                    labels.setdefault(listing.tail[0], listing.tail[1])
         changed = ids != self.ids or labels != self.labels
-        self.ids, self.labels = ids, labels
+        self.ids, self.labels, self.added = ids, labels, None
         return changed
+
+    def _report(self, matches: Matches) -> None:
+        """Log skipped paths and a cut-short walk once, when that starts."""
+        for path, reason in matches.skipped:
+            if (path, reason) not in self._skipped:
+                log.warning(
+                    "skipping task id file",
+                    extra={"store": self.store, "file": path, "err": reason},
+                )
+        self._skipped = matches.skipped
+        if matches.truncated and not self._truncated:
+            log.warning(
+                "task id file globs cut short: too many directory entries",
+                extra={"store": self.store, "limit": MAX_WALK_ENTRIES},
+            )
+        self._truncated = matches.truncated
 
 
 # --- store files ---------------------------------------------------------------------------
@@ -165,6 +327,12 @@ class _Entry:
     parsed: StoreFile
     good: StoreFile | None
     errors: tuple[str, ...] = ()  # as last logged
+    digest: bytes = b""  # of the content parsed
+    pending: tuple[bytes, float] | None = None  # new content, and when it was first seen
+
+
+# A changed store file is applied once its content stayed the same this long (two checks).
+STABLE_AFTER = 1.0
 
 
 class StoreFiles:
@@ -173,7 +341,10 @@ class StoreFiles:
     A file with any error (its own, or a store name defined earlier: the main file first,
     then the files in sorted path order) keeps its last good version and counts in
     ``invalid``; at start such a file contributes no stores (docs/design.md,
-    "Configuration").
+    "Configuration"). After the first reading, a file whose content changed is applied only
+    once that content was the same at two checks :data:`STABLE_AFTER` seconds apart, so a
+    file rewritten in place is never applied half-written (docs/design.md, "Rules for
+    files").
     """
 
     def __init__(
@@ -193,6 +364,8 @@ class StoreFiles:
         self._entries: dict[str, _Entry] = {}
         self._checked: float | None = None
         self._warned: set[str] = set()
+        self._started = False  # the first reading applies at once: nothing to protect yet
+        self._skipped: tuple[tuple[str, str], ...] = ()
         self.config = config
         self.stores: tuple[StoreConfig, ...] = ()
         self.errors: tuple[str, ...] = ()  # every error of the files invalid now
@@ -216,20 +389,42 @@ class StoreFiles:
             if not force and self._checked is not None and now - self._checked < self.min_interval:
                 return False
             self._checked = now
-            self._read(expand_task_id_files(self.config.store_files))
+            matches = expand(self.config.store_files)
+            for path, reason in matches.skipped:
+                if (path, reason) not in self._skipped and not self._quiet:
+                    log.warning("skipping store file", extra={"file": path, "err": reason})
+            self._skipped = matches.skipped
+            self._read(matches.files, now)
+            self._started = True
             return self._combine()
         finally:
             self._lock.release()
 
-    def _read(self, paths: Sequence[str]) -> None:
+    def _read(self, paths: Sequence[str], now: float) -> None:
         entries: dict[str, _Entry] = {}
         for path in paths:
             entry = self._entries.get(path)
-            if entry is not None and all(_stamp(file) == stamp for file, stamp in entry.stamps):
+            if (
+                entry is not None
+                and entry.pending is None
+                and all(_stamp(file) == stamp for file, stamp in entry.stamps)
+            ):
                 entries[path] = entry
                 continue
             stamp = _stamp(path)  # before reading: a write meanwhile is seen next time
-            parsed = parse_store_file(path, self.config.defaults, self._environ)
+            try:
+                content: bytes | None = read_regular(path)
+            except (OSError, ValueError):
+                content = None  # parse_store_file says why
+            digest = hashlib.sha256(content).digest() if content is not None else b""
+            if content is not None and not self._stable(entry, digest, now):
+                if entry is None:
+                    entry = _Entry(((path, stamp),), StoreFile(path), None)
+                if entry.pending is None or entry.pending[0] != digest:
+                    entry.pending = (digest, now)
+                entries[path] = entry
+                continue
+            parsed = parse_store_file(path, self.config.defaults, self._environ, content)
             # An invalid file is also read again when a token or CA file it names changes
             # (a missing token file appears); a valid one is not: the client re-reads
             # rotated tokens itself.
@@ -238,10 +433,21 @@ class StoreFiles:
             if entry is None:
                 entry = _Entry(stamps, parsed, None)
             entry.stamps, entry.parsed = stamps, parsed
+            entry.digest, entry.pending = digest, None
             entries[path] = entry
         for path in self._entries.keys() - entries.keys():
             log.info("store file gone, its stores are no longer watched", extra={"file": path})
         self._entries = entries
+
+    def _stable(self, entry: _Entry | None, digest: bytes, now: float) -> bool:
+        """Whether content with ``digest`` may be applied now."""
+        if not self._started or self._quiet:
+            return True  # the first reading, or --config.check: nothing to protect
+        if entry is not None and entry.digest == digest and entry.pending is None:
+            return True  # the same content: touched, or read again for a new default
+        if entry is not None and entry.pending is not None and entry.pending[0] == digest:
+            return now - entry.pending[1] >= STABLE_AFTER
+        return False
 
     def _combine(self) -> bool:
         config = self.config

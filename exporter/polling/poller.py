@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from exporter.clock import Clock, SystemClock
 from exporter.config import Config, StoreConfig
 from exporter.config.watch import TaskFiles
+from exporter.jobs import OnDemand
 from exporter.model import StoreView, TaskRecord
 from exporter.polling.client import FetchResult, StoreClient
 from exporter.polling.scheduler import FETCH_WORKERS, HOUSEKEEPING_PERIOD, Scheduler
@@ -35,6 +36,13 @@ from exporter.polling.transport import Transport
 
 # A store with nothing due for this long closes its connections (see _release_if_idle).
 IDLE_RELEASE = 60.0
+# Seconds a store that left the configuration keeps its tasks' state and counters: if it
+# comes back by then it goes on where it was (docs/design.md, "Rules for files").
+DEPARTED_GRACE = 600.0
+# Share of a scrape's time it may wait for the task files to be looked at.
+DISCOVERY_SHARE = 0.5
+# New ids from appended lines watched per hold of the lock: scrapes get it in between.
+ADD_CHUNK = 2000
 
 log = logging.getLogger("exporter.polling.poller")
 
@@ -84,6 +92,10 @@ class Poller:
         self.restored: dict[tuple[str, str], TaskRecord] = {}
         # (store, task_id) -> completion time of tasks dropped by forget_completed_after.
         self.forgotten: dict[tuple[str, str], float] = {}
+        # Stores that left the configuration: (store, when it left); kept DEPARTED_GRACE s.
+        self.departed: dict[str, tuple[Store, float]] = {}
+        # Configured access tokens: a task file line equal to one is never a task id.
+        self.secrets: frozenset[str] = frozenset()
         self._seq = itertools.count()
         self._stopped = False
         self.scheduler = Scheduler(
@@ -95,6 +107,9 @@ class Poller:
             workers=workers,
             housekeeping_every=housekeeping_every,
         )
+        # Task files are read on a thread of their own: a scrape waits for them only so long.
+        self._discoverer = OnDemand(self._discover, "discovery")
+        self._watches_files = False
 
     # ---- configuration -------------------------------------------------------------
 
@@ -103,6 +118,7 @@ class Poller:
         with self._discovery:
             with self._lock:
                 known = {name: store.files for name, store in self.stores.items()}
+                known.update((name, gone.files) for name, (gone, _) in self.departed.items())
             files: dict[str, TaskFiles | None] = {}
             for store_config in config.stores:  # file reads, without the lock
                 if not store_config.task_id_files:
@@ -111,7 +127,10 @@ class Poller:
                 found = known.get(store_config.name)
                 if found is None or found.patterns != store_config.task_id_files:
                     found = TaskFiles(
-                        store_config.name, store_config.task_id_files, clock=self.clock.monotonic
+                        store_config.name,
+                        store_config.task_id_files,
+                        clock=self.clock.monotonic,
+                        secrets=lambda: self.secrets,
                     )
                 found.refresh(force=True)
                 files[store_config.name] = found
@@ -130,9 +149,18 @@ class Poller:
                 gone.client.release()  # its host's idle connections, unless in use
                 for watched in gone.tasks.values():
                     watched.queued = False
+                self.departed[name] = (gone, now)  # not shown nor polled, but remembered
+                log.info("store left the configuration", extra={"store": name})
         targets: dict[str, set[str]] = {}
         for name, store_config in wanted.items():
             store = self.stores.get(name)
+            back = self.departed.pop(name, None) if store is None else None
+            if back is not None:  # back within the grace: counters and tasks go on
+                store = back[0]
+                store.removed = False
+                store.next_due = float("-inf")
+                self.stores[name] = store
+                self._touch(store)
             if store is None:
                 store = Store(store_config, self._client_factory(store_config), now)
                 self.stores[name] = store
@@ -152,6 +180,7 @@ class Poller:
             targets[name] = self._sync_tasks(store)
             self.scheduler.kick(store, now)  # max_concurrency may have grown
         self._drop_forgotten(targets)
+        self._watches_files = any(store.files is not None for store in self.stores.values())
         self.cond.notify_all()
 
     def _sync_tasks(self, store: Store) -> set[str]:
@@ -191,6 +220,35 @@ class Poller:
             self._touch(store)
         return target
 
+    def _add_listed(self, store: Store, added: Iterable[str]) -> None:
+        """Watch ids that lines appended to a task file added: their cost, not the file's."""
+        listed_labels: dict[str, _Labels] = getattr(store.files, "labels", None) or {}
+        configured_labels = dict(store.config.task_labels)
+        changed = False
+        for task_id in sorted(added):
+            if task_id not in store.tasks:
+                labels = _labels(configured_labels.get(task_id), listed_labels.get(task_id))
+                changed = self._watch_task(store, task_id, labels) or changed
+        if changed:
+            self._touch(store)
+
+    def _watch_task(self, store: Store, task_id: str, labels: _Labels) -> bool:
+        """Start watching ``task_id`` (its saved record, if any); False if it was forgotten."""
+        key = (store.name, task_id)
+        if key in self.forgotten:
+            return False
+        restored = self.restored.pop(key, None)
+        if restored is not None:
+            record = dataclasses.replace(restored, labels=labels)
+        else:
+            record = TaskRecord(store.name, task_id, labels=labels)
+        task = Watched(record)
+        store.tasks[task_id] = task
+        if not record.completed:
+            store.active[task_id] = task
+            store.next_due = float("-inf")
+        return True
+
     def _drop_forgotten(self, targets: dict[str, set[str]]) -> None:
         """Forget that a task was forgotten once its store no longer lists it."""
         for key in [k for k in self.forgotten if k[0] in targets and k[1] not in targets[k[0]]]:
@@ -207,7 +265,13 @@ class Poller:
 
     def refresh(self, timeout: float) -> None:
         """Fetch due tasks, waiting at most ``timeout`` seconds; the rest go on in background."""
-        self._discover()  # ids added to task files are polled on this very scrape
+        # Ids added to task files are polled on this very scrape, when the files can be
+        # looked at in part of its time; a slow file system or a huge file is left to the
+        # discovery thread, and the scrape answers with what memory holds.
+        if self._watches_files:
+            started = self.clock.monotonic()
+            self._discoverer.run_within(timeout * DISCOVERY_SHARE)
+            timeout = max(timeout - (self.clock.monotonic() - started), 0.0)
         with self._lock:
             dropped = self._forget()
             now = self.clock.monotonic()
@@ -289,12 +353,33 @@ class Poller:
     # ---- housekeeping: task files and forgetting, never on a read ---------------------
 
     def housekeeping(self) -> None:
-        """Re-read changed task files and forget old completed tasks (the timer's job)."""
-        self._discover()
+        """Have task files looked at, forget old completed tasks (the timer's job)."""
+        if self._watches_files:
+            self._discoverer.request()  # on its own thread: never holds up the timers
         with self._lock:
             dropped = self._forget()
-        if dropped:
+            expired = self._expire_departed()
+        if dropped or expired:
             self._changed()
+
+    def _expire_departed(self) -> bool:
+        """Drop the stores that left more than DEPARTED_GRACE s ago; keep their saved state.
+
+        Their tasks' data goes back to the saved state (as if read from the state file), so
+        the state file keeps it for the retention of unconfigured tasks, completed and
+        forgotten tasks alike.
+        """
+        now = self.clock.monotonic()
+        expired = [
+            name for name, (_, left) in self.departed.items() if now - left >= DEPARTED_GRACE
+        ]
+        for name in expired:
+            gone, _ = self.departed.pop(name)
+            for task_id, task in gone.tasks.items():
+                if task.record.snapshot is not None:
+                    self.restored[(name, task_id)] = task.record
+            log.info("forgetting a store that left the configuration", extra={"store": name})
+        return bool(expired)
 
     def _discover(self) -> None:
         with self._discovery:
@@ -304,12 +389,19 @@ class Poller:
             if not changed:
                 return
             with self._lock:
-                targets = {
-                    store.name: self._sync_tasks(store)
-                    for store, files in changed
-                    if not store.removed and store.files is files
-                }
+                targets: dict[str, set[str]] = {}
+                for store, files in changed:
+                    if store.removed or store.files is not files or files.added is not None:
+                        continue
+                    targets[store.name] = self._sync_tasks(store)
                 self._drop_forgotten(targets)
+            for store, files in changed:  # lines appended: only those, a chunk per lock hold
+                added = sorted(files.added or ())
+                for start in range(0, len(added), ADD_CHUNK):
+                    with self._lock:
+                        if store.removed or store.files is not files:
+                            break
+                        self._add_listed(store, added[start : start + ADD_CHUNK])
 
     def _forget(self) -> bool:
         if self.forget_after <= 0:
@@ -350,11 +442,11 @@ class Poller:
         if task.last_attempt is not None:
             interval = poll_interval(store.config.min_poll_interval, task.failures)
             store.next_due = min(store.next_due, task.last_attempt + interval)
-        record = self._record(task.record, result)
-        if record != task.record:
-            task.record = record
-        task_id = record.task_id
-        if store.tasks.get(task_id) is task and record.completed:
+        state = self._record(task.record, result)
+        if state != task.record:
+            task.record = state
+        task_id = state.task_id
+        if store.tasks.get(task_id) is task and state.completed:
             store.active.pop(task_id, None)
         self._touch(store)
         self._release_if_idle(store, self.clock.monotonic())
@@ -485,9 +577,10 @@ class Poller:
     def persistent_state(self) -> tuple[list[TaskRecord], dict[tuple[str, str], float]]:
         """Tasks with data, and forgotten tasks, for the state file."""
         with self._lock:
+            stores = [*self.stores.values(), *(gone for gone, _ in self.departed.values())]
             tasks = [
                 task.record
-                for store in self.stores.values()
+                for store in stores
                 for task in store.tasks.values()
                 if task.record.snapshot is not None
             ]
@@ -501,10 +594,9 @@ class Poller:
         "State file": pruning).
         """
         with self.cond:
-            keys = {
-                (name, task_id) for name, store in self.stores.items() for task_id in store.tasks
-            }
-            keys.update(key for key in self.forgotten if key[0] in self.stores)
+            stores = {**self.stores, **{name: gone for name, (gone, _) in self.departed.items()}}
+            keys = {(name, task_id) for name, store in stores.items() for task_id in store.tasks}
+            keys.update(key for key in self.forgotten if key[0] in stores)
             return keys
 
     def stop(self) -> None:
@@ -514,6 +606,7 @@ class Poller:
                 return
             self._stopped = True
             self.scheduler.stop()
+            self._discoverer.stop()
             self.cond.notify_all()
 
     def _changed(self) -> None:

@@ -10,6 +10,7 @@ have been unwatched for the retention time.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from exporter.config import STORE_NAME_RE, TASK_ID_RE
+from exporter.config.files import read_regular
 from exporter.model import (
     MAX_EXACT_INTEGER,
     MAX_KEPT_FAILURES,
@@ -196,15 +198,19 @@ class StateData:
 
 
 def read_state(path: str) -> StateData:
-    """Read the state file; what cannot be trusted is logged and skipped."""
+    """Read the state file; what cannot be trusted is logged and skipped.
+
+    A file that cannot be read or parsed at all is moved to ``<state_file>.corrupt`` (one
+    copy, the latest) before a new one is written over it (docs/design.md, "State file").
+    """
     report = log.error
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        data = json.loads(read_regular(path).decode("utf-8"))
     except FileNotFoundError:
         return StateData()
     except (OSError, ValueError, RecursionError) as exc:
         report("ignoring unreadable state file", extra={"path": path, "err": exc})
+        keep_corrupt(path)
         return StateData()
     problem = ""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -217,6 +223,7 @@ def read_state(path: str) -> StateData:
         problem = "tasks and forgotten must be arrays"
     if problem:
         report("ignoring invalid state file", extra={"path": path, "err": problem})
+        keep_corrupt(path)
         return StateData()
     state = StateData()
     for kind, items in (("tasks", data.get("tasks", [])), ("forgotten", data.get("forgotten", []))):
@@ -247,20 +254,82 @@ def load_state(path: str) -> tuple[list[TaskRecord], dict[Key, float]]:
     return state.tasks, state.forgotten
 
 
+def keep_corrupt(path: str) -> None:
+    """Move an unusable state file to ``<path>.corrupt`` (replacing an older copy)."""
+    target = os.path.realpath(path)
+    try:
+        os.replace(target, target + ".corrupt")
+        _fsync_directory(os.path.dirname(target))
+    except OSError as exc:
+        log.error("cannot keep the unusable state file aside", extra={"path": path, "err": exc})
+        return
+    log.warning("kept the unusable state file", extra={"path": target + ".corrupt"})
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomically(path: str, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync it, rename it over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
+    """Write ``text`` to a temporary file beside ``path``, fsync it, rename it over ``path``.
+
+    A symlink is followed: its target is replaced and the link stays. The directory is
+    fsynced after the rename, so the new file survives a crash.
+    """
+    target = os.path.realpath(path)
+    directory = os.path.dirname(target)
     fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _fsync_directory(directory)
+
+
+class StateFileInUse(Exception):
+    """Another process holds the state file's lock."""
+
+
+class StateLock:
+    """An exclusive ``flock`` on ``<state_file>.lock``, held while the process runs.
+
+    Two processes on one state file would each spend the whole API budget and overwrite
+    each other's file: the second one refuses to start (docs/design.md, "State file").
+    The lock file sits beside the resolved state file, so two links to one file share it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.realpath(path) + ".lock"
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateFileInUse(
+                f"state file {path} is in use by another process (lock {self.path} is held); "
+                "run one process per state file"
+            ) from None
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Let another process take the state file (the lock file stays)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class StateWriter:

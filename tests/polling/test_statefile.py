@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from exporter.app import Exporter
+from exporter.config import ConfigError
 from exporter.demo.simulator import Simulator
 from exporter.model import FailedFile, TaskRecord, TaskSnapshot
 from exporter.polling.statefile import (
@@ -397,3 +400,85 @@ def test_forgotten_stays_forgotten_across_reload_and_restart(
         assert sim.count("done") == 1 and sim.count("busy") >= 2
     finally:
         restarted.close()
+
+
+# --- the state file is data too (docs/design.md, "Rules for files") ------------------------
+
+
+def test_a_symlinked_state_file_has_its_target_replaced_and_the_link_kept(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "persistent").mkdir()
+    target = tmp_path / "persistent" / "state.json"
+    target.write_text("{}")
+    link = tmp_path / "state.json"
+    link.symlink_to(target)
+    write_atomically(str(link), dump_state([task()], {}))
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert load_state(str(target))[0] == [task()]
+    assert not [p for p in (tmp_path / "persistent").iterdir() if p.name.startswith(".state-")]
+
+
+def test_the_directory_is_fsynced_after_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        synced.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_atomically(str(tmp_path / "state.json"), "{}")
+    assert synced == ["file", "rename", "dir"]
+
+
+@pytest.mark.parametrize(
+    "text", ['{"format": "shoplazza-upload-exporter/state", "version": 1, "tas', "not json", "[]"]
+)
+def test_an_unusable_state_file_is_kept_as_corrupt_before_a_new_one_is_written(
+    sim: Simulator, tmp_path: Path, text: str
+) -> None:
+    sim.add_task("a", total=2, finished=1)
+    state = tmp_path / "state.json"
+    (tmp_path / "state.json.corrupt").write_text("an older copy")
+    state.write_text(text)
+    cfg = write(tmp_path / "c.yaml", config_yaml(sim.url, ["a"], top=f"state_file: {state}\n"))
+    exporter = make_exporter(cfg)
+    try:
+        exporter.refresh(5)
+        assert exporter.state_writer is not None
+        exporter.state_writer.flush()
+        assert [t.task_id for t in load_state(str(state))[0]] == ["a"]
+    finally:
+        exporter.close()
+    assert (tmp_path / "state.json.corrupt").read_text() == text  # one copy, the latest
+
+
+def test_a_second_process_on_one_state_file_refuses_to_start(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.json"
+    cfg = write(tmp_path / "c.yaml", config_yaml(sim.url, ["a"], top=f"state_file: {state}\n"))
+    first = make_exporter(cfg)
+    try:
+        with pytest.raises(ConfigError) as info:
+            make_exporter(cfg)
+        assert info.value.errors == [
+            f"{cfg}: state_file: state file {state} is in use by another process "
+            f"(lock {state}.lock is held); run one process per state file"
+        ]
+        link = tmp_path / "link.json"
+        link.symlink_to(state)  # another name for the same file: the same lock
+        other = write(tmp_path / "d.yaml", config_yaml(sim.url, top=f"state_file: {link}\n"))
+        with pytest.raises(ConfigError):
+            make_exporter(other)
+    finally:
+        first.close()
+    make_exporter(cfg).close()  # free again once the first one stopped

@@ -173,7 +173,7 @@ class Scheduler:
                 return
             store, task, client = job
             try:
-                result = client.fetch(task.state.task_id)
+                result = client.fetch(task.record.task_id)
             except Exception as exc:  # a bug must not wedge the task as in flight forever
                 log.error("unexpected error while polling", extra={"store": store.name, "err": exc})
                 result = FetchResult(CONNECTION_ERROR, None, 0.0, f"internal error: {exc}")

@@ -637,7 +637,7 @@ def test_reload_follows_a_changed_token_source_and_base_url(sim: Simulator, tmp_
             exporter.refresh(5)
             assert sim.count("t1") == 2
             assert [r.token for r in other.requests] == [file_token]
-            task = exporter.views().stores[0].tasks[0]
+            task = exporter.view().stores[0].tasks[0]
             assert task.snapshot is not None and task.snapshot.finished == 2
     finally:
         exporter.close()

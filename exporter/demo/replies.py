@@ -48,7 +48,8 @@ class Reply:
     (``{"pad": "xxx..."}``) in 64 KiB chunks without building it in memory; ``chunked``
     sends the body without ``Content-Length`` (chunked for HTTP/1.1 clients, else
     close-delimited). ``drip`` sends the body one byte at a time, that many seconds apart
-    (a slow or hostile upstream).
+    (a slow or hostile upstream); ``head_drip`` does the same with the status line and
+    headers.
     """
 
     status: int = 200
@@ -59,6 +60,7 @@ class Reply:
     chunked: bool = False
     content_type: str = "application/json"
     drip: float = 0.0
+    head_drip: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -454,22 +454,28 @@ class Simulator:
             size = len(body)
             step = 1 if answer.drip > 0 else CHUNK
             chunks = (body[i : i + step] for i in range(0, size, step))
-        h.send_response(answer.status)
         given = {k.lower() for k in answer.headers}
+        head: list[tuple[str, str]] = []
         if "content-type" not in given:
-            h.send_header("Content-Type", answer.content_type)
-        for name, value in answer.headers.items():
-            h.send_header(name, value)
+            head.append(("Content-Type", answer.content_type))
+        head += answer.headers.items()
         chunked = answer.chunked and h.request_version == "HTTP/1.1"
         if method == "HEAD" or not answer.chunked:
             if "content-length" not in given:
-                h.send_header("Content-Length", "0" if method == "HEAD" else str(size))
+                head.append(("Content-Length", "0" if method == "HEAD" else str(size)))
         elif chunked:
-            h.send_header("Transfer-Encoding", "chunked")
+            head.append(("Transfer-Encoding", "chunked"))
         else:  # close-delimited body for HTTP/1.0 clients
-            h.send_header("Connection", "close")
+            head.append(("Connection", "close"))
             h.close_connection = True
-        h.end_headers()
+        if answer.head_drip > 0:
+            if not self._drip_head(h, answer, head):
+                return
+        else:
+            h.send_response(answer.status)
+            for name, value in head:
+                h.send_header(name, value)
+            h.end_headers()
         if method == "HEAD":
             return
         try:
@@ -490,3 +496,20 @@ class Simulator:
                 h.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError):
             h.close_connection = True  # the client went away mid-body: fine
+
+    def _drip_head(self, h: SimHandler, answer: Reply, head: list[tuple[str, str]]) -> bool:
+        """Send the status line and headers one byte every ``head_drip`` seconds; False
+        when the client left or the simulator stops first."""
+        lines = [f"{h.protocol_version} {answer.status} {phrase(answer.status)}"]
+        lines += [f"{name}: {value}" for name, value in head]
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        try:
+            for i in range(len(data)):
+                h.wfile.write(data[i : i + 1])
+                if i + 1 < len(data) and self._stop_event.wait(answer.head_drip):
+                    h.close_connection = True
+                    return False
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError):
+            h.close_connection = True
+            return False
+        return True

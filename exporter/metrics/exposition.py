@@ -38,7 +38,7 @@ from prometheus_client import exposition as text_format
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as om_format
-from prometheus_client.registry import Collector, RestrictedRegistry
+from prometheus_client.registry import Collector
 
 from exporter.metrics.families import (
     STORE_FAMILIES,
@@ -259,11 +259,15 @@ class Exposition:
         self._view: ExporterView | None = None
         # Outside render() the registry holds no view: it then yields only process_/python_*.
         self.registry = CollectorRegistry(auto_describe=True)
-        for family in family_collectors(lambda: self._view):
-            self.registry.register(family)
         self._extra = tuple(default_collectors() if extra is None else extra)
-        for collector in self._extra:
+        # Each collector also on a registry of its own, in registration order: a name[]
+        # filter asks each one's restricted_registry in turn (see _generic).
+        self._each: list[CollectorRegistry] = []
+        for collector in (*family_collectors(lambda: self._view), *self._extra):
             self.registry.register(collector)
+            alone = CollectorRegistry(auto_describe=True)
+            alone.register(collector)
+            self._each.append(alone)
         families = described()
         cached = families[: len(TASK_NAMES) + len(STORE_FAMILIES)]  # the rest is the tail
         self._headers = {fmt: [_Piece([_header(fmt, f)]) for f in cached] for fmt in _ENCODERS}
@@ -422,39 +426,31 @@ class Exposition:
         gzipped: bool,
     ) -> bytes:
         """Through the registry: name[] filters and unusual escapings."""
-        source: CollectorRegistry | RestrictedRegistry = self.registry
+        source = self.registry
         if names is not None:
-            one = CollectorRegistry(auto_describe=False)
-            one.register(_Selected(self.registry, names))
-            source = one.restricted_registry(names)
+            source = CollectorRegistry(auto_describe=False)
+            source.register(_Selected(self._each, names))
         body = encoder(source)
         return _gzip(body) if gzipped else body
 
 
 class _Selected(Collector):
-    """The collectors of ``registry`` that describe a name a ``name[]`` filter wants, as one.
+    """The families a ``name[]`` filter wants, in registration order, as one collector.
 
     prometheus_client's ``restricted_registry`` gathers the collectors it asks from a set,
     so with one collector per family (docs/design.md, "Exposition") the order of families
-    would change from run to run. Wrapped in this one collector, in registration order, the
-    families keep their order and ``restricted_registry`` still filters the samples.
+    would change from run to run. Asked of one registry per collector, in the order the
+    collectors were registered, it keeps the order and still filters the samples.
     """
 
-    def __init__(self, registry: CollectorRegistry, names: frozenset[str]) -> None:
-        with registry._lock:
-            chosen = {registry._names_to_collectors.get(name) for name in names}
-            self._collectors = [c for c in registry._collector_to_names if c in chosen]
-            described = registry._collector_to_names
-            self._names = sorted({name for c in self._collectors for name in described[c]})
-
-    def describe(self) -> Iterable[Metric]:
-        """The sample names of the chosen collectors, as bare families."""
-        return [Metric(name, "", "untyped") for name in self._names]
+    def __init__(self, each: Sequence[CollectorRegistry], names: frozenset[str]) -> None:
+        self._each = each
+        self._names = names
 
     def collect(self) -> Iterator[Metric]:
-        """The chosen collectors' families, in registration order."""
-        for collector in self._collectors:
-            yield from collector.collect()
+        """The wanted families of each collector, in registration order."""
+        for alone in self._each:
+            yield from alone.restricted_registry(self._names).collect()
 
 
 _ZEROS = memoryview(bytes(1 << 16))

@@ -8,14 +8,12 @@ never followed (the ``access-token`` header would travel to another host), bodie
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import email.utils
 import json
 import logging
 import math
 import re
-import socket
 import ssl
 import threading
 import time
@@ -23,9 +21,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import requests
 import urllib3
+from urllib3.response import BaseHTTPResponse
 
+from exporter import __version__
 from exporter.config import (
     MIN_TOKEN_LENGTH,
     TASK_ID_RE,
@@ -44,13 +43,15 @@ from exporter.model import (
     TaskSnapshot,
 )
 from exporter.polling.redaction import Redactor
-from exporter.polling.transport import Transport, origin_of
+from exporter.polling.transport import CAFileError, Deadline, Transport, origin_of
 
 log = logging.getLogger("exporter.polling.client")
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_RETRY_AFTER = 600.0
 MIN_RETRY_AFTER = 1.0
+ACCEPT_ENCODING = "gzip, deflate"
+USER_AGENT = f"shoplazza-upload-exporter/{__version__}"
 DEFAULT_RETRY_AFTER = 1.0
 
 _DIGITS = re.compile(r"[0-9]{1,18}")
@@ -294,7 +295,7 @@ def _api_message(body: Mapping[str, Any]) -> str:
     return ": ".join(parts)
 
 
-def _error_detail(response: requests.Response, body: bytes) -> str:
+def _error_detail(response: BaseHTTPResponse, body: bytes) -> str:
     """A short, loggable description of an error answer (never the request headers)."""
     try:
         decoded = decode_json(body)
@@ -302,8 +303,8 @@ def _error_detail(response: requests.Response, body: bytes) -> str:
         decoded = None
     message = _api_message(decoded) if isinstance(decoded, Mapping) else ""
     if message:
-        return f"HTTP {response.status_code}: {message}"
-    return f"HTTP {response.status_code} {_text(response.reason, 200)}".strip()
+        return f"HTTP {response.status}: {message}"
+    return f"HTTP {response.status} {_text(response.reason, 200)}".strip()
 
 
 class StoreClient:
@@ -414,47 +415,62 @@ class StoreClient:
         url = self.url(task_id)
         timeout = self.store.timeout
         start = self._clock()
-        self._transport.begin(self._origin, self.store.name)
+        deadline = Deadline(timeout)
         try:
-            try:
-                response = self._transport.session.get(
-                    url,
-                    headers={"access-token": token},
-                    timeout=timeout,
-                    allow_redirects=False,
-                    stream=True,
-                    verify=self._verify,
-                )
-            except requests.Timeout:
+            with self._transport.exchange(
+                url,
+                headers=self._headers(token),
+                verify=self._verify,
+                deadline=deadline,
+                user=self.store.name,
+            ) as response:
+                return self._classify(response, start, deadline, task_id)
+        except CAFileError as exc:
+            return FetchResult(CONNECTION_ERROR, None, self._clock() - start, f"TLS error: {exc}")
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if deadline.expired or _timed_out(exc):
                 detail = f"no answer within {timeout}s"
                 return FetchResult(TIMEOUT, None, self._clock() - start, detail)
-            except requests.RequestException as exc:
-                return FetchResult(
-                    CONNECTION_ERROR, None, self._clock() - start, _describe_exception(exc)
-                )
-            try:
-                return self._classify(response, start, timeout, task_id)
-            finally:
-                response.close()
-        finally:
-            self._transport.end(self._origin)
+            return FetchResult(
+                CONNECTION_ERROR, None, self._clock() - start, _describe_exception(exc)
+            )
+
+    @staticmethod
+    def _headers(token: str) -> dict[str, str]:
+        # The token is a header of this request only (a pool's headers are shared by stores).
+        return {
+            "Accept": "application/json",
+            "Accept-Encoding": ACCEPT_ENCODING,
+            "User-Agent": USER_AGENT,
+            "access-token": token,
+        }
 
     def _classify(
-        self, response: requests.Response, start: float, timeout: float, task_id: str
+        self, response: BaseHTTPResponse, start: float, deadline: Deadline, task_id: str
     ) -> FetchResult:
-        code = str(response.status_code)
+        code = str(response.status)
+        status = response.status
         try:
-            body = self._read_body(response, start, timeout)
+            body = self._read_body(response)
         except _BodyTooLarge as exc:
             return FetchResult(INVALID_RESPONSE, None, self._clock() - start, str(exc))
-        except requests.Timeout:
-            return FetchResult(TIMEOUT, None, self._clock() - start, "body not read in time")
-        except requests.RequestException as exc:
+        except urllib3.exceptions.DecodeError as exc:
+            if deadline.expired:
+                return FetchResult(TIMEOUT, None, self._clock() - start, "body not read in time")
+            encoding = response.headers.get("Content-Encoding", "")
+            detail = f"body cannot be decoded (Content-Encoding: {encoding!r}): {_brief_error(exc)}"
+            if 200 <= status < 300:
+                return FetchResult(INVALID_RESPONSE, None, self._clock() - start, detail)
+            body = b""  # an error answer keeps its code; its text is lost
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if deadline.expired or _timed_out(exc):
+                return FetchResult(TIMEOUT, None, self._clock() - start, "body not read in time")
             return FetchResult(
                 CONNECTION_ERROR, None, self._clock() - start, _describe_exception(exc)
             )
         duration = self._clock() - start
-        status = response.status_code
+        if deadline.expired:  # the whole answer came, but too late
+            return FetchResult(TIMEOUT, None, duration, "body not read in time")
         if not 200 <= status < 300:
             retry_after = None
             if status == 429:
@@ -476,31 +492,23 @@ class StoreClient:
             return FetchResult(INVALID_RESPONSE, None, duration, "body nests too deep")
         return FetchResult(code, snapshot, duration)
 
-    def _read_body(self, response: requests.Response, start: float, timeout: float) -> bytes:
+    @staticmethod
+    def _read_body(response: BaseHTTPResponse) -> bytes:
+        """The decoded body, at most ``MAX_BODY_BYTES``, read before the deadline.
+
+        Socket timeouts apply to each read: a body dripping a byte at a time is cut by the
+        request's deadline (the transport shuts its connection down), not by them.
+        """
         _check_declared_length(response.headers.get("Content-Length"))
-        # Socket timeouts apply to each read, so a body dripping a byte at a time would hold
-        # the request (and a max_concurrency slot) far past `timeout`: cut the connection
-        # when the request's time is up.
-        remaining = timeout - (self._clock() - start)
-        watchdog = threading.Timer(max(remaining, 0.0), _cut, args=(response,))
-        watchdog.daemon = True
-        watchdog.start()
         chunks: list[bytes] = []
         size = 0
-        try:
-            for chunk in response.iter_content(chunk_size=65536):
-                size += len(chunk)
-                if size > MAX_BODY_BYTES:
-                    raise _BodyTooLarge(f"body exceeds {MAX_BODY_BYTES} bytes")
-                chunks.append(chunk)
-        except requests.RequestException:
-            if self._clock() - start >= timeout:
-                raise requests.Timeout("body not read within the timeout") from None
-            raise
-        finally:
-            watchdog.cancel()
-        if self._clock() - start >= timeout:
-            raise requests.Timeout("body not read within the timeout")
+        # urllib3 hands out at most this much decoded data per read (a small compressed
+        # body can decode to gigabytes; the size check below runs between reads).
+        for chunk in response.stream(65536, decode_content=True):
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise _BodyTooLarge(f"body exceeds {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
         return b"".join(chunks)
 
     def close(self) -> None:
@@ -531,15 +539,6 @@ def _check_declared_length(value: str | None) -> None:
         raise _BodyTooLarge(f"body of {int(digits)} bytes exceeds {MAX_BODY_BYTES}")
 
 
-def _cut(response: requests.Response) -> None:
-    """Shut the response's socket down, waking a read blocked on it."""
-    connection = getattr(response.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
-    if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
 def _redact(result: FetchResult, redactor: Redactor | None) -> FetchResult:
     """``result`` with every run of 12 or more of the token's characters in API text replaced."""
     if redactor is None:
@@ -559,11 +558,23 @@ def _redact(result: FetchResult, redactor: Redactor | None) -> FetchResult:
     return dataclasses.replace(result, detail=detail, snapshot=snapshot)
 
 
-def _describe_exception(exc: requests.RequestException) -> str:
+def _timed_out(exc: BaseException) -> bool:
+    """urllib3 gave up waiting (a connection refused is no time-out, though urllib3 files
+    it under one)."""
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return False
+    return isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError)
+
+
+def _brief_error(exc: BaseException) -> str:
+    return _OBJECT_REPR.sub("", str(exc))[:200]
+
+
+def _describe_exception(exc: BaseException) -> str:
     """A short description of the root cause that never carries request headers (the token).
 
-    requests wraps everything in "HTTPSConnectionPool(...): Max retries exceeded", which
-    misleads (nothing is retried): name the cause, and a TLS problem as such.
+    urllib3 may wrap the cause ("Max retries exceeded", which misleads: nothing is
+    retried): name the cause, and a TLS problem as such.
     """
     tls = _find(exc, ssl.SSLError)
     if tls is not None:

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 #: Fetch workers at most: requests in flight across all stores of one process.
 FETCH_WORKERS = 32
+#: The share of the fetch workers one store may hold at once (docs/design.md, "The
+#: scheduler"): a store whose API stalls holds its requests until their deadline, and the
+#: other half of the workers still serves every other store.
+STORE_SHARE = 0.5
 #: Seconds between two housekeeping runs (task files, forgetting) without scrapes.
 HOUSEKEEPING_PERIOD = 1.0
 
@@ -52,6 +56,7 @@ class Scheduler:
         self._changed = changed
         self._housekeeping = housekeeping
         self.max_workers = max(1, workers)
+        self.store_cap = max(1, int(self.max_workers * STORE_SHARE))
         self._period = housekeeping_every
         self._timers: list[tuple[float, int, Store]] = []
         self._seq = itertools.count()
@@ -68,7 +73,7 @@ class Scheduler:
 
     def kick(self, store: Store, now: float) -> None:
         """Make ``store`` start what it may now, or wake it when its budget allows."""
-        if store.removed or store.ready or self.stopped or not store.can_start_more():
+        if store.removed or store.ready or self.stopped or not self._may_start(store):
             return  # a finishing request of the store kicks it again
         start = store.bucket.next_start(now)
         if start > now:
@@ -85,6 +90,11 @@ class Scheduler:
             )
             self.workers.append(worker)
             worker.start()
+
+    def _may_start(self, store: Store) -> bool:
+        """A task of ``store`` is queued, and neither its ``max_concurrency`` nor its share
+        of the workers is taken."""
+        return store.in_flight < self.store_cap and store.can_start_more()
 
     def _set_timer(self, store: Store, when: float) -> None:
         if store.timer is not None and store.timer <= when:
@@ -137,7 +147,7 @@ class Scheduler:
                 continue
             store = self._ready.popleft()
             store.ready = False
-            if store.removed or not store.can_start_more():
+            if store.removed or not self._may_start(store):
                 continue
             now = self.clock.monotonic()
             start = store.bucket.next_start(now)

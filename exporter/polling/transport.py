@@ -1,41 +1,68 @@
-"""One HTTP session for every store of a process, with per-host pools it can let go.
+"""The connection pools every store of a process shares, and a deadline on every request.
 
-A ``requests.Session`` per store (a session, an adapter, a pool manager, a pool) cost
-thousands of small objects per store, and making and dropping them by the thousand left
-the heap fragmented (docs/performance.md#design-measurements). So the process has one
-session; urllib3 keeps a connection pool per host in it, and a store that goes idle lets
-its host's pool go (``Transport.release``), so idle stores hold no socket.
+urllib3 is used directly, through its public classes (docs/design.md, "HTTP client"): the
+transport owns one ``HTTPConnectionPool`` per host and TLS setting, at most ``MAX_HOSTS`` of
+them, and closes a host's pools (``pool.close()``, then drops them) once no store uses the
+host and no request to it is in flight. urllib3 keeps no cookies, reads no ``~/.netrc`` and
+no proxy variables, and follows no redirect with ``redirect=False``.
+
+urllib3's timeouts bound each socket operation, so an answer trickled a byte at a time would
+never time out. Each request carries a :class:`Deadline`; the connections of the transport's
+pools tell it which socket the request uses, and one watchdog thread shuts that socket down
+when the deadline passes, whatever phase the request is in (TLS handshake, sending, the
+answer's head or its body).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import http.cookiejar
+import heapq
+import itertools
 import os
+import socket
 import ssl
 import threading
+import time
 import urllib.parse
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-import requests
+import certifi
 import urllib3
-from requests import PreparedRequest
-from requests.adapters import HTTPAdapter
-from requests.utils import DEFAULT_CA_BUNDLE_PATH
-from urllib3.connectionpool import HTTPConnectionPool
-from urllib3.poolmanager import PoolKey
-from urllib3.util.ssl_ import create_urllib3_context
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.response import BaseHTTPResponse
+from urllib3.util import create_urllib3_context
 
-from exporter import __version__
-
-USER_AGENT = f"shoplazza-upload-exporter/{__version__}"
 #: Host pools kept at most; past it, the least recently used host's connections close.
 #: A first round opens every store's pool before any store is idle (one task of each store
-#: in turn), and a kept-alive TLS connection costs far more than a plain one: the bound
-#: caps a first round's memory (docs/performance.md#design-measurements).
+#: in turn), and a kept-alive TLS connection costs far more than a plain one
+#: (docs/design.md, "HTTP client").
 MAX_HOSTS = 128
+#: After a deadline passed, its connection is shut down again this often until the request
+#: ends (a connection still being made when the deadline passed has no socket yet).
+_RECUT = 0.25
 
 Origin = tuple[str, str, int]  # scheme, host (lower case, no brackets), port
+_PoolKey = tuple[str, str, int, ssl.SSLContext | None]  # the origin and its TLS context
+
+
+class CAFileError(Exception):
+    """A store's CA file or directory cannot be read: the request fails, not the process."""
+
+
+def origin_of(url: str) -> Origin:
+    """The scheme, host and port a request to ``url`` connects to."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def _target(url: str) -> str:
+    """The request target of ``url``: its path and query."""
+    parts = urllib.parse.urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 def _new_context(path: str) -> ssl.SSLContext:
@@ -52,118 +79,191 @@ def _new_context(path: str) -> ssl.SSLContext:
         else:
             context.load_verify_locations(cafile=path)
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        raise requests.exceptions.SSLError(f"CA file {path}: {exc}") from None
+        raise CAFileError(f"CA file {path}: {exc}") from None
     return context
 
 
-def origin_of(url: str) -> Origin:
-    """The pool a request to ``url`` goes through, as requests and urllib3 key it."""
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    return scheme, (parts.hostname or "").lower(), port
+class Deadline:
+    """The moment a request must be over by; past it, its connection is shut down.
+
+    The request's thread sets the deadline as current (:meth:`Transport.exchange`); the
+    transport's connections attach themselves to it when they connect or send, so the
+    watchdog knows the socket to shut down.
+    """
+
+    __slots__ = ("_conn", "_done", "_lock", "at", "expired", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.at = time.monotonic() + timeout
+        self.expired = False
+        self._done = False
+        self._conn: _Connection | _TLSConnection | None = None
+        self._lock = threading.Lock()
+
+    def remaining(self) -> float:
+        """Seconds left, never below a millisecond (a socket timeout of 0 means no wait)."""
+        return max(self.at - time.monotonic(), 0.001)
+
+    def attach(self, conn: _Connection | _TLSConnection) -> None:
+        """``conn`` carries the request from now on."""
+        with self._lock:
+            self._conn = conn
+            conn.owner = self
+            if self.expired:
+                _cut(conn)
+
+    def expire(self) -> bool:
+        """Shut the request's connection down; False once the request is over."""
+        with self._lock:
+            if self._done:
+                return False
+            self.expired = True
+            # The last read of a body puts the connection back in its pool before the
+            # request ends: once another request took it, it is not this deadline's to cut.
+            if self._conn is not None and self._conn.owner is self:
+                _cut(self._conn)
+            return True
+
+    def finish(self) -> None:
+        """The request is over: its connection is no longer the deadline's to cut."""
+        with self._lock:
+            self._done = True
+            self._conn = None
 
 
-class _PoolManager(urllib3.PoolManager):
-    """A pool manager that tells its transport which pools each host has."""
+def _cut(conn: HTTPConnection) -> None:
+    """Shut ``conn``'s socket down, waking a read or write blocked on it in another thread.
 
-    def __init__(self, transport: Transport, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._transport = transport
-
-    def connection_from_pool_key(
-        self, pool_key: PoolKey, request_context: dict[str, Any]
-    ) -> HTTPConnectionPool:
-        self._transport._saw(pool_key)
-        return super().connection_from_pool_key(pool_key, request_context)
+    The plain socket's ``shutdown`` is called even on a TLS socket: ``SSLSocket.shutdown``
+    would also drop the TLS state the blocked thread is using.
+    """
+    sock = conn.sock
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
-class _Adapter(HTTPAdapter):
-    def __init__(self, transport: Transport, **kwargs: Any) -> None:
-        self._transport = transport
-        super().__init__(**kwargs)
+class _Watchdog:
+    """One daemon thread for the process that expires deadlines as they pass."""
 
-    def init_poolmanager(
-        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
-    ) -> None:
-        # What HTTPAdapter.init_poolmanager does, with the pool manager that reports its pools
-        # (the base class would make a pool manager only to have it replaced).
-        self._pool_connections = connections
-        self._pool_maxsize = maxsize
-        self._pool_block = block
-        self.poolmanager = _PoolManager(
-            self._transport, num_pools=connections, maxsize=maxsize, block=block, **pool_kwargs
-        )
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
 
-    def build_connection_pool_key_attributes(
-        self, request: PreparedRequest, verify: bool | str, cert: Any = None
-    ) -> tuple[Any, Any]:
-        """HTTPS pools get the transport's shared TLS context for ``verify``."""
-        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
-            request, verify, cert
-        )
-        if host_params["scheme"] == "https":
-            pool_kwargs.pop("ca_certs", None)
-            pool_kwargs.pop("ca_cert_dir", None)
-            pool_kwargs["ssl_context"] = self._transport.tls_context(verify)
-        return host_params, pool_kwargs
+    def watch(self, deadline: Deadline) -> None:
+        with self._cond:
+            self._push(deadline.at, deadline)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="request-deadlines", daemon=True
+                )
+                self._thread.start()
 
-    def cert_verify(self, conn: Any, url: str, verify: bool | str, cert: Any) -> None:
-        """As requests does, but the CA file stays off the pool: its shared context holds
-        the certificates, and urllib3 would load them into it again for every connection."""
-        super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
-        if getattr(conn, "conn_kw", {}).get("ssl_context") is not None:
-            conn.ca_certs = None  # urllib3 keeps the context among the connections' kwargs
-            conn.ca_cert_dir = None
+    def _push(self, when: float, deadline: Deadline) -> None:
+        entry = (when, next(self._seq), deadline)
+        heapq.heappush(self._heap, entry)
+        if self._heap[0] is entry:
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    _, _, deadline = heapq.heappop(self._heap)
+                    if deadline.expire():  # the request goes on: cut again until it ends
+                        self._push(now + _RECUT, deadline)
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+
+_WATCHDOG = _Watchdog()
+_current = threading.local()  # .deadline: the Deadline of the request this thread sends
+
+
+def _attach(conn: _Connection | _TLSConnection) -> None:
+    deadline: Deadline | None = getattr(_current, "deadline", None)
+    if deadline is not None:
+        deadline.attach(conn)
+
+
+class _Connection(HTTPConnection):
+    """urllib3's connection, attaching itself to the deadline of the request it carries."""
+
+    owner: Deadline | None = None
+
+    def connect(self) -> None:
+        _attach(self)
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _attach(self)
+        super().request(*args, **kwargs)
+
+
+class _TLSConnection(HTTPSConnection):
+    """As :class:`_Connection`, over TLS."""
+
+    owner: Deadline | None = None
+
+    def connect(self) -> None:
+        _attach(self)  # the TCP socket is set before the handshake, which can stall too
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _attach(self)
+        super().request(*args, **kwargs)
+
+
+class _Pool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TLSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
 
 
 class Transport:
-    """The session the stores of a process send their requests through.
+    """The connection pools the stores of a process send their requests through.
 
-    Requests are sent between ``begin(origin, store)`` and ``end(origin)``; a store that
-    goes idle calls ``release(origin, store)``, which closes the host's kept-alive
-    connections once no store uses the host any more and no request to it is in flight.
-    ``pool_size`` is how many idle connections a host keeps: no more requests than that are
-    ever in flight in the process, so none is dropped for want of room.
+    Requests are sent with :meth:`exchange`; a store that goes idle calls
+    ``release(origin, store)``, which closes the host's kept-alive connections once no store
+    uses the host any more and no request to it is in flight. ``pool_size`` is how many idle
+    connections a pool keeps: no more requests than that are ever in flight in the process,
+    so none is dropped for want of room.
     """
 
     def __init__(self, *, pool_size: int, max_hosts: int = MAX_HOSTS) -> None:
         self._lock = threading.Lock()
+        self._pool_size = max(pool_size, 1)
+        self._max_hosts = max(max_hosts, 1)
         self._in_flight: dict[Origin, int] = {}
         self._users: dict[Origin, set[str]] = {}  # stores that requested and did not release
         self._contexts: dict[str, tuple[tuple[int, ...], ssl.SSLContext]] = {}  # by CA path
-        self._keys: dict[Origin, set[PoolKey]] = {}
-        session = requests.Session()
-        session.trust_env = False  # no ~/.netrc credentials, no env proxies by surprise
-        # Shared by stores, so nothing one answer sets may travel with another's request.
-        session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-        self._adapter = _Adapter(
-            self, pool_connections=max_hosts, pool_maxsize=max(pool_size, 1), max_retries=0
+        # Least recently used first.
+        self._pools: collections.OrderedDict[_PoolKey, urllib3.HTTPConnectionPool] = (
+            collections.OrderedDict()
         )
-        session.mount("http://", self._adapter)
-        session.mount("https://", self._adapter)
-        session.headers.update({"Accept": "application/json", "User-Agent": USER_AGENT})
-        self.session = session
 
     def tls_context(self, verify: bool | str) -> ssl.SSLContext:
         """The one TLS context for connections that verify against ``verify`` (True: the
-        CA bundle requests uses, a path: that CA file or directory, False: no verification).
+        certifi CA bundle, a path: that CA file or directory, False: no verification).
 
         urllib3 makes a context per connection when none is given, loading a whole CA bundle
-        into each (docs/design.md, "HTTP client"; docs/performance.md#design-measurements).
-        A CA file is read again when it changes (new connections use it; pools keyed on the
-        old context age out); a missing or broken one fails the request, never the process.
+        into each (docs/design.md, "HTTP client"). A CA file is read again when it changes
+        (new connections use it; pools keyed on the old context age out); a missing or
+        broken one raises :class:`CAFileError`.
         """
         identity: tuple[int, ...] = ()
         path = ""
         if verify is not False:
-            path = DEFAULT_CA_BUNDLE_PATH if verify is True else verify
+            path = certifi.where() if verify is True else verify
             try:
                 st = os.stat(path)
             except OSError as exc:
-                raise requests.exceptions.SSLError(
-                    f"CA file {path}: {exc.strerror or exc}"
-                ) from None
+                raise CAFileError(f"CA file {path}: {exc.strerror or exc}") from None
             identity = (st.st_ino, st.st_mtime_ns, st.st_size)
         with self._lock:
             known = self._contexts.get(path)
@@ -173,11 +273,79 @@ class Transport:
             self._contexts[path] = (identity, context)
             return context
 
-    def _saw(self, key: PoolKey) -> None:
-        port = key.key_port or (443 if key.key_scheme == "https" else 80)
-        origin = (key.key_scheme, key.key_host, port)
+    @contextlib.contextmanager
+    def exchange(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        verify: bool | str,
+        deadline: Deadline,
+        user: str,
+    ) -> Iterator[BaseHTTPResponse]:
+        """A GET of ``url`` for ``user`` (a store) within ``deadline``: its answer, with the
+        body left to read. Redirects are not followed; nothing is retried.
+
+        Raises urllib3's errors, :class:`CAFileError`, or ``OSError``. Once the block ends
+        the answer is closed, and its connection goes back to its pool only if the whole
+        body was read before the deadline.
+        """
+        origin = origin_of(url)
+        self.begin(origin, user)
+        _WATCHDOG.watch(deadline)
+        try:
+            context = self.tls_context(verify) if origin[0] == "https" else None
+            pool = self._pool(origin, context)
+            remaining = deadline.remaining()
+            _current.deadline = deadline
+            try:
+                response = pool.urlopen(
+                    "GET",
+                    _target(url),
+                    headers=dict(headers),
+                    redirect=False,
+                    retries=False,
+                    assert_same_host=False,
+                    preload_content=False,
+                    decode_content=True,
+                    timeout=urllib3.Timeout(connect=remaining, read=remaining),
+                )
+            finally:
+                _current.deadline = None
+            try:
+                yield response
+            finally:
+                if deadline.expired or not response.closed:
+                    response.close()  # not read to its end: the connection is not reused
+                response.release_conn()
+        finally:
+            deadline.finish()
+            self.end(origin)
+
+    def _pool(self, origin: Origin, context: ssl.SSLContext | None) -> urllib3.HTTPConnectionPool:
+        key: _PoolKey = (*origin, context)
         with self._lock:
-            self._keys.setdefault(origin, set()).add(key)
+            pool = self._pools.get(key)
+            if pool is not None:
+                self._pools.move_to_end(key)
+                return pool
+            scheme, host, port = origin
+            common: dict[str, Any] = {
+                "maxsize": self._pool_size,
+                "block": False,
+                "retries": False,
+            }
+            if scheme == "https":
+                pool = _TLSPool(host, port, ssl_context=context, **common)
+            else:
+                pool = _Pool(host, port, **common)
+            self._pools[key] = pool
+            evicted = None
+            if len(self._pools) > self._max_hosts:
+                _, evicted = self._pools.popitem(last=False)
+        if evicted is not None:
+            evicted.close()  # its connections in use close when they come back
+        return pool
 
     def begin(self, origin: Origin, user: str) -> None:
         """A request of ``user`` (a store) to ``origin`` starts; the store now uses the host."""
@@ -186,7 +354,7 @@ class Transport:
             self._users.setdefault(origin, set()).add(user)
 
     def end(self, origin: Origin) -> None:
-        """A request to ``origin`` is over (its response closed)."""
+        """A request to ``origin`` is over (its answer closed)."""
         with self._lock:
             left = self._in_flight.get(origin, 0) - 1
             if left > 0:
@@ -197,7 +365,7 @@ class Transport:
     def holds(self, origin: Origin) -> bool:
         """A pool (and maybe kept-alive connections) is held for ``origin``."""
         with self._lock:
-            return origin in self._keys
+            return any(key[:3] == origin for key in self._pools)
 
     def release(self, origin: Origin, user: str) -> bool:
         """``user`` no longer needs ``origin``: close its pools if no other store uses the
@@ -209,23 +377,32 @@ class Transport:
                 if users:
                     return False  # another store of this host still polls it
                 del self._users[origin]
-            if self._in_flight.get(origin) or origin not in self._keys:
+            if self._in_flight.get(origin):
                 return False
-            keys = self._keys.pop(origin)
-            pools = self._adapter.poolmanager.pools
-            for key in keys:
-                with contextlib.suppress(KeyError):  # urllib3 may have let it go (LRU)
-                    del pools[key]  # the container closes the pool it lets go
-        return True
+            pools = [(key, pool) for key, pool in self._pools.items() if key[:3] == origin]
+            for key, _ in pools:
+                del self._pools[key]
+        for _, pool in pools:
+            pool.close()
+        return bool(pools)
 
     @property
     def hosts(self) -> int:
-        """Host pools held now."""
-        return len(self._adapter.poolmanager.pools)
+        """Pools held now (one per host and TLS setting)."""
+        with self._lock:
+            return len(self._pools)
+
+    def contexts(self) -> list[ssl.SSLContext | None]:
+        """The TLS context of each pool held (None for plain HTTP), least recently used
+        first."""
+        with self._lock:
+            return [key[3] for key in self._pools]
 
     def close(self) -> None:
         """Close every pooled connection."""
         with self._lock:
-            self._keys.clear()
+            pools = list(self._pools.values())
+            self._pools.clear()
             self._users.clear()
-        self.session.close()
+        for pool in pools:
+            pool.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import gzip
 import json
 import logging
 import time
@@ -836,3 +837,75 @@ def test_a_redirect_location_is_bounded(sim: Simulator, client: StoreClient) -> 
     sim.script("t1", Reply(status=302, headers={"Location": "http://x/" + "a" * 60_000}))
     detail = client.fetch("t1").detail
     assert detail == "HTTP 302 redirect to 'http://x/" + "a" * 291 + "' not followed"
+
+
+def test_a_trickled_answer_head_times_out_at_the_request_timeout(
+    sim: Simulator, client: StoreClient
+) -> None:
+    """Socket timeouts restart with every byte: the head one byte every 0.3 s never trips
+    them, and without a deadline on the whole request it would take ~20 s."""
+    sim.script("t1", Reply(head_drip=0.3))
+    result = client.fetch("t1")
+    assert result.code == "timeout"
+    assert 1.0 <= result.duration < 1.0 + 0.5  # the store's timeout is 1 s
+    assert client.fetch("t1").code == "200"  # the pool recovers
+
+
+def test_a_stalled_tls_answer_head_times_out(https_api_stalling: str, tls_dir: Path) -> None:
+    """Over TLS the deadline cuts the connection too (the head never comes)."""
+    tls = f'{{ca_file: "{tls_dir / "ca.pem"}"}}'
+    client = client_for(https_api_stalling, timeout="1s", tls_config=tls)
+    result = client.fetch("t1")
+    assert result.code == "timeout" and 1.0 <= result.duration < 1.5
+
+
+@pytest.fixture
+def https_api_stalling(tls_dir: Path) -> Iterator[str]:
+    """The simulator over HTTPS, trickling every answer's head one byte a second."""
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_dir / "cert.pem", tls_dir / "key.pem")
+    with Simulator(tokens=(TOKEN,), tls=context) as sim:
+        sim.add_task("t1", total=2, finished=1)
+        sim.behave("t1", Reply(head_drip=1.0))
+        yield sim.url
+
+
+def test_gzip_answers_are_decoded(sim: Simulator, client: StoreClient) -> None:
+    body = gzip.compress(b'{"total": 4, "finished": 3, "status": 1}')
+    sim.script("t1", Reply(status=200, body=body, headers={"Content-Encoding": "gzip"}))
+    snap = client.fetch("t1").snapshot
+    assert snap is not None and (snap.total, snap.finished) == (4, 3)
+    assert sim.requests[-1].headers.get("Accept-Encoding") == "gzip, deflate"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_an_undecodable_content_encoding_on_a_200_is_invalid_response(
+    sim: Simulator, client: StoreClient, encoding: str
+) -> None:
+    sim.script("t1", Reply(status=200, body=b"plain text", headers={"Content-Encoding": encoding}))
+    result = client.fetch("t1")
+    assert result.code == INVALID_RESPONSE
+    assert result.detail.startswith(f"body cannot be decoded (Content-Encoding: '{encoding}')")
+    sim.script("t1", Reply(status=503, body=b"plain text", headers={"Content-Encoding": encoding}))
+    assert client.fetch("t1").code == "503"  # an error answer keeps its status
+    assert client.fetch("t1").ok
+
+
+def test_a_compressed_body_over_the_limit_is_refused_without_being_held(
+    sim: Simulator, client: StoreClient
+) -> None:
+    """256 MiB of JSON in 250 KB of gzip: decoded a piece at a time, refused past 10 MiB."""
+    import tracemalloc
+
+    bomb = gzip.compress(b'{"pad": "' + b" " * (256 << 20) + b'"}', compresslevel=9)
+    sim.script("t1", Reply(status=200, body=bomb, headers={"Content-Encoding": "gzip"}))
+    tracemalloc.start()
+    try:
+        result = client.fetch("t1")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.code == INVALID_RESPONSE and "exceeds" in result.detail
+    assert peak < 2 * MAX_BODY_BYTES + 4 * 1024 * 1024  # not 256 MiB

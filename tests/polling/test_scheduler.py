@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,12 +14,15 @@ from exporter.clock import ScaledClock
 from exporter.config import Config, load_config
 from exporter.demo.simulator import Reply, Simulator
 from exporter.polling.poller import Poller
+from exporter.web.routes import App
 from tests.helpers import (
     TOKEN,
     TOKEN_ENV,
     FakeClock,
     config_yaml,
     make_exporter,
+    sample,
+    scrape,
     store_yaml,
     wait_until,
     write,
@@ -315,3 +320,51 @@ def test_a_store_moved_to_another_host_lets_the_old_one_go(tmp_path: Path) -> No
             assert exporter.poller.transport.hosts == 0  # the old host's pool is closed
         finally:
             exporter.close()
+
+
+def test_a_stalled_store_never_starves_another(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """32 requests of one store stalled upstream (answer heads trickled a byte a second,
+    each cut at its 3 s timeout) leave workers to a store polled every second."""
+    stalled = [f"s{n}" for n in range(32)]
+    for task_id in stalled:
+        sim.add_task(task_id, total=5, finished=1)
+        sim.behave(task_id, Reply(head_drip=1.0))
+    sim.add_task("h1", total=5, finished=1)
+    text = "stores:\n" + "".join(
+        (
+            store_yaml(
+                "stalled",
+                sim.url,
+                stalled,
+                min_poll_interval=0,
+                timeout="3s",
+                max_concurrency=32,
+                burst=64,
+                requests_per_second=100,
+            ),
+            store_yaml("healthy", sim.url, ["h1"], min_poll_interval="1s"),
+        )
+    )
+    exporter = make_exporter(write(tmp_path / "c.yaml", text))
+    pace = threading.Event()
+    try:
+        with caplog.at_level(logging.WARNING, logger="exporter.polling.poller"):
+            start = time.monotonic()
+            while time.monotonic() - start < 7.5:  # scrapes every 0.2 s, as a busy Prometheus
+                exporter.refresh(0.2)
+                pace.wait(0.2)
+        healthy = [r.at for r in sim.requests if r.task_id == "h1"]
+        gaps = [b - a for a, b in zip([start, *healthy], healthy, strict=False)]
+        assert len(healthy) >= 5 and max(gaps) <= 2.0, gaps
+        text = scrape(App(exporter))
+        # every stalled request ended as a timeout at its deadline, counted and logged
+        timeouts = sample(text, "shoplazza_api_requests_total", store="stalled", code="timeout")
+        assert timeouts is not None and timeouts >= 16
+        errors = sample(text, "shoplazza_api_errors_total", store="stalled", code="timeout")
+        assert errors == timeouts
+        logged = [r for r in caplog.records if getattr(r, "code", None) == "timeout"]
+        assert logged and all(getattr(r, "store", None) == "stalled" for r in logged)
+    finally:
+        exporter.close()

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 import trustme
+from urllib3.connection import HTTPSConnection
 
 from exporter.config import parse_config
 from exporter.demo.simulator import Reply, Simulator
 from exporter.polling.client import StoreClient
-from exporter.polling.transport import Transport, origin_of
-from tests.helpers import TOKEN, TOKEN_ENV, store_yaml
+from exporter.polling.transport import Deadline, Transport, origin_of
+from tests.helpers import TOKEN, TOKEN_ENV, free_port, store_yaml
 from tests.polling.test_client import https_api  # noqa: F401 - the fixture
 
 
@@ -61,7 +62,26 @@ def test_an_answer_setting_a_cookie_never_reaches_another_request(sim: Simulator
     assert first.fetch("t1").code == "200"
     assert second.fetch("t1").code == "200" and first.fetch("t1").code == "200"
     assert [r.headers.get("Cookie") for r in sim.requests] == [None, None, None]
-    assert len(transport.session.cookies) == 0
+    transport.close()
+
+
+def test_no_netrc_and_no_proxy_from_the_environment(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ~/.netrc entry for the API host is never sent; proxy variables are not followed."""
+    sim.add_task("t1", total=2, finished=1)
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(netrc))
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    transport = Transport(pool_size=4)
+    assert shared_client(transport, sim.url).fetch("t1").code == "200"
+    assert [r.headers.get("Authorization") for r in sim.requests] == [None]
     transport.close()
 
 
@@ -101,7 +121,8 @@ def test_a_host_pool_stays_while_another_store_of_the_host_uses_it(sim: Simulato
 
 
 def test_hosts_beyond_the_bound_close_the_least_recently_used() -> None:
-    """Pools are bounded; a host let go by urllib3 still polls, and releasing it is harmless."""
+    """Pools are bounded; a host whose pool was closed still polls, and releasing it is
+    harmless."""
     transport = Transport(pool_size=2, max_hosts=2)
     with (
         Simulator(tokens=(TOKEN,)) as a,
@@ -115,7 +136,8 @@ def test_hosts_beyond_the_bound_close_the_least_recently_used() -> None:
         for _ in range(2):
             assert [client.fetch("t1").code for client in clients] == ["200"] * 3
             assert transport.hosts == 2
-        assert clients[0].release()  # evicted by urllib3 since: nothing to close, no error
+        assert not transport.holds(origin_of(a.url))  # the least recently used, closed
+        assert not clients[0].release()  # nothing left to close, and no error
         assert [client.fetch("t1").code for client in clients] == ["200"] * 3
     transport.close()
 
@@ -155,24 +177,32 @@ def test_the_simulator_speaks_https(https_sim: Simulator, tls_dir: Path) -> None
     transport.close()
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_connections_share_one_tls_context_per_ca_file(https_sim: Simulator, tls_dir: Path) -> None:
     """urllib3 would make (and load CAs into) a context per connection: ~0.9 MB each."""
     transport = Transport(pool_size=4)
-    tls = f'{{ca_file: "{tls_dir / "ca.pem"}"}}'
-    lax = "{insecure_skip_verify: true}"
+    ca = str(tls_dir / "ca.pem")
     other = https_sim.url.replace("127.0.0.1", "localhost")  # another host, same server
-    clients = [
-        shared_client(transport, https_sim.url, name="a", tls_config=tls),
-        shared_client(transport, other, name="b", tls_config=tls),
-        shared_client(transport, https_sim.url, name="c", tls_config=lax),
-        shared_client(transport, other, name="d", tls_config=lax),
-    ]
-    assert [client.fetch("t1").code for client in clients] == ["200"] * 4
-    pools = transport._adapter.poolmanager.pools
-    keys = pools.keys()
-    assert len(keys) == 4
-    assert len({id(key.key_ssl_context) for key in keys}) == 2  # one per CA file, one lax
-    assert all(pools[key].ca_certs is None for key in keys)  # never loaded per connection
+    used = []
+    for url, verify in ((https_sim.url, ca), (other, ca), (https_sim.url, False), (other, False)):
+        for _ in range(2):  # a new connection, then a kept-alive one
+            with transport.exchange(
+                url + "/openapi/2022-01/file/task/t1",
+                headers={"access-token": TOKEN},
+                verify=verify,
+                deadline=Deadline(5),
+                user="a",
+            ) as response:
+                assert response.status == 200
+                connection = response.connection
+                assert isinstance(connection, HTTPSConnection)
+                assert isinstance(connection.sock, ssl.SSLSocket)
+                used.append(connection.sock.context)
+                response.read()
+    assert transport.hosts == 4  # two hosts, each verified and not
+    assert len({id(context) for context in used}) == 2  # one per CA file, one lax
+    assert set(map(id, transport.contexts())) == {id(context) for context in used}
+    assert transport.tls_context(ca) in used and transport.tls_context(False) in used
     transport.close()
 
 

@@ -31,11 +31,18 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from exporter import __version__
+from exporter.web.auth import AuthPool, BasicAuthVerifier, Check
 from exporter.web.connection import SHEDDABLE, Connection, Phase
 from exporter.web.listen import bind, parse_listen_address
-from exporter.web.middleware import REALM, WebConfigMiddleware
+from exporter.web.middleware import (
+    REALM,
+    WebConfigMiddleware,
+    too_many_checks,
+    unauthorized,
+    unsent_full,
+)
 from exporter.web.webconfig import WebConfigWatcher
-from exporter.web.wsgi import Workers, build_environ, call_app
+from exporter.web.wsgi import Answer, Workers, build_environ, call_app
 
 if TYPE_CHECKING:
     from wsgiref.types import WSGIApplication
@@ -50,6 +57,9 @@ _ACCEPT_BATCH = 64
 _ACCEPT_BACKOFF_SECONDS = 0.05
 _WARN_EVERY_SECONDS = 10.0
 _RESERVED_FILES = 128  # for the API client, the state file, logs
+#: Bytes of answers written but not yet read by their clients, for the whole process,
+#: above which new requests wait (docs/design.md, "Rules for abuse: the server").
+UNSENT_BUDGET = 48 << 20
 
 
 def default_max_connections() -> int:
@@ -75,6 +85,8 @@ class ExporterServer:
         max_connections: int | None = None,
         workers: int = 8,
         clock: Callable[[], float] = time.monotonic,
+        unsent_budget: int = UNSENT_BUDGET,
+        auth_pool: AuthPool | None = None,
     ) -> None:
         if request_timeout <= 0 or idle_timeout <= 0:
             raise ValueError("request_timeout and idle_timeout must be > 0")
@@ -97,6 +109,13 @@ class ExporterServer:
         self.loop = asyncio.new_event_loop()
         self._workers = Workers(workers, "exporter-http", self.logger)
         self._probe_workers = Workers(2, "exporter-http-probe", self.logger)
+        self._verifier = BasicAuthVerifier()
+        self.auth_pool = auth_pool or AuthPool(self.logger)
+        self.unsent_budget = unsent_budget
+        self.unsent = 0  # bytes held by answers not yet sent, each shared chunk once
+        self._held: dict[int, list[Any]] = {}  # id(chunk): [chunk, holders]
+        # Requests waiting for room in the budget, oldest first, with their deadline timer.
+        self._waiting: dict[Connection, tuple[dict[str, Any], asyncio.TimerHandle]] = {}
         self._conns: set[Connection] = set()
         self._sheddable: dict[Connection, None] = {}  # insertion order: longest idle first
         self._busy = 0
@@ -142,6 +161,7 @@ class ExporterServer:
             self._started = True
         self._workers.start()
         self._probe_workers.start()
+        self.auth_pool.start()
         loop = self.loop
         loop.set_exception_handler(self._loop_error)
         try:
@@ -172,6 +192,7 @@ class ExporterServer:
         self._quiet.wait(_DRAIN_SECONDS)
         self._workers.stop()
         self._probe_workers.stop()
+        self.auth_pool.stop()
         if self._quiet.is_set():
             self._loop_done.wait(0.5)
 
@@ -356,7 +377,14 @@ class ExporterServer:
             return
 
     def dispatch(self, conn: Connection, request: h11.Request, body: bytes) -> None:
-        """Hand a complete request to the workers; the answer is written on the loop."""
+        """Hand a complete request to the workers; the answer is written on the loop.
+
+        With basic auth on, the credentials are checked first, here: known ones (right or
+        wrong) from the cache at once, others on the bcrypt pool, whose bounded queue
+        answers 429 when full; a wrong password never takes a worker (docs/design.md,
+        "Rules for abuse: the server"). Probes then go to their own workers; anything else
+        waits while the answers not yet sent exceed the budget.
+        """
         environ = build_environ(
             request,
             body,
@@ -366,6 +394,87 @@ class ExporterServer:
             logger=self.logger,
             software=self.software,
         )
+        probe = request.target.split(b"?", 1)[0] in PROBE_PATHS
+        config = self._watcher.current() if self._watcher is not None else None
+        if config is None or not config.basic_auth_users:
+            self._admit(conn, environ, probe)
+            return
+        verdict = self._verifier.lookup(config.basic_auth_users, environ.get("HTTP_AUTHORIZATION"))
+        if isinstance(verdict, Check):
+            loop = self.loop
+
+            def check() -> None:
+                user = self._verifier.run(verdict)
+                with contextlib.suppress(RuntimeError):  # the loop has ended
+                    loop.call_soon_threadsafe(self._checked, conn, environ, probe, user)
+
+            if not self.auth_pool.submit(conn.client[0], check):
+                self._refuse(conn, too_many_checks(config.headers))
+            return
+        self._checked(conn, environ, probe, verdict)
+
+    def _checked(
+        self, conn: Connection, environ: dict[str, Any], probe: bool, user: str | None
+    ) -> None:
+        if conn.phase is not Phase.BUSY:
+            return  # closed meanwhile
+        if user is None:
+            config = self._watcher.current() if self._watcher is not None else None
+            self._refuse(conn, unauthorized(config.headers if config else {}))
+            return
+        environ["REMOTE_USER"] = user
+        environ.pop("HTTP_AUTHORIZATION", None)
+        self._admit(conn, environ, probe)
+
+    def _refuse(self, conn: Connection, answer: Answer) -> None:
+        """Answer without the app, on the next turn of the loop (no recursion through
+        pipelined requests)."""
+        self.loop.call_soon(conn.respond, answer)
+
+    def _admit(self, conn: Connection, environ: dict[str, Any], probe: bool) -> None:
+        """Run the request now, or (not a probe, budget spent) when answers have drained."""
+        if probe or (self.unsent < self.unsent_budget and not self._waiting):
+            self._run(conn, environ, probe)
+            return
+        timer = self.loop.call_later(self.request_timeout, self._waited_too_long, conn)
+        self._waiting[conn] = (environ, timer)
+
+    def _waited_too_long(self, conn: Connection) -> None:
+        if self._waiting.pop(conn, None) is not None and conn.phase is Phase.BUSY:
+            self._warn("answers not read by their clients fill the budget, refusing requests")
+            config = self._watcher.current() if self._watcher is not None else None
+            conn.respond(unsent_full(config.headers if config else {}))
+
+    def _admit_waiting(self) -> None:
+        while self._waiting and self.unsent < self.unsent_budget:
+            conn = next(iter(self._waiting))
+            environ, timer = self._waiting.pop(conn)
+            timer.cancel()
+            if conn.phase is Phase.BUSY:
+                self._run(conn, environ, False)
+
+    def hold(self, chunks: tuple[bytes, ...]) -> None:
+        """Count an answer's chunks as unsent; a chunk several answers share counts once."""
+        for chunk in chunks:
+            entry = self._held.get(id(chunk))
+            if entry is None:
+                self._held[id(chunk)] = [chunk, 1]
+                self.unsent += len(chunk)
+            else:
+                entry[1] += 1
+
+    def release(self, chunks: tuple[bytes, ...]) -> None:
+        """An answer is sent (or dropped): its chunks no longer count once nobody holds them."""
+        for chunk in chunks:
+            entry = self._held[id(chunk)]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._held[id(chunk)]
+                self.unsent -= len(chunk)
+        if self._waiting:
+            self._admit_waiting()
+
+    def _run(self, conn: Connection, environ: dict[str, Any], probe: bool) -> None:
         loop = self.loop
 
         def run() -> None:
@@ -373,6 +482,4 @@ class ExporterServer:
             with contextlib.suppress(RuntimeError):  # the loop has ended
                 loop.call_soon_threadsafe(conn.respond, answer)
 
-        path = request.target.split(b"?", 1)[0]
-        workers = self._probe_workers if path in PROBE_PATHS else self._workers
-        workers.submit(run)
+        (self._probe_workers if probe else self._workers).submit(run)

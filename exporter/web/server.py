@@ -114,6 +114,7 @@ class ExporterServer:
         self.unsent_budget = unsent_budget
         self.unsent = 0  # bytes held by answers not yet sent, each shared chunk once
         self._held: dict[int, list[Any]] = {}  # id(chunk): [chunk, holders]
+        self._answers_held = 0
         # Requests waiting for room in the budget, oldest first, with their deadline timer.
         self._waiting: dict[Connection, tuple[dict[str, Any], asyncio.TimerHandle]] = {}
         self._conns: set[Connection] = set()
@@ -141,6 +142,16 @@ class ExporterServer:
     def web_config(self) -> WebConfigWatcher | None:
         """The web configuration watcher, if ``--web.config.file`` was given."""
         return self._watcher
+
+    @property
+    def answers_unsent(self) -> int:
+        """Answers written but not yet read by their clients (held in the budget)."""
+        return self._answers_held
+
+    @property
+    def requests_waiting(self) -> int:
+        """Requests waiting for room in the budget of unsent bytes."""
+        return len(self._waiting)
 
     @property
     def active_connections(self) -> int:
@@ -455,6 +466,7 @@ class ExporterServer:
 
     def hold(self, chunks: tuple[bytes, ...]) -> None:
         """Count an answer's chunks as unsent; a chunk several answers share counts once."""
+        self._answers_held += 1
         for chunk in chunks:
             entry = self._held.get(id(chunk))
             if entry is None:
@@ -465,6 +477,7 @@ class ExporterServer:
 
     def release(self, chunks: tuple[bytes, ...]) -> None:
         """An answer is sent (or dropped): its chunks no longer count once nobody holds them."""
+        self._answers_held -= 1
         for chunk in chunks:
             entry = self._held[id(chunk)]
             entry[1] -= 1

@@ -57,6 +57,8 @@ _ACCEPT_BATCH = 64
 _ACCEPT_BACKOFF_SECONDS = 0.05
 _WARN_EVERY_SECONDS = 10.0
 _RESERVED_FILES = 128  # for the API client, the state file, logs
+#: Seconds before wrong credentials (or a full queue of password checks) are answered.
+REFUSAL_DELAY = 1.0
 #: Bytes of answers written but not yet read by their clients, for the whole process,
 #: above which new requests wait (docs/design.md, "Rules for abuse: the server").
 UNSENT_BUDGET = 48 << 20
@@ -87,6 +89,7 @@ class ExporterServer:
         clock: Callable[[], float] = time.monotonic,
         unsent_budget: int = UNSENT_BUDGET,
         auth_pool: AuthPool | None = None,
+        refusal_delay: float = REFUSAL_DELAY,
     ) -> None:
         if request_timeout <= 0 or idle_timeout <= 0:
             raise ValueError("request_timeout and idle_timeout must be > 0")
@@ -112,6 +115,7 @@ class ExporterServer:
         self._verifier = BasicAuthVerifier()
         self.auth_pool = auth_pool or AuthPool(self.logger)
         self.unsent_budget = unsent_budget
+        self.refusal_delay = refusal_delay
         self.unsent = 0  # bytes held by answers not yet sent, each shared chunk once
         self._held: dict[int, list[Any]] = {}  # id(chunk): [chunk, holders]
         self._answers_held = 0
@@ -420,7 +424,7 @@ class ExporterServer:
                     loop.call_soon_threadsafe(self._checked, conn, environ, probe, user)
 
             if not self.auth_pool.submit(conn.client[0], check):
-                self._refuse(conn, too_many_checks(config.headers))
+                self._refuse(conn, too_many_checks(config.headers), self.refusal_delay)
             return
         self._checked(conn, environ, probe, verdict)
 
@@ -431,16 +435,23 @@ class ExporterServer:
             return  # closed meanwhile
         if user is None:
             config = self._watcher.current() if self._watcher is not None else None
-            self._refuse(conn, unauthorized(config.headers if config else {}))
+            given = "HTTP_AUTHORIZATION" in environ  # wrong, not missing: the client waits
+            answer = unauthorized(config.headers if config else {})
+            self._refuse(conn, answer, self.refusal_delay if given else 0.0)
             return
         environ["REMOTE_USER"] = user
         environ.pop("HTTP_AUTHORIZATION", None)
         self._admit(conn, environ, probe)
 
-    def _refuse(self, conn: Connection, answer: Answer) -> None:
-        """Answer without the app, on the next turn of the loop (no recursion through
-        pipelined requests)."""
-        self.loop.call_soon(conn.respond, answer)
+    def _refuse(self, conn: Connection, answer: Answer, delay: float = 0.0) -> None:
+        """Answer without the app, on a later turn of the loop (no recursion through
+        pipelined requests). Refused credentials are answered after ``delay``: a client
+        guessing passwords then sends one request per connection and second, not as many
+        as the loop can parse (docs/design.md, "Rules for abuse: the server")."""
+        if delay > 0:
+            self.loop.call_later(delay, conn.respond, answer)
+        else:
+            self.loop.call_soon(conn.respond, answer)
 
     def _admit(self, conn: Connection, environ: dict[str, Any], probe: bool) -> None:
         """Run the request now, or (not a probe, budget spent) when answers have drained."""

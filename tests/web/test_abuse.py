@@ -6,6 +6,7 @@ Mechanisms are tested here; the figures (probe latency, RSS) come from ``bench/a
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -178,7 +179,7 @@ def test_bcrypt_runs_only_on_its_own_threads(
         return real(password, hashed)
 
     monkeypatch.setattr(bcrypt, "checkpw", recording)
-    server, _ = serve(auth_config)
+    server, _ = serve(auth_config, refusal_delay=0)
     for path in ("/-/healthy", "/-/ready", "/metrics"):
         assert request(server, path, headers=basic("alice", PASSWORD))[0] == 200
         for i in range(3):
@@ -192,8 +193,8 @@ def test_bcrypt_runs_only_on_its_own_threads(
 def test_probes_answer_while_the_bcrypt_queue_is_full(
     serve: Callable[..., tuple[ExporterServer, Recorder]], auth_config: str
 ) -> None:
-    pool = AuthPool(__import__("logging").getLogger("test"), max_pending=2, per_client=2)
-    server, recorder = serve(auth_config, auth_pool=pool)
+    pool = AuthPool(logging.getLogger("test"), max_pending=2, per_client=2)
+    server, recorder = serve(auth_config, auth_pool=pool, refusal_delay=0)
     assert request(server, "/metrics", headers=basic("alice", PASSWORD))[0] == 200  # cached
     started, release = threading.Event(), threading.Event()
 
@@ -228,8 +229,38 @@ def test_probes_answer_while_the_bcrypt_queue_is_full(
     assert recorder.count("/metrics") == 2  # the two right ones; no wrong one ran
 
 
+def test_wrong_credentials_are_answered_late(
+    serve: Callable[..., tuple[ExporterServer, Recorder]],
+    auth_config: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client guessing passwords gets one answer per connection and ``refusal_delay``, so
+    it cannot keep the loop busy with refusals; missing credentials are answered at once."""
+    checks: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def counting(password: bytes, hashed: bytes) -> bool:
+        checks.append(password)
+        return real(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", counting)
+    server, _ = serve(auth_config, refusal_delay=60)
+    guesser = socket.create_connection(server.address, timeout=5)
+    header = basic("alice", b"wrong")["Authorization"]
+    guesser.sendall(f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: {header}\r\n\r\n".encode())
+    wait_for(lambda: len(checks) == 1)
+    # checked after the wrong one on the same bcrypt thread: once this is answered, the
+    # wrong one has been decided too
+    assert request(server, "/metrics", headers=basic("alice", PASSWORD))[0] == 200
+    assert request(server, "/-/healthy")[0] == 401  # no credentials: at once
+    guesser.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        guesser.recv(1)  # the wrong password is still unanswered
+    guesser.close()
+
+
 def test_auth_pool_is_bounded_and_fair() -> None:
-    pool = AuthPool(__import__("logging").getLogger("test"), max_pending=4, per_client=2)
+    pool = AuthPool(logging.getLogger("test"), max_pending=4, per_client=2)
     order: list[str] = []
     started, release, done = threading.Event(), threading.Event(), threading.Event()
 
@@ -269,7 +300,7 @@ def test_auth_pool_is_bounded_and_fair() -> None:
 def test_non_reading_clients_share_one_body(
     serve: Callable[..., tuple[ExporterServer, Recorder]],
 ) -> None:
-    server, recorder = serve()
+    server, _ = serve()
     socks = [non_reader(server, "/big") for _ in range(4)]
     try:
         wait_for(lambda: server.answers_unsent == 4)

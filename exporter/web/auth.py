@@ -15,6 +15,7 @@ import hmac
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -124,10 +125,11 @@ class AuthPool:
     """The threads that run bcrypt checks, with a bounded queue fair between clients.
 
     At most ``max_pending`` checks wait, at most ``per_client`` of them from one client
-    address; :meth:`submit` refuses beyond that (the server answers 429 at once), so wrong
-    passwords sent as fast as possible cost at most ``threads`` cores and a fixed amount of
-    memory. Clients take turns (round robin by address), so one flooding address delays
-    another's first check by one check, not by the flood's queue.
+    address; :meth:`submit` refuses beyond that (the server answers 429), so wrong passwords
+    sent as fast as possible cost a fixed amount of memory and at most ``threads x duty``
+    cores: after a check, a thread idles for as long as ``duty`` asks (by default as long
+    as the check took, so half a core). Clients take turns (round robin by address), so one
+    flooding address delays another's first check by one check, not by the flood's queue.
     """
 
     def __init__(
@@ -137,15 +139,20 @@ class AuthPool:
         threads: int = 1,
         max_pending: int = 16,
         per_client: int = 4,
+        duty: float = 0.5,
         name: str = "exporter-bcrypt",
     ) -> None:
+        if not 0 < duty <= 1:
+            raise ValueError("duty must be in (0, 1]")
         self._logger = logger
+        self.duty = duty
         self.max_pending = max_pending
         self.per_client = per_client
         self._queues: OrderedDict[str, deque[Callable[[], None]]] = OrderedDict()
         self._pending = 0
         self._cond = threading.Condition()
         self._stopping = False
+        self._stopped = threading.Event()
         self._threads = [
             threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
             for i in range(threads)
@@ -169,6 +176,7 @@ class AuthPool:
         """Let the threads end after the check they run now; does not wait."""
         with self._cond:
             self._stopping = True
+            self._stopped.set()
             self._cond.notify_all()
 
     def submit(self, client: str, fn: Callable[[], None]) -> bool:
@@ -202,12 +210,16 @@ class AuthPool:
 
     def _run(self) -> None:
         while (fn := self._take()) is not None:
+            started = time.monotonic()
             try:
                 fn()
             except Exception as exc:  # a bug of ours: keep the thread
                 self._logger.error(
                     "bcrypt worker error", extra={"err": f"{type(exc).__name__}: {exc}"}
                 )
+            rest = (time.monotonic() - started) * (1 - self.duty) / self.duty
+            if rest > 0:  # idle, so that checks take at most ``duty`` of a core
+                self._stopped.wait(rest)
 
 
 def _checkpw(password: bytes, hashed: str) -> bool:

@@ -141,11 +141,13 @@ class AuthPool:
         per_client: int = 4,
         duty: float = 0.5,
         name: str = "exporter-bcrypt",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 < duty <= 1:
             raise ValueError("duty must be in (0, 1]")
         self._logger = logger
         self.duty = duty
+        self._clock = clock
         self.max_pending = max_pending
         self.per_client = per_client
         self._queues: OrderedDict[str, deque[Callable[[], None]]] = OrderedDict()
@@ -210,16 +212,19 @@ class AuthPool:
 
     def _run(self) -> None:
         while (fn := self._take()) is not None:
-            started = time.monotonic()
+            started = self._clock()
             try:
                 fn()
             except Exception as exc:  # a bug of ours: keep the thread
                 self._logger.error(
                     "bcrypt worker error", extra={"err": f"{type(exc).__name__}: {exc}"}
                 )
-            rest = (time.monotonic() - started) * (1 - self.duty) / self.duty
+            rest = (self._clock() - started) * (1 - self.duty) / self.duty
             if rest > 0:  # idle, so that checks take at most ``duty`` of a core
-                self._stopped.wait(rest)
+                self._idle(rest)
+
+    def _idle(self, seconds: float) -> None:
+        self._stopped.wait(seconds)
 
 
 def _checkpw(password: bytes, hashed: str) -> bool:

@@ -259,6 +259,37 @@ def test_wrong_credentials_are_answered_late(
     guesser.close()
 
 
+def test_bcrypt_threads_idle_for_their_duty() -> None:
+    """After a check that took t, a thread idles t x (1 - duty) / duty: at most ``duty`` of a
+    core goes to bcrypt however many wrong passwords arrive."""
+    now = [0.0]
+    idled: list[float] = []
+    done = threading.Event()
+
+    class Recording(AuthPool):
+        def _idle(self, seconds: float) -> None:
+            idled.append(seconds)
+            if len(idled) == 2:
+                done.set()
+
+    pool = Recording(logging.getLogger("test"), duty=0.25, clock=lambda: now[0])
+
+    def check(took: float) -> Callable[[], None]:
+        def run() -> None:
+            now[0] += took
+
+        return run
+
+    pool.start()
+    try:
+        assert pool.submit("a", check(0.1))
+        assert pool.submit("a", check(0.2))
+        assert done.wait(5)
+    finally:
+        pool.stop()
+    assert idled == pytest.approx([0.3, 0.6])
+
+
 def test_auth_pool_is_bounded_and_fair() -> None:
     pool = AuthPool(logging.getLogger("test"), max_pending=4, per_client=2)
     order: list[str] = []

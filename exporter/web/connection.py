@@ -66,6 +66,10 @@ class Phase(enum.Enum):
     CLOSED = "closed"
 
 
+_READING = frozenset({Phase.HEAD, Phase.BODY})
+#: A connection may hold this much of an unfinished request whatever the others hold.
+INCOMING_FREE = 16 * 1024
+
 #: Phases the server may shed, first choice, in the order they were entered.
 SHEDDABLE = frozenset({Phase.NEW, Phase.IDLE, Phase.CLOSING})
 
@@ -79,6 +83,8 @@ class Hub(Protocol):
     logger: logging.Logger
     stopping: bool
     software: str
+    incoming: int  # bytes of unfinished requests, all connections
+    incoming_budget: int
 
     def phase_changed(self, conn: Connection, old: Phase, new: Phase) -> None:
         """Book-keeping: shedding order, busy count, forgetting closed connections."""
@@ -181,6 +187,7 @@ class Connection(asyncio.Protocol):
         self._request: h11.Request | None = None
         self._sent_continue = False
         self._lingered = 0
+        self._incoming = 0  # bytes of the request being read, in hub.incoming
         self._sending: Answer | None = None  # held (hub.hold) until written and drained
         self._slices: Iterator[memoryview] | None = None
         self._write_paused = False
@@ -194,6 +201,9 @@ class Connection(asyncio.Protocol):
             return
         self.phase = phase
         self.since = self.hub.loop.time()
+        if self._incoming and phase not in _READING:  # complete, refused or closed
+            self.hub.incoming -= self._incoming
+            self._incoming = 0
         self._arm(deadline)
         if old is not phase:
             self.hub.phase_changed(self, old, phase)
@@ -276,10 +286,25 @@ class Connection(asyncio.Protocol):
             self._set_phase(Phase.HEAD, self.accepted + self.hub.request_timeout)
         elif self.phase is Phase.IDLE:
             self._set_phase(Phase.HEAD, self.hub.loop.time() + self.hub.request_timeout)
+        if self.phase in _READING and not self._count_incoming(len(data)):
+            return
         if self.phase is Phase.HEAD and not self._line_done and not self._check_line(data):
             return
         self._h11.receive_data(data)
         self._process()
+
+    def _count_incoming(self, size: int) -> bool:
+        """Bytes of requests not yet complete are bounded for the whole process: over
+        ``incoming_budget``, a connection holding more than :data:`INCOMING_FREE` of them
+        is refused (probes and scrapes send a few hundred bytes, so they never are)."""
+        hub = self.hub
+        self._incoming += size
+        hub.incoming += size
+        if hub.incoming <= hub.incoming_budget or self._incoming <= INCOMING_FREE:
+            return True
+        status = 431 if self.phase is Phase.HEAD else 413
+        self._fail(status, "too many bytes of unfinished requests in the server, retry later\n")
+        return False
 
     def eof_received(self) -> bool:
         """The client half-closed: finish an answer under way, else close."""

@@ -57,6 +57,9 @@ _ACCEPT_BATCH = 64
 _ACCEPT_BACKOFF_SECONDS = 0.05
 _WARN_EVERY_SECONDS = 10.0
 _RESERVED_FILES = 128  # for the API client, the state file, logs
+#: Bytes of unfinished requests (heads and bodies being read), for the whole process, above
+#: which a connection holding more than 16 KiB of them is refused.
+INCOMING_BUDGET = 16 << 20
 #: Seconds before wrong credentials (or a full queue of password checks) are answered.
 REFUSAL_DELAY = 1.0
 #: Bytes of answers written but not yet read by their clients, for the whole process,
@@ -90,6 +93,7 @@ class ExporterServer:
         unsent_budget: int = UNSENT_BUDGET,
         auth_pool: AuthPool | None = None,
         refusal_delay: float = REFUSAL_DELAY,
+        incoming_budget: int = INCOMING_BUDGET,
     ) -> None:
         if request_timeout <= 0 or idle_timeout <= 0:
             raise ValueError("request_timeout and idle_timeout must be > 0")
@@ -116,6 +120,8 @@ class ExporterServer:
         self.auth_pool = auth_pool or AuthPool(self.logger)
         self.unsent_budget = unsent_budget
         self.refusal_delay = refusal_delay
+        self.incoming = 0
+        self.incoming_budget = incoming_budget
         self.unsent = 0  # bytes held by answers not yet sent, each shared chunk once
         self._held: dict[int, list[Any]] = {}  # id(chunk): [chunk, holders]
         self._answers_held = 0

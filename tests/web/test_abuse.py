@@ -355,7 +355,7 @@ def test_a_client_that_does_not_read_holds_one_answer(
         # a round trip through the loop and a worker, time for a wrong next request to run
         assert request(server, "/-/healthy")[0] == 200
         assert recorder.count("/fresh") == 1
-        assert server.answers_unsent == 1
+        wait_for(lambda: server.answers_unsent == 1)  # the probe's, a moment after it was read
         assert server.unsent < 2 * len(BIG)
     finally:
         sock.close()
@@ -398,3 +398,35 @@ def test_a_request_that_waits_too_long_gets_503(
     server.loop.call_soon_threadsafe(server.release, spent)
     wait_for(lambda: server.unsent == 0)
     assert request(server, "/metrics")[0] == 200
+
+
+# -- beyond: unfinished requests are bounded for the whole process -----------------------
+
+
+def test_unfinished_requests_are_bounded_for_the_whole_process(
+    serve: Callable[..., tuple[ExporterServer, Recorder]],
+) -> None:
+    server, recorder = serve(incoming_budget=64 * 1024)
+    part = b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + (b"X-Pad: " + b"a" * 1990 + b"\r\n") * 10
+    slow = []
+    for _ in range(3):  # three slow heads of 20 KiB: under the budget, all kept
+        sock = socket.create_connection(server.address, timeout=5)
+        sock.sendall(part)
+        slow.append(sock)
+    wait_for(lambda: server.incoming == 3 * len(part))
+    fourth = socket.create_connection(server.address, timeout=5)
+    fourth.sendall(part)  # over the budget, and holding more than 16 KiB: refused
+    head, _ = read_response(fourth, bytearray())
+    assert head.startswith(b"HTTP/1.1 431 ")
+    fourth.close()
+    wait_for(lambda: server.incoming == 3 * len(part))  # the refused one's no longer count
+    # A probe's few hundred bytes are served even now.
+    assert request(server, "/-/healthy")[0] == 200
+    slow[0].sendall(b"\r\n")  # one slow head completes: it is served and no longer counts
+    head, _ = read_response(slow[0], bytearray())
+    assert head.startswith(b"HTTP/1.1 200 ")
+    wait_for(lambda: server.incoming == 2 * len(part))
+    for sock in slow:
+        sock.close()
+    wait_for(lambda: server.incoming == 0)
+    assert recorder.count("/metrics") == 1

@@ -37,7 +37,7 @@ class ExporterPort(Protocol):
     def refresh(self, timeout: float) -> None:
         """Fetch due tasks, waiting at most ``timeout`` seconds."""
 
-    def views(self) -> ExporterView:
+    def view(self) -> ExporterView:
         """A consistent copy of what the exporter knows."""
 
     def reload(self) -> tuple[bool, str]:
@@ -152,7 +152,7 @@ class App:
         # Incremental and cached, byte-identical to prometheus_client (docs/design.md,
         # "Exposition"); it cannot raise on any stored value.
         content_type, body = self.exposition.render_body(
-            self.exporter.views(), environ.get("HTTP_ACCEPT", ""), names, gzipped
+            self.exporter.view(), environ.get("HTTP_ACCEPT", ""), names, gzipped
         )
         headers = [("Content-Type", content_type)]
         if gzipped:
@@ -165,13 +165,13 @@ class App:
     def index(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
         """The status page, after refreshing due tasks like a scrape (2 s deadline)."""
         self.exporter.refresh(PAGE_REFRESH_DEADLINE)
-        html = render_html(self.exporter.views())
+        html = render_html(self.exporter.view())
         return "200 OK", [("Content-Type", "text/html; charset=utf-8")], html.encode()
 
     def tasks(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
         """The status page's data as JSON, after the same refresh."""
         self.exporter.refresh(PAGE_REFRESH_DEADLINE)
-        body = render_json(self.exporter.views())
+        body = render_json(self.exporter.view())
         return "200 OK", [("Content-Type", "application/json")], body.encode()
 
     def healthy(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:

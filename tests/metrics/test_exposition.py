@@ -26,7 +26,7 @@ from exporter.model import (
     ReloadStatus,
     StoreView,
     TaskSnapshot,
-    TaskState,
+    TaskRecord,
 )
 
 ACCEPTS = (
@@ -52,11 +52,11 @@ FILTERS = (
 )
 
 
-def task(task_id: str, n: int = 0, *, store: str = "shop", done: bool = False) -> TaskState:
+def task(task_id: str, n: int = 0, *, store: str = "shop", done: bool = False) -> TaskRecord:
     """A task with data: n files of 10 finished, completed when ``done``."""
     snap = TaskSnapshot(total=10, finished=10 if done else n, status=0 if done else 1,
                         succeeded=n, failed=1 if n % 3 == 0 else 0)  # fmt: skip
-    return TaskState(
+    return TaskRecord(
         store=store,
         task_id=task_id,
         snapshot=snap,
@@ -68,7 +68,7 @@ def task(task_id: str, n: int = 0, *, store: str = "shop", done: bool = False) -
     )
 
 
-def store(name: str, tasks: list[TaskState], requests: int = 0, revision: int = -1) -> StoreView:
+def store(name: str, tasks: list[TaskRecord], requests: int = 0, revision: int = -1) -> StoreView:
     return StoreView(
         name=name,
         tasks=tuple(tasks),
@@ -98,7 +98,7 @@ def exporter_view(*stores: StoreView, **fields: object) -> ExporterView:
 
 def sample_view() -> ExporterView:
     big = [task(f"t{i:03d}", i, done=i % 10 != 0) for i in range(SEGMENT * 2 + 5)]
-    small = [task("a", 3, store="other"), TaskState(store="other", task_id="unpolled")]
+    small = [task("a", 3, store="other"), TaskRecord(store="other", task_id="unpolled")]
     return exporter_view(store("shop", big, requests=7), store("other", small))
 
 
@@ -173,7 +173,7 @@ def _mutations() -> list[tuple[str, Callable[[ExporterView], ExporterView]]]:
 
         return apply
 
-    def replace_tasks(view: StoreView, tasks: list[TaskState]) -> StoreView:
+    def replace_tasks(view: StoreView, tasks: list[TaskRecord]) -> StoreView:
         return dataclasses.replace(view, tasks=tuple(tasks))
 
     def on_store(index: int, **fields: object) -> Callable[[ExporterView], ExporterView]:
@@ -297,7 +297,7 @@ HOSTILE = TaskSnapshot(total=10**400, finished=10**1000, status=-(10**500), succ
 def hostile_view() -> ExporterView:
     odd = 'we"ird\\ \n\x00\x1b\u202e \ud800 ✓'
     tasks = [
-        TaskState(
+        TaskRecord(
             store="s",
             task_id=odd,
             snapshot=HOSTILE,
@@ -310,8 +310,8 @@ def hostile_view() -> ExporterView:
     ]
     nan, inf = cast(int, math.nan), cast(int, math.inf)
     weird = TaskSnapshot(total=0, finished=5, status=0, succeeded=nan, failed=inf)
-    tasks.append(TaskState(store="s", task_id="w", snapshot=weird, completed_at=-0.0))
-    tasks.append(TaskState(store="s", task_id="z", snapshot=TaskSnapshot(0, 0, 1, 0, 0)))
+    tasks.append(TaskRecord(store="s", task_id="w", snapshot=weird, completed_at=-0.0))
+    tasks.append(TaskRecord(store="s", task_id="z", snapshot=TaskSnapshot(0, 0, 1, 0, 0)))
     view = StoreView(
         name=odd,
         tasks=tuple(tasks),

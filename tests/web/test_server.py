@@ -351,8 +351,8 @@ class RecordingExporter:
         self.timeouts.append(timeout)
         self.exporter.refresh(timeout)
 
-    def views(self) -> ExporterView:
-        return self.exporter.views()
+    def view(self) -> ExporterView:
+        return self.exporter.view()
 
     def reload(self) -> tuple[bool, str]:
         return self.exporter.reload()

@@ -25,6 +25,7 @@ import functools
 import itertools
 import struct
 import threading
+import weakref
 import zlib
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
@@ -50,7 +51,7 @@ from exporter.metrics.families import (
 from exporter.metrics.lines import SEGMENT, TASK_NAMES, render_segment
 from exporter.model import ExporterView, StoreView, TaskRecord
 
-__all__ = ["BLOCK_UNITS", "SEGMENT", "Exposition", "default_collectors"]
+__all__ = ["BLOCK_UNITS", "SEGMENT", "Body", "Exposition", "default_collectors"]
 
 Render = Callable[[], tuple[bytes, ...]]  # a unit's lines, one chunk per family
 
@@ -60,6 +61,27 @@ BLOCK_UNITS = 32
 _FAST_ESCAPINGS = frozenset({om_format.UNDERSCORES, om_format.ALLOWUTF8})
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no mtime, unknown OS
 _FINAL_BLOCK = b"\x03\x00"  # an empty final deflate block
+
+
+class _Shared:
+    """The cached part of a body, findable again while a :class:`Body` holds it."""
+
+    __slots__ = ("__weakref__", "data")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class Body(list[bytes]):
+    """A /metrics body as chunks (join them for the bytes); while it lives, the next
+    render of the same format and cached content reuses its first chunk, the same object
+    (docs/design.md, "Rules for abuse: the server")."""
+
+    __slots__ = ("_holds",)
+
+    def __init__(self, chunks: Iterable[bytes], holds: _Shared | None = None) -> None:
+        super().__init__(chunks)
+        self._holds = holds
 
 
 class _Families:
@@ -277,11 +299,23 @@ class Exposition:
         self._stats = _Section(len(STORE_FAMILIES))  # units: store names
         self.generation = 0  # grows whenever a cached section changes
         self._prefix_crc: dict[str, tuple[int, int, int]] = {}  # fmt: (generation, crc, size)
+        # (fmt, gzipped): (generation, the cached part while a body holds it)
+        self._shared: dict[tuple[str, bool], tuple[int, weakref.ref[_Shared]]] = {}
 
     def render(
         self, view: ExporterView, accept: str, names: frozenset[str] | None, gzipped: bool
     ) -> tuple[str, bytes]:
         """(Content-Type, body) for one scrape; the body is gzip-compressed when ``gzipped``."""
+        content_type, body = self.render_body(view, accept, names, gzipped)
+        return content_type, b"".join(body)
+
+    def render_body(
+        self, view: ExporterView, accept: str, names: frozenset[str] | None, gzipped: bool
+    ) -> tuple[str, Body]:
+        """Like :meth:`render`, the body as chunks: while any :class:`Body` of the same
+        format and cached content is alive, its large first chunk is the same object, so
+        clients that do not read share one rendered body (docs/design.md, "Rules for abuse:
+        the server")."""
         encoder, content_type = choose_encoder(accept)
         fmt = _encoding(encoder)
         with self._lock:
@@ -292,7 +326,7 @@ class Exposition:
                     return content_type, self._assemble(view, fmt, gzipped)
                 # A filter builds only the families it shows (one collector per family): no
                 # cache to bring up to date, nothing worth caching (docs/design.md).
-                return content_type, self._generic(view, encoder, names, gzipped)
+                return content_type, Body([self._generic(view, encoder, names, gzipped)])
             finally:
                 self._view = None
 
@@ -370,15 +404,15 @@ class Exposition:
         yield from self._tasks.blocks
         yield from self._stats.blocks
 
-    def _inflated(self, headers: list[_Piece], tail: bytes) -> bytes:
-        """The plain body, each block inflated straight into it.
+    def _inflated(self, headers: list[_Piece]) -> bytes:
+        """The plain body but its tail, each block inflated straight into it.
 
         One block's text is alive at a time: inflating them all first, then joining, left a
         100,000-task store's heap with a hundred megabytes of freed blocks after each scrape
         (docs/design.md, "Exposition").
         """
         sections = list(zip(headers, self._sections(), strict=True))
-        size = len(tail) + sum(
+        size = sum(
             sum(map(len, header.chunks)) + sum(block.size for block in blocks)
             for header, blocks in sections
         )
@@ -389,14 +423,27 @@ class Exposition:
                 for text in itertools.chain(header.chunks, (block.text() for block in blocks)):
                     out[at : at + len(text)] = text
                     at += len(text)
-            out[at:] = tail
         return bytes(body)
 
-    def _assemble(self, view: ExporterView, fmt: str, gzipped: bool) -> bytes:
+    def _deflated(self, headers: list[_Piece]) -> bytes:
+        """The gzip body but its tail: the header, then every cached block as it is."""
+        deflated = [_GZIP_HEADER]
+        for header, blocks in zip(headers, self._sections(), strict=True):
+            deflated.append(header.deflated)
+            deflated += (block.deflated for block in blocks)
+        return b"".join(deflated)
+
+    def _assemble(self, view: ExporterView, fmt: str, gzipped: bool) -> Body:
+        """The cached part, shared while a body holding it lives, then the fresh tail."""
         headers = self._headers[fmt]
         tail = self._tail(view, fmt)
+        held = self._shared.get((fmt, gzipped))
+        shared = held[1]() if held is not None and held[0] == self.generation else None
+        if shared is None:
+            shared = _Shared(self._deflated(headers) if gzipped else self._inflated(headers))
+            self._shared[(fmt, gzipped)] = (self.generation, weakref.ref(shared))
         if not gzipped:
-            return self._inflated(headers, tail)
+            return Body((shared.data, tail), shared)
         cached = self._prefix_crc.get(fmt)
         if cached is None or cached[0] != self.generation:
             crc = size = 0
@@ -411,12 +458,7 @@ class Exposition:
         trailer = struct.pack(
             "<II", zlib.crc32(tail, cached[1]), (cached[2] + len(tail)) & 0xFFFFFFFF
         )
-        deflated = [_GZIP_HEADER]
-        for header, blocks in zip(headers, self._sections(), strict=True):
-            deflated.append(header.deflated)
-            deflated += (block.deflated for block in blocks)
-        deflated += (_Piece([tail]).deflated, _FINAL_BLOCK, trailer)
-        return b"".join(deflated)
+        return Body((shared.data, _Piece([tail]).deflated + _FINAL_BLOCK + trailer), shared)
 
     def _generic(
         self,

@@ -24,7 +24,7 @@ import enum
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import h11
@@ -37,6 +37,9 @@ MAX_REQUEST_LINE = 65536
 MAX_HEAD_BYTES = 96 * 1024
 MAX_HEADERS = 100
 MAX_BODY_BYTES = 1 << 20
+#: An answer is written a slice at a time, the next when the client has read the last:
+#: what a connection holds beyond the answer itself stays under two slices.
+WRITE_SLICE = 16 * 1024
 _LINGER_SECONDS = 1.0
 _LINGER_BYTES = 1 << 20
 _CLIENT_ERRORS = {
@@ -63,6 +66,10 @@ class Phase(enum.Enum):
     CLOSED = "closed"
 
 
+_READING = frozenset({Phase.HEAD, Phase.BODY})
+#: A connection may hold this much of an unfinished request whatever the others hold.
+INCOMING_FREE = 16 * 1024
+
 #: Phases the server may shed, first choice, in the order they were entered.
 SHEDDABLE = frozenset({Phase.NEW, Phase.IDLE, Phase.CLOSING})
 
@@ -76,12 +83,20 @@ class Hub(Protocol):
     logger: logging.Logger
     stopping: bool
     software: str
+    incoming: int  # bytes of unfinished requests, all connections
+    incoming_budget: int
 
     def phase_changed(self, conn: Connection, old: Phase, new: Phase) -> None:
         """Book-keeping: shedding order, busy count, forgetting closed connections."""
 
     def dispatch(self, conn: Connection, request: h11.Request, body: bytes) -> None:
         """Run the app for a complete request; the answer comes back via ``respond``."""
+
+    def hold(self, chunks: tuple[bytes, ...]) -> None:
+        """An answer's chunks wait to be sent (the process-wide budget of unsent bytes)."""
+
+    def release(self, chunks: tuple[bytes, ...]) -> None:
+        """Those chunks are sent, or their connection is gone."""
 
 
 def error_response(status: int, text: str) -> bytes:
@@ -123,6 +138,23 @@ def _http_date() -> str:
     return _date_cache[1]
 
 
+def _slices(chunks: tuple[bytes, ...]) -> Iterator[memoryview]:
+    """The chunks in pieces of at most :data:`WRITE_SLICE` bytes, none copied."""
+    for chunk in chunks:
+        view = memoryview(chunk)
+        for start in range(0, len(view), WRITE_SLICE):
+            yield view[start : start + WRITE_SLICE]
+
+
+def _smuggling(request: h11.Request) -> bool:
+    """Both framings at once (RFC 9112 section 6.1): h11 would read the body as chunked and
+    keep the connection, letting whatever follows the chunks run as a request of its own
+    (docs/design.md, "Rules for abuse: the server"). Such a request is refused and its
+    connection closed, so nothing after it runs."""
+    names = {name for name, _ in request.headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
 class Connection(asyncio.Protocol):
     """The state of one client connection; all methods run on the event loop."""
 
@@ -155,6 +187,10 @@ class Connection(asyncio.Protocol):
         self._request: h11.Request | None = None
         self._sent_continue = False
         self._lingered = 0
+        self._incoming = 0  # bytes of the request being read, in hub.incoming
+        self._sending: Answer | None = None  # held (hub.hold) until written and drained
+        self._slices: Iterator[memoryview] | None = None
+        self._write_paused = False
         self._arm(accepted + hub.request_timeout)
 
     # -- phases and deadlines -------------------------------------------------------------
@@ -165,6 +201,9 @@ class Connection(asyncio.Protocol):
             return
         self.phase = phase
         self.since = self.hub.loop.time()
+        if self._incoming and phase not in _READING:  # complete, refused or closed
+            self.hub.incoming -= self._incoming
+            self._incoming = 0
         self._arm(deadline)
         if old is not phase:
             self.hub.phase_changed(self, old, phase)
@@ -195,6 +234,9 @@ class Connection(asyncio.Protocol):
         self._set_phase(Phase.CLOSED, None)
         if self._write_timer is not None:
             self._write_timer.cancel()
+        if self._sending is not None:
+            self.hub.release(self._sending.chunks)
+            self._sending = self._slices = None
         if self.transport is not None:
             self.transport.abort()
         elif self.cancel_pending is not None:
@@ -211,6 +253,7 @@ class Connection(asyncio.Protocol):
         """A plain connection, or a TLS one whose handshake succeeded."""
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_SLICE, low=0)
         self.cancel_pending = None
         if self.phase is Phase.CLOSED:
             transport.abort()
@@ -243,10 +286,25 @@ class Connection(asyncio.Protocol):
             self._set_phase(Phase.HEAD, self.accepted + self.hub.request_timeout)
         elif self.phase is Phase.IDLE:
             self._set_phase(Phase.HEAD, self.hub.loop.time() + self.hub.request_timeout)
+        if self.phase in _READING and not self._count_incoming(len(data)):
+            return
         if self.phase is Phase.HEAD and not self._line_done and not self._check_line(data):
             return
         self._h11.receive_data(data)
         self._process()
+
+    def _count_incoming(self, size: int) -> bool:
+        """Bytes of requests not yet complete are bounded for the whole process: over
+        ``incoming_budget``, a connection holding more than :data:`INCOMING_FREE` of them
+        is refused (probes and scrapes send a few hundred bytes, so they never are)."""
+        hub = self.hub
+        self._incoming += size
+        hub.incoming += size
+        if hub.incoming <= hub.incoming_budget or self._incoming <= INCOMING_FREE:
+            return True
+        status = 431 if self.phase is Phase.HEAD else 413
+        self._fail(status, "too many bytes of unfinished requests in the server, retry later\n")
+        return False
 
     def eof_received(self) -> bool:
         """The client half-closed: finish an answer under way, else close."""
@@ -263,16 +321,20 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The client reads slower than we write: it gets ``request_timeout`` to catch up."""
+        self._write_paused = True
         if self._write_timer is None:
             self._write_timer = self.hub.loop.call_later(
                 self.hub.request_timeout, self._write_stalled
             )
 
     def resume_writing(self) -> None:
-        """The client caught up."""
+        """The client read everything written so far: write on."""
+        self._write_paused = False
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
+        if self._sending is not None:
+            self._pump()
 
     def _write_stalled(self) -> None:
         self._write_timer = None
@@ -334,6 +396,9 @@ class Connection(asyncio.Protocol):
                 if size > MAX_HEAD_BYTES:  # h11 checks only a head still incomplete
                     self._fail(431, f"request head over {MAX_HEAD_BYTES} bytes\n")
                     return
+                if _smuggling(event):
+                    self._fail(400, "both Content-Length and Transfer-Encoding\n")
+                    return
                 self._request = event
                 self._set_phase(Phase.BODY, self.hub.loop.time() + self.hub.request_timeout)
             elif isinstance(event, h11.Data):
@@ -367,7 +432,13 @@ class Connection(asyncio.Protocol):
     # -- answering --------------------------------------------------------------------------
 
     def respond(self, answer: Answer) -> None:
-        """Write the app's answer, then wait for the next request or close."""
+        """Write the app's answer, then wait for the next request or close.
+
+        The head goes out at once, the body a slice at a time as the client reads
+        (:meth:`_pump`); the next request is read only once this answer is written and
+        drained, so a client that does not read holds one answer, counted in the server's
+        budget of unsent bytes (docs/design.md, "Rules for abuse: the server").
+        """
         request = self._request
         if self.phase is not Phase.BUSY or self.transport is None or request is None:
             return  # closed meanwhile (shutdown, client gone)
@@ -381,19 +452,45 @@ class Connection(asyncio.Protocol):
                     reason=answer.reason.encode("latin-1", "replace"),
                 )
             )
-            if answer.body and not head and answer.status not in (204, 304):
-                self._write(h11.Data(data=answer.body))
-            self._write(h11.EndOfMessage())
         except h11.LocalProtocolError as exc:
             self.hub.logger.error("cannot send the answer", extra={"err": str(exc)})
             self.close_now()
             return
+        with_body = not head and answer.status not in (204, 304)
+        self._sending = answer
+        self._slices = _slices(answer.chunks) if with_body else iter(())
+        self.hub.hold(answer.chunks)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Write slices while the client keeps up; finish once all is written and read."""
+        try:
+            while self._slices is not None and not self._write_paused:
+                piece = next(self._slices, None)
+                if piece is None:
+                    self._slices = None
+                    self._write(h11.EndOfMessage())
+                else:
+                    # h11 takes any bytes-like data and copies the slice into bytes
+                    self._write(h11.Data(data=piece))  # type: ignore[arg-type]
+        except h11.LocalProtocolError as exc:
+            self.hub.logger.error("cannot send the answer", extra={"err": str(exc)})
+            self.close_now()
+            return
+        if self._slices is None and not self._write_paused and self._sending is not None:
+            self._answered()
+
+    def _answered(self) -> None:
+        answer, request = self._sending, self._request
+        assert answer is not None and request is not None and self.transport is not None
+        self._sending = None
+        self.hub.release(answer.chunks)
         self._debug(
             "request",
             method=request.method.decode("ascii", "replace"),
             path=request.target.decode("ascii", "replace"),
             status=answer.status,
-            bytes=len(answer.body),
+            bytes=answer.size,
         )
         self._request = None
         if self._h11.our_state is not h11.DONE or self._h11.their_state is not h11.DONE:
@@ -420,7 +517,7 @@ class Connection(asyncio.Protocol):
             elif lower not in ("connection", "transfer-encoding", "date", "server"):
                 headers.append((name, value))
         if not head or length is None:
-            length = str(len(answer.body)) if answer.status not in (204, 304) else None
+            length = str(answer.size) if answer.status not in (204, 304) else None
         if length is not None:
             headers.append(("Content-Length", length))
         headers.append(("Date", _http_date()))

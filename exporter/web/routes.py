@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs
 
-from exporter.metrics.exposition import Exposition
+from exporter.metrics.exposition import Body, Exposition
 from exporter.model import ExporterView
 from exporter.web.pages import render_html, render_json
 
@@ -48,7 +48,7 @@ class ExporterPort(Protocol):
         """A valid configuration is loaded."""
 
 
-Handler = Callable[["WSGIEnvironment"], tuple[str, list[tuple[str, str]], bytes]]
+Handler = Callable[["WSGIEnvironment"], tuple[str, list[tuple[str, str]], bytes | Body]]
 
 
 def scrape_deadline(header: str | None) -> float:
@@ -64,6 +64,39 @@ def scrape_deadline(header: str | None) -> float:
     if not timeout > 0:
         return DEFAULT_SCRAPE_TIMEOUT
     return max(timeout - DEADLINE_MARGIN, MIN_DEADLINE)
+
+
+_QVALUE_RE = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)")
+
+
+def accepts_gzip(header: str | None) -> bool:
+    """True if ``Accept-Encoding`` allows gzip (RFC 9110 section 12.5.3).
+
+    The q-value of ``gzip`` (or ``x-gzip``) decides; without one, that of ``*``. ``q=0``
+    (``0.0``, ``0.000``) forbids. A malformed q-value makes its entry not count, so a
+    garbled header means identity, which every client can read.
+    """
+    if not header:
+        return False
+    weights: dict[str, float] = {}
+    for item in header.split(","):
+        coding, *params = (part.strip(" \t") for part in item.split(";"))
+        coding = coding.lower()
+        if not coding:
+            continue
+        weight: float | None = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip(" \t").lower() == "q":
+                value = value.strip(" \t")
+                weight = float(value) if _QVALUE_RE.fullmatch(value) else None
+        if weight is None:
+            continue
+        if coding == "x-gzip":
+            coding = "gzip"
+        weights[coding] = min(weights.get(coding, weight), weight)  # repeated: the lower
+    weight = weights.get("gzip", weights.get("*", 0.0))
+    return weight > 0
 
 
 def _text(status: str, body: str) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -91,6 +124,7 @@ class App:
         path = environ.get("PATH_INFO") or "/"
         method = environ.get("REQUEST_METHOD", "GET").upper()
         route = self.routes.get(path)
+        body: bytes | Body
         if route is None:
             status, headers, body = _text("404 Not Found", "404 page not found\n")
         elif method not in route[0]:
@@ -98,11 +132,15 @@ class App:
             headers.append(("Allow", ", ".join(sorted(route[0]))))
         else:
             status, headers, body = route[1](environ)
-        headers.append(("Content-Length", str(len(body))))
+        size = len(body) if isinstance(body, bytes) else sum(map(len, body))
+        headers.append(("Content-Length", str(size)))
         start_response(status, headers)
-        return [b""] if method == "HEAD" else [body]
+        if method == "HEAD":
+            return [b""]
+        # A Body goes out as it is: its chunks stay shared with other answers.
+        return body if isinstance(body, Body) else [body]
 
-    def metrics(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+    def metrics(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes | Body]:
         """Refresh due tasks within the scrape deadline, then render memory."""
         deadline = scrape_deadline(environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"))
         # Waiting for the API leaves room for rendering, which is slow with many tasks.
@@ -110,10 +148,10 @@ class App:
         started = time.monotonic()
         params = parse_qs(environ.get("QUERY_STRING", ""))
         names = frozenset(params["name[]"]) if "name[]" in params else None
-        gzipped = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
+        gzipped = accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING"))
         # Incremental and cached, byte-identical to prometheus_client (docs/design.md,
         # "Exposition"); it cannot raise on any stored value.
-        content_type, body = self.exposition.render(
+        content_type, body = self.exposition.render_body(
             self.exporter.view(), environ.get("HTTP_ACCEPT", ""), names, gzipped
         )
         headers = [("Content-Type", content_type)]

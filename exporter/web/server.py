@@ -31,11 +31,18 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from exporter import __version__
+from exporter.web.auth import AuthPool, BasicAuthVerifier, Check
 from exporter.web.connection import SHEDDABLE, Connection, Phase
 from exporter.web.listen import bind, parse_listen_address
-from exporter.web.middleware import REALM, WebConfigMiddleware
+from exporter.web.middleware import (
+    REALM,
+    WebConfigMiddleware,
+    too_many_checks,
+    unauthorized,
+    unsent_full,
+)
 from exporter.web.webconfig import WebConfigWatcher
-from exporter.web.wsgi import Workers, build_environ, call_app
+from exporter.web.wsgi import Answer, Workers, build_environ, call_app
 
 if TYPE_CHECKING:
     from wsgiref.types import WSGIApplication
@@ -50,6 +57,14 @@ _ACCEPT_BATCH = 64
 _ACCEPT_BACKOFF_SECONDS = 0.05
 _WARN_EVERY_SECONDS = 10.0
 _RESERVED_FILES = 128  # for the API client, the state file, logs
+#: Bytes of unfinished requests (heads and bodies being read), for the whole process, above
+#: which a connection holding more than 16 KiB of them is refused.
+INCOMING_BUDGET = 16 << 20
+#: Seconds before wrong credentials (or a full queue of password checks) are answered.
+REFUSAL_DELAY = 1.0
+#: Bytes of answers written but not yet read by their clients, for the whole process,
+#: above which new requests wait (docs/design.md, "Rules for abuse: the server").
+UNSENT_BUDGET = 48 << 20
 
 
 def default_max_connections() -> int:
@@ -75,6 +90,10 @@ class ExporterServer:
         max_connections: int | None = None,
         workers: int = 8,
         clock: Callable[[], float] = time.monotonic,
+        unsent_budget: int = UNSENT_BUDGET,
+        auth_pool: AuthPool | None = None,
+        refusal_delay: float = REFUSAL_DELAY,
+        incoming_budget: int = INCOMING_BUDGET,
     ) -> None:
         if request_timeout <= 0 or idle_timeout <= 0:
             raise ValueError("request_timeout and idle_timeout must be > 0")
@@ -97,6 +116,17 @@ class ExporterServer:
         self.loop = asyncio.new_event_loop()
         self._workers = Workers(workers, "exporter-http", self.logger)
         self._probe_workers = Workers(2, "exporter-http-probe", self.logger)
+        self._verifier = BasicAuthVerifier()
+        self.auth_pool = auth_pool or AuthPool(self.logger)
+        self.unsent_budget = unsent_budget
+        self.refusal_delay = refusal_delay
+        self.incoming = 0
+        self.incoming_budget = incoming_budget
+        self.unsent = 0  # bytes held by answers not yet sent, each shared chunk once
+        self._held: dict[int, list[Any]] = {}  # id(chunk): [chunk, holders]
+        self._answers_held = 0
+        # Requests waiting for room in the budget, oldest first, with their deadline timer.
+        self._waiting: dict[Connection, tuple[dict[str, Any], asyncio.TimerHandle]] = {}
         self._conns: set[Connection] = set()
         self._sheddable: dict[Connection, None] = {}  # insertion order: longest idle first
         self._busy = 0
@@ -124,6 +154,16 @@ class ExporterServer:
         return self._watcher
 
     @property
+    def answers_unsent(self) -> int:
+        """Answers written but not yet read by their clients (held in the budget)."""
+        return self._answers_held
+
+    @property
+    def requests_waiting(self) -> int:
+        """Requests waiting for room in the budget of unsent bytes."""
+        return len(self._waiting)
+
+    @property
     def active_connections(self) -> int:
         """Connections held right now (in a handshake, idle, reading or answering)."""
         return len(self._conns)
@@ -142,6 +182,7 @@ class ExporterServer:
             self._started = True
         self._workers.start()
         self._probe_workers.start()
+        self.auth_pool.start()
         loop = self.loop
         loop.set_exception_handler(self._loop_error)
         try:
@@ -172,6 +213,7 @@ class ExporterServer:
         self._quiet.wait(_DRAIN_SECONDS)
         self._workers.stop()
         self._probe_workers.stop()
+        self.auth_pool.stop()
         if self._quiet.is_set():
             self._loop_done.wait(0.5)
 
@@ -356,7 +398,14 @@ class ExporterServer:
             return
 
     def dispatch(self, conn: Connection, request: h11.Request, body: bytes) -> None:
-        """Hand a complete request to the workers; the answer is written on the loop."""
+        """Hand a complete request to the workers; the answer is written on the loop.
+
+        With basic auth on, the credentials are checked first, here: known ones (right or
+        wrong) from the cache at once, others on the bcrypt pool, whose bounded queue
+        answers 429 when full; a wrong password never takes a worker (docs/design.md,
+        "Rules for abuse: the server"). Probes then go to their own workers; anything else
+        waits while the answers not yet sent exceed the budget.
+        """
         environ = build_environ(
             request,
             body,
@@ -366,6 +415,96 @@ class ExporterServer:
             logger=self.logger,
             software=self.software,
         )
+        probe = request.target.split(b"?", 1)[0] in PROBE_PATHS
+        config = self._watcher.current() if self._watcher is not None else None
+        if config is None or not config.basic_auth_users:
+            self._admit(conn, environ, probe)
+            return
+        verdict = self._verifier.lookup(config.basic_auth_users, environ.get("HTTP_AUTHORIZATION"))
+        if isinstance(verdict, Check):
+            loop = self.loop
+
+            def check() -> None:
+                user = self._verifier.run(verdict)
+                with contextlib.suppress(RuntimeError):  # the loop has ended
+                    loop.call_soon_threadsafe(self._checked, conn, environ, probe, user)
+
+            if not self.auth_pool.submit(conn.client[0], check):
+                self._refuse(conn, too_many_checks(config.headers), self.refusal_delay)
+            return
+        self._checked(conn, environ, probe, verdict)
+
+    def _checked(
+        self, conn: Connection, environ: dict[str, Any], probe: bool, user: str | None
+    ) -> None:
+        if conn.phase is not Phase.BUSY:
+            return  # closed meanwhile
+        if user is None:
+            config = self._watcher.current() if self._watcher is not None else None
+            given = "HTTP_AUTHORIZATION" in environ  # wrong, not missing: the client waits
+            answer = unauthorized(config.headers if config else {})
+            self._refuse(conn, answer, self.refusal_delay if given else 0.0)
+            return
+        environ["REMOTE_USER"] = user
+        environ.pop("HTTP_AUTHORIZATION", None)
+        self._admit(conn, environ, probe)
+
+    def _refuse(self, conn: Connection, answer: Answer, delay: float = 0.0) -> None:
+        """Answer without the app, on a later turn of the loop (no recursion through
+        pipelined requests). Refused credentials are answered after ``delay``: a client
+        guessing passwords then sends one request per connection and second, not as many
+        as the loop can parse (docs/design.md, "Rules for abuse: the server")."""
+        if delay > 0:
+            self.loop.call_later(delay, conn.respond, answer)
+        else:
+            self.loop.call_soon(conn.respond, answer)
+
+    def _admit(self, conn: Connection, environ: dict[str, Any], probe: bool) -> None:
+        """Run the request now, or (not a probe, budget spent) when answers have drained."""
+        if probe or (self.unsent < self.unsent_budget and not self._waiting):
+            self._run(conn, environ, probe)
+            return
+        timer = self.loop.call_later(self.request_timeout, self._waited_too_long, conn)
+        self._waiting[conn] = (environ, timer)
+
+    def _waited_too_long(self, conn: Connection) -> None:
+        if self._waiting.pop(conn, None) is not None and conn.phase is Phase.BUSY:
+            self._warn("answers not read by their clients fill the budget, refusing requests")
+            config = self._watcher.current() if self._watcher is not None else None
+            conn.respond(unsent_full(config.headers if config else {}))
+
+    def _admit_waiting(self) -> None:
+        while self._waiting and self.unsent < self.unsent_budget:
+            conn = next(iter(self._waiting))
+            environ, timer = self._waiting.pop(conn)
+            timer.cancel()
+            if conn.phase is Phase.BUSY:
+                self._run(conn, environ, False)
+
+    def hold(self, chunks: tuple[bytes, ...]) -> None:
+        """Count an answer's chunks as unsent; a chunk several answers share counts once."""
+        self._answers_held += 1
+        for chunk in chunks:
+            entry = self._held.get(id(chunk))
+            if entry is None:
+                self._held[id(chunk)] = [chunk, 1]
+                self.unsent += len(chunk)
+            else:
+                entry[1] += 1
+
+    def release(self, chunks: tuple[bytes, ...]) -> None:
+        """An answer is sent (or dropped): its chunks no longer count once nobody holds them."""
+        self._answers_held -= 1
+        for chunk in chunks:
+            entry = self._held[id(chunk)]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._held[id(chunk)]
+                self.unsent -= len(chunk)
+        if self._waiting:
+            self._admit_waiting()
+
+    def _run(self, conn: Connection, environ: dict[str, Any], probe: bool) -> None:
         loop = self.loop
 
         def run() -> None:
@@ -373,6 +512,4 @@ class ExporterServer:
             with contextlib.suppress(RuntimeError):  # the loop has ended
                 loop.call_soon_threadsafe(conn.respond, answer)
 
-        path = request.target.split(b"?", 1)[0]
-        workers = self._probe_workers if path in PROBE_PATHS else self._workers
-        workers.submit(run)
+        (self._probe_workers if probe else self._workers).submit(run)

@@ -31,12 +31,30 @@ _INTERNAL_ERROR = b"Internal Server Error\n"
 
 @dataclass(frozen=True)
 class Answer:
-    """What the app answered: status code and reason, headers, the whole body."""
+    """What the app answered: status code and reason, headers, the whole body.
+
+    The body is kept as the chunks the app returned, never joined: a chunk shared by
+    several answers (the rendered /metrics of one moment) stays one object in memory
+    however many connections still have it to send (docs/design.md, "Rules for abuse:
+    the server"). ``keep`` is what the app returned, held until the answer is sent, so
+    that what keeps a shared chunk findable lives exactly as long.
+    """
 
     status: int
     reason: str
     headers: list[tuple[str, str]]
-    body: bytes
+    body: bytes | tuple[bytes, ...]
+    keep: object = None
+
+    @property
+    def chunks(self) -> tuple[bytes, ...]:
+        """The body's chunks, in order."""
+        return (self.body,) if isinstance(self.body, bytes) else self.body
+
+    @property
+    def size(self) -> int:
+        """Bytes of body."""
+        return sum(map(len, self.chunks))
 
 
 class _LogStream(io.TextIOBase):
@@ -125,7 +143,7 @@ def call_app(app: WSGIApplication, environ: dict[str, Any], logger: logging.Logg
     try:
         result = app(environ, start_response)
         try:
-            body = b"".join(result)
+            body = tuple(c if type(c) is bytes else bytes(c) for c in result if c)
         finally:
             close = getattr(result, "close", None)
             if close is not None:
@@ -134,7 +152,7 @@ def call_app(app: WSGIApplication, environ: dict[str, Any], logger: logging.Logg
             raise RuntimeError("the application did not call start_response")
         status, headers = started[0]
         code, _, reason = status.partition(" ")
-        return Answer(int(code), reason, headers, body)
+        return Answer(int(code), reason, headers, body, keep=result)
     except Exception as exc:
         logger.error(
             "error handling request",

@@ -418,3 +418,21 @@ def test_a_filter_builds_only_the_families_it_shows() -> None:
         b"# TYPE shoplazza_exporter_build_info gauge\n"
         b'shoplazza_exporter_build_info{version="1.2.3"} 1.0\n'
     )
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_bodies_share_the_cached_part_while_one_is_alive(gzipped: bool) -> None:
+    """Clients that do not read hold the same bytes, not a copy each (docs/design.md,
+    "Rules for abuse: the server")."""
+    exposition = Exposition(extra=())
+    view = sample_view()
+    first = exposition.render_body(view, "", None, gzipped)[1]
+    second = exposition.render_body(view, "", None, gzipped)[1]
+    assert first[0] is second[0]  # the large part: one object
+    assert len(first[0]) > len(first[1])
+    joined = b"".join(second)
+    assert (gzip.decompress(joined) if gzipped else joined) == ours(exposition, view)
+    changed = exporter_view(store("shop", [task("t000", 5)], requests=8))
+    third = exposition.render_body(changed, "", None, gzipped)[1]
+    assert third[0] is not first[0]
+    assert b'task_id="t001"' not in (gzip.decompress(b"".join(third)) if gzipped else third[0])

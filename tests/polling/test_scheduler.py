@@ -114,7 +114,7 @@ def test_housekeeping_timer_discovers_and_forgets_without_scrapes(
     poller.stop()
 
 
-def test_view_hands_out_cached_records_and_revisions_follow_changes(
+def test_view_hands_out_cached_records_and_new_views_follow_changes(
     sim: Simulator, tmp_path: Path
 ) -> None:
     sim.add_task("t1", total=4, finished=1)

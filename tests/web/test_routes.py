@@ -144,3 +144,17 @@ def test_token_never_in_pages(app: App) -> None:
     for path in ("/", "/api/v1/tasks", "/metrics"):
         assert TOKEN.encode() not in wsgi(app, path)[2]
     assert TOKEN_ENV  # the token came from this variable
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [("gzip", True), ("gzip;q=0, identity", False), ("*;q=0", False), ("gzip;q=0.000", False)],
+)
+def test_metrics_gzip_follows_accept_encoding_q_values(
+    app: App, accept_encoding: str, gzipped: bool
+) -> None:
+    status, headers, body = wsgi(app, "/metrics", headers={"Accept-Encoding": accept_encoding})
+    assert status == 200
+    assert (headers.get("Content-Encoding") == "gzip") is gzipped
+    assert int(headers["Content-Length"]) == len(body)
+    assert b"shoplazza_upload_task" in (gzip.decompress(body) if gzipped else body)

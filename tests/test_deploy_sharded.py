@@ -26,6 +26,7 @@ from tests.test_deploy import (
     REPO,
     check_hardened_exporter,
     check_service_monitor,
+    kubectl,
     load_yaml,
     run,
     slug,
@@ -45,11 +46,8 @@ _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
 def render(directory: Path) -> list[dict[str, Any]]:
-    """The objects ``kubectl kustomize`` renders from a directory (skip without kubectl)."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed: it renders the kustomization offline")
-    result = run(kubectl, "kustomize", str(directory))
+    """The objects ``kubectl kustomize`` renders from a directory (the test extras' kubectl)."""
+    result = run(kubectl(), "kustomize", str(directory))
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -159,7 +157,16 @@ def test_renders_the_fleet_objects_and_no_secret(
 ) -> None:
     kinds = sorted(kind for kind, _ in objects)
     assert kinds == sorted(
-        ["ConfigMap", "ConfigMap", "StatefulSet", "Service", "ServiceMonitor", "PrometheusRule"]
+        [
+            "ConfigMap",
+            "ConfigMap",
+            "StatefulSet",
+            "Service",
+            "ServiceMonitor",
+            "PrometheusRule",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+        ]
     )
     # Tokens come from a Secret created out of band, never a placeholder applied by -k.
     assert all(kind != "Secret" for kind, _ in objects)
@@ -214,6 +221,7 @@ def test_the_shard_count_is_one_value(tmp_path: Path) -> None:
     """Changing the count in kustomization.yaml changes both replicas and --total-shards."""
     copy = tmp_path / "kubernetes-sharded"
     shutil.copytree(SHARDED_DIR, copy)
+    shutil.copytree(SHARDED_DIR.parent / "components", tmp_path / "components")
     kustomization = load_yaml(copy / "kustomization.yaml")
     (entry,) = kustomization["replicas"]
     assert entry == {"name": NAME, "count": entry["count"]}
@@ -419,3 +427,86 @@ def test_sharding_doc_links_exist() -> None:
     kustomization = load_yaml(SHARDED_DIR / "kustomization.yaml")
     assert "replicas[0].count" in section and kustomization["replicas"][0]["count"]
     assert TOKEN_SECRET in section
+
+
+# --- disruption budget and network policy (deploy/components/) ---------------------------
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector of matchLabels only matches these labels."""
+    assert set(selector) == {"matchLabels"}, selector
+    return bool(selector["matchLabels"]) and selector["matchLabels"].items() <= labels.items()
+
+
+def test_disruption_budget_takes_one_shard_at_a_time(
+    objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    budget = one(objects, "PodDisruptionBudget")
+    statefulset = objects[("StatefulSet", NAME)]
+    assert selects(
+        budget["spec"]["selector"], statefulset["spec"]["template"]["metadata"]["labels"]
+    )
+    # One at a time, and never 0 (that would block every node drain for ever).
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in budget["spec"]
+    assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    # Reusable: it names no shard, no StatefulSet, no replica count.
+    assert load_yaml(REPO / "deploy/components/disruption-budget/kustomization.yaml")["kind"] == (
+        "Component"
+    )
+
+
+PROMETHEUS_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+}
+
+
+def test_network_policy_admits_prometheus_and_lets_out_dns_and_https_only(
+    objects: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    policy = one(objects, "NetworkPolicy")
+    statefulset = objects[("StatefulSet", NAME)]
+    spec = policy["spec"]
+    assert selects(spec["podSelector"], statefulset["spec"]["template"]["metadata"]["labels"])
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    # Ingress: one rule, from Prometheus' pods in its namespace (both selectors in ONE
+    # peer: pods of that name in that namespace, not either), to the metrics port only.
+    (ingress,) = spec["ingress"]
+    assert ingress["from"] == [PROMETHEUS_PEER]
+    (port,) = ingress["ports"]
+    named = {p["name"]: p["containerPort"] for p in exporter_container(statefulset)["ports"]}
+    assert port == {"protocol": "TCP", "port": "metrics"} and "metrics" in named
+    # Egress: to any address, but DNS and HTTPS only.
+    allowed = set()
+    for rule in spec["egress"]:
+        assert "to" not in rule, rule
+        allowed |= {(p["protocol"], p["port"]) for p in rule["ports"]}
+    assert allowed == {("UDP", 53), ("TCP", 53), ("TCP", 443)}
+    # The labels the policy expects are the ones the docs tell users to adapt.
+    docs = (REPO / "docs" / "mixin.md").read_text(encoding="utf-8")
+    for text in ("kubernetes.io/metadata.name: monitoring", "app.kubernetes.io/name: prometheus"):
+        assert text in docs
+
+
+def test_documented_proxy_patch_opens_the_proxy_and_nothing_else(tmp_path: Path) -> None:
+    """docs/mixin.md's overlay for an outbound proxy, rendered: egress to the proxy's
+    address and port is added, every other rule stays."""
+    docs = (REPO / "docs" / "mixin.md").read_text(encoding="utf-8")
+    section = docs.split("### With an outbound proxy", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    shutil.copytree(REPO / "deploy", tmp_path / "deploy")
+    overlay = tmp_path / "deploy" / "my-fleet"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(block, encoding="utf-8")
+    rendered = {(o["kind"], o["metadata"]["name"]): o for o in render(overlay)}
+    policy = one(rendered, "NetworkPolicy")
+    unpatched = {(o["kind"], o["metadata"]["name"]): o for o in render(SHARDED_DIR)}
+    before = one(unpatched, "NetworkPolicy")
+    added = [rule for rule in policy["spec"]["egress"] if rule not in before["spec"]["egress"]]
+    (rule,) = added
+    (peer,) = rule["to"]
+    assert set(peer) == {"ipBlock"} and peer["ipBlock"]["cidr"].endswith("/32")
+    assert [p["protocol"] for p in rule["ports"]] == ["TCP"]
+    assert policy["spec"]["ingress"] == before["spec"]["ingress"]
+    validate_core_objects([("NetworkPolicy with a proxy", policy)], K8S_VERSIONS[-1])

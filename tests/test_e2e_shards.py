@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from exporter.demo.simulator import SimTask, Simulator
+from tests.test_deploy import ALERTS
 from tests.test_e2e_prometheus import (
     Process,
     free_port,
@@ -302,6 +303,28 @@ def assert_each_task_once(fleet: Fleet, total: int) -> None:
         for item in query(url, "sum by (store) (shoplazza_exporter_watched_tasks)")
     }
     assert watched == dict.fromkeys(STORES, 2.0)
+    assert_shard_alerts(fleet, total)
+
+
+def assert_shard_alerts(fleet: Fleet, total: int) -> None:
+    """The shard alerts' expressions (deploy/prometheus/alerts.yml) on the real shards:
+    quiet with every shard up, and naming the count when one is out of sight (the
+    exporter's total_shards label and count_values write numbers alike)."""
+    rules = {
+        rule["alert"]: rule["expr"]
+        for group in yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"]
+        for rule in group["rules"]
+    }
+    missing = rules["ShoplazzaExporterShardsMissing"]
+    assert query(fleet.prometheus_url, missing) == []
+    assert query(fleet.prometheus_url, rules["ShoplazzaExporterShardingMismatch"]) == []
+    selector = 'job=~"shoplazza-upload-exporter.*"'
+    assert selector in missing
+    hidden = missing.replace(selector, f'{selector}, instance!="{fleet.addresses[0]}"')
+    (found,) = query(fleet.prometheus_url, hidden)
+    assert found["metric"]["job"] == JOB
+    assert found["metric"]["total_shards"] == str(total)
+    assert found["metric"]["running_shards"] == str(total - 1)
 
 
 def fetches(sim: Simulator) -> dict[str, int]:

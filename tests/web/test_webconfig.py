@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from exporter.web.auth import BasicAuthVerifier, parse_basic_auth
 from exporter.web.webconfig import (
-    WebConfig,
     RateLimit,
+    WebConfig,
     WebConfigError,
     WebConfigWatcher,
     load_web_config,

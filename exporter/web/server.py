@@ -25,7 +25,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import h11
@@ -44,7 +44,6 @@ __all__ = ["REALM", "ExporterServer", "default_max_connections", "parse_listen_a
 
 LOGGER_NAME = "exporter.web.server"
 SERVER_SOFTWARE = f"shoplazza-upload-exporter/{__version__}"
-PROBE_PATHS = frozenset({b"/-/healthy", b"/-/ready"})
 _DRAIN_SECONDS = 0.5
 _ACCEPT_BATCH = 64
 _ACCEPT_BACKOFF_SECONDS = 0.05
@@ -61,14 +60,21 @@ def default_max_connections() -> int:
 
 
 class ExporterServer:
-    """The exporter's HTTP(S) server; binds at construction, serves after ``start()``."""
+    """The exporter's HTTP(S) server; binds at construction, serves after ``start()``.
+
+    ``listen_address`` is one ``[HOST]:PORT`` or several (one listening socket each);
+    ``sockets`` are listening sockets made elsewhere (systemd's), used instead.
+    ``probe_paths`` are the request paths answered by the probes' own workers.
+    """
 
     def __init__(
         self,
         app: WSGIApplication,
-        listen_address: str,
+        listen_address: str | Sequence[str],
         web_config_file: str | None = None,
         *,
+        sockets: Sequence[socket.socket] = (),
+        probe_paths: Iterable[str] = ("/-/healthy", "/-/ready"),
         logger: logging.Logger | None = None,
         request_timeout: float = 10.0,
         idle_timeout: float = 120.0,
@@ -90,14 +96,20 @@ class ExporterServer:
         self.wsgi_app: WSGIApplication = (
             WebConfigMiddleware(app, self._watcher) if self._watcher is not None else app
         )
-        host, port = parse_listen_address(listen_address)
-        self._sock = bind(host, port)
-        self._sock.setblocking(False)
-        self._address: tuple[str, int] = self._sock.getsockname()[:2]
+        self._probe_paths = frozenset(path.encode("ascii") for path in probe_paths)
+        self._socks = list(sockets) or self._bind(
+            [listen_address] if isinstance(listen_address, str) else listen_address
+        )
+        for sock in self._socks:
+            sock.setblocking(False)
+        self._addresses: list[tuple[str, int]] = [
+            (str(name[0]), int(name[1])) for name in (sock.getsockname() for sock in self._socks)
+        ]
         self.loop = asyncio.new_event_loop()
         self._workers = Workers(workers, "exporter-http", self.logger)
         self._probe_workers = Workers(2, "exporter-http-probe", self.logger)
         self._conns: set[Connection] = set()
+        self._local: dict[Connection, tuple[str, int]] = {}
         self._sheddable: dict[Connection, None] = {}  # insertion order: longest idle first
         self._busy = 0
         self._lock = threading.Lock()
@@ -108,10 +120,31 @@ class ExporterServer:
         self._thread: threading.Thread | None = None
         self._last_warning = -1e9
 
+    @staticmethod
+    def _bind(addresses: Sequence[str]) -> list[socket.socket]:
+        """One listening socket per address, all or none (ValueError, OSError)."""
+        parsed = [parse_listen_address(address) for address in addresses]
+        if not parsed:
+            raise ValueError("no listen address")
+        socks: list[socket.socket] = []
+        try:
+            for host, port in parsed:
+                socks.append(bind(host, port))
+        except OSError:
+            for sock in socks:
+                sock.close()
+            raise
+        return socks
+
     @property
     def address(self) -> tuple[str, int]:
-        """The bound host and port (port 0 resolved)."""
-        return self._address
+        """The first bound host and port (port 0 resolved)."""
+        return self._addresses[0]
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every bound host and port, in the order of the listen addresses."""
+        return list(self._addresses)
 
     @property
     def tls(self) -> bool:
@@ -145,7 +178,8 @@ class ExporterServer:
         loop = self.loop
         loop.set_exception_handler(self._loop_error)
         try:
-            loop.add_reader(self._sock.fileno(), self._accept)
+            for sock in self._socks:
+                loop.add_reader(sock.fileno(), self._accept, sock)
             loop.run_forever()
         finally:
             for conn in list(self._conns):
@@ -162,7 +196,8 @@ class ExporterServer:
             self._closed = True
             started = self._started
         if not started:
-            self._sock.close()
+            for sock in self._socks:
+                sock.close()
             self.loop.close()
             return
         try:
@@ -185,8 +220,9 @@ class ExporterServer:
 
     def _stop(self) -> None:
         self.stopping = True
-        self.loop.remove_reader(self._sock.fileno())
-        self._sock.close()
+        for sock in self._socks:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
         for conn in list(self._conns):
             if conn.phase is not Phase.BUSY:
                 conn.close_now()
@@ -215,17 +251,17 @@ class ExporterServer:
                 extra={"connections": len(self._conns), "max_connections": self.max_connections},
             )
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         for _ in range(_ACCEPT_BATCH):
             try:
-                sock, addr = self._sock.accept()
+                sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     if not self._shed():
                         self._warn(f"cannot accept connections: {exc.strerror}")
-                    self._pause_accepting()  # the shed socket closes on the next turn
+                    self._pause_accepting(listener)  # the shed socket closes on the next turn
                 elif exc.errno != errno.ECONNABORTED:
                     self.logger.error("accept failed", extra={"err": str(exc)})
                 return
@@ -235,14 +271,14 @@ class ExporterServer:
                 continue
             self._start_connection(sock, addr)
 
-    def _pause_accepting(self) -> None:
+    def _pause_accepting(self, listener: socket.socket) -> None:
         """The process is out of file descriptors: let closing sockets go first."""
-        fd = self._sock.fileno()
+        fd = listener.fileno()
         self.loop.remove_reader(fd)
 
         def resume() -> None:
             if not self.stopping:
-                self.loop.add_reader(fd, self._accept)
+                self.loop.add_reader(fd, self._accept, listener)
 
         self.loop.call_later(_ACCEPT_BACKOFF_SECONDS, resume)
 
@@ -270,6 +306,7 @@ class ExporterServer:
             self._busy += 1
         if new is Phase.CLOSED:
             self._conns.discard(conn)
+            self._local.pop(conn, None)
         if self.stopping:
             self._check_quiet()
 
@@ -284,6 +321,9 @@ class ExporterServer:
             config, context = self._watcher.snapshot()
             sans = config.tls.client_allowed_sans if config.tls else ()
         conn = Connection(self, client, self.loop.time(), allowed_sans=sans)
+        if len(self._socks) > 1:  # which listener took it, for SERVER_NAME and SERVER_PORT
+            with contextlib.suppress(OSError):
+                self._local[conn] = sock.getsockname()[:2]
         self._conns.add(conn)
         self._sheddable[conn] = None
         if context is None:
@@ -360,7 +400,7 @@ class ExporterServer:
         environ = build_environ(
             request,
             body,
-            server=self._address,
+            server=self._local.get(conn, self._addresses[0]),
             client=conn.client,
             https=conn.https,
             logger=self.logger,
@@ -374,5 +414,5 @@ class ExporterServer:
                 loop.call_soon_threadsafe(conn.respond, answer)
 
         path = request.target.split(b"?", 1)[0]
-        workers = self._probe_workers if path in PROBE_PATHS else self._workers
+        workers = self._probe_workers if path in self._probe_paths else self._workers
         workers.submit(run)

@@ -16,10 +16,14 @@
 #   uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -o requirements.lock
 
 FROM python:3.12-slim-bookworm AS build
+# The build context has no .git: pass the commit for build_info's revision label,
+#   docker build --build-arg REVISION="$(git rev-parse HEAD)" .
+# (left empty when not given; docs/packaging.md).
+ARG REVISION=""
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY exporter ./exporter
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN SHOPLAZZA_EXPORTER_REVISION="${REVISION}" pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.12-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -27,7 +27,9 @@ from exporter.runtime import (
     return_large_buffers_to_the_system,
 )
 from exporter.sharding import Shard
-from exporter.web.routes import App
+from exporter.web.listen import systemd_sockets
+from exporter.web.prefix import Prefixes, RoutePrefix, parse_prefixes
+from exporter.web.routes import App, check_telemetry_path
 from exporter.web.server import ExporterServer
 from exporter.web.webconfig import WebConfigError, load_web_config
 
@@ -57,9 +59,45 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--web.listen-address",
         dest="listen_address",
-        default=DEFAULT_LISTEN,
+        action="append",
+        default=None,
         metavar="[HOST]:PORT",
-        help=f"address to listen on (default: {DEFAULT_LISTEN})",
+        help=f"address to listen on; repeat for several (default: {DEFAULT_LISTEN})",
+    )
+    add(
+        "--web.systemd-socket",
+        dest="systemd_socket",
+        action="store_true",
+        help="serve on the sockets systemd passes (LISTEN_FDS) instead of --web.listen-address",
+    )
+    add(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default="/metrics",
+        metavar="PATH",
+        help="path under which to expose metrics (default: /metrics)",
+    )
+    add(
+        "--web.disable-exporter-metrics",
+        dest="disable_exporter_metrics",
+        action="store_true",
+        help="leave out the exporter process's own process_* and python_* metrics",
+    )
+    add(
+        "--web.external-url",
+        dest="external_url",
+        default=None,
+        metavar="URL",
+        help="the URL under which users reach the exporter (e.g. behind a reverse proxy); "
+        "its path prefixes links and redirects",
+    )
+    add(
+        "--web.route-prefix",
+        dest="route_prefix",
+        default=None,
+        metavar="PATH",
+        help="prefix of the paths the exporter serves (default: the path of "
+        "--web.external-url; '/' when the proxy strips it)",
     )
     add(
         "--web.config.file",
@@ -181,6 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.total_shards > MAX_SHARDS:
         parser.error(f"--total-shards {args.total_shards}: at most {MAX_SHARDS}")
+    args.listen_address = args.listen_address or [DEFAULT_LISTEN]
+    try:
+        args.prefixes = parse_prefixes(args.external_url, args.route_prefix)
+        check_telemetry_path(args.telemetry_path)
+    except ValueError as exc:
+        parser.error(str(exc))
     setup_logging(args.log_level, args.log_format)
     if args.config_check:
         return check_config(args.config_file, args.web_config_file)
@@ -221,26 +265,29 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack, signals
         raise started
     raise_open_files_limit()  # before the server sizes its connection limit from it
     try:
-        server = ExporterServer(App(exporter), args.listen_address, args.web_config_file)
+        server = _make_server(args, exporter)
     except WebConfigError as exc:
         _print_errors(exc.errors)
         return 1
     except (ValueError, OSError) as exc:
-        print(f"{PROGRAM}: cannot listen on {args.listen_address}: {exc}", file=sys.stderr)
+        where = "systemd's sockets" if args.systemd_socket else " ".join(args.listen_address)
+        print(f"{PROGRAM}: cannot listen on {where}: {exc}", file=sys.stderr)
         return 1
     link_web_config_health(exporter, server)
     server.start()
-    host, port = server.address
-    scheme = "https" if server.tls else "http"
-    shown = f"[{host}]" if ":" in host else host or "localhost"
-    if host in ("", "0.0.0.0", "::"):
-        shown = "localhost"
-    log.info(
-        "listening",
-        extra={"version": __version__, "address": f"{host}:{port}", "config": config_file},
-    )
+    for host, port in server.addresses:
+        log.info(
+            "listening",
+            extra={"version": __version__, "address": f"{host}:{port}", "config": config_file},
+        )
     if args.demo:
-        print(f"Demo running: open {scheme}://{shown}:{port}/ (metrics at /metrics)", flush=True)
+        host, port = server.address
+        scheme = "https" if server.tls else "http"
+        shown = f"[{host}]" if ":" in host else host or "localhost"
+        if host in ("", "0.0.0.0", "::"):
+            shown = "localhost"
+        base = f"{scheme}://{shown}:{port}{args.prefixes.route}"
+        print(f"Demo running: open {base}/ (metrics at {args.telemetry_path})", flush=True)
     reloading = threading.Lock()  # one SIGHUP reload at a time, off the main thread
     while True:
         signals.wake.wait()
@@ -310,6 +357,24 @@ def _exit_soon() -> None:
     timer = threading.Timer(EXIT_DEADLINE, hard_exit)
     timer.daemon = True
     timer.start()
+
+
+def _make_server(args: argparse.Namespace, exporter: Exporter) -> ExporterServer:
+    """The HTTP server of the flags: paths, listeners, web configuration."""
+    prefixes: Prefixes = args.prefixes
+    app = App(
+        exporter,
+        telemetry_path=args.telemetry_path,
+        exporter_metrics=not args.disable_exporter_metrics,
+    )
+    sockets = systemd_sockets() if args.systemd_socket else []
+    return ExporterServer(
+        RoutePrefix(app, prefixes),
+        args.listen_address,
+        args.web_config_file,
+        sockets=sockets,
+        probe_paths=[prefixes.path("/-/healthy"), prefixes.path("/-/ready")],
+    )
 
 
 class _Signals:

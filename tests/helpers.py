@@ -130,7 +130,10 @@ def make_exporter(
 
 
 def wsgi(
-    app: App, path: str, method: str = "GET", headers: Mapping[str, str] | None = None
+    app: Callable[..., Iterable[bytes]],
+    path: str,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """Call the WSGI app directly; returns (status code, headers, body)."""
     path, _, query = path.partition("?")

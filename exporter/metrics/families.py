@@ -40,6 +40,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go
 
+from exporter.build import build_labels
 from exporter.model import (
     DURATION_BUCKETS,
     TASK_FIELDS,
@@ -292,7 +293,7 @@ def global_families(view: ExporterView) -> list[Metric]:
     ]
     reload_ok.add_sample(reload_ok.name, {}, 1.0 if view.reload.successful else 0.0)
     reload_ts.add_sample(reload_ts.name, {}, number(view.reload.last_success))
-    build.add_sample(build.name, {"version": label_value(view.version)}, 1.0)
+    build.add_sample(build.name, build_labels(label_value(view.version)), 1.0)
     invalid.add_sample(invalid.name, {}, number(view.store_files_invalid))
     shard_labels = {
         "shard": label_value(view.shard),

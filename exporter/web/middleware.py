@@ -21,7 +21,14 @@ if TYPE_CHECKING:
 
     from _typeshed import OptExcInfo
 
-__all__ = ["REALM", "WebConfigMiddleware", "too_many_checks", "unauthorized", "unsent_full"]
+__all__ = [
+    "REALM",
+    "WebConfigMiddleware",
+    "rate_limited",
+    "too_many_checks",
+    "unauthorized",
+    "unsent_full",
+]
 
 REALM = "shoplazza-upload-exporter"
 _TEXT = ("Content-Type", "text/plain; charset=utf-8")
@@ -34,6 +41,16 @@ def unauthorized(headers: Mapping[str, str]) -> Answer:
         "Unauthorized",
         [_TEXT, ("WWW-Authenticate", f'Basic realm="{REALM}"'), *headers.items()],
         b"Unauthorized\n",
+    )
+
+
+def rate_limited(headers: Mapping[str, str], retry_after: int) -> Answer:
+    """429: the web configuration's ``rate_limit`` bucket is empty."""
+    return Answer(
+        429,
+        "Too Many Requests",
+        [_TEXT, ("Retry-After", str(retry_after)), *headers.items()],
+        b"Too Many Requests\n",
     )
 
 

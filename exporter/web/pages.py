@@ -327,8 +327,10 @@ def _shard_text(view: ExporterView) -> str:
     )
 
 
-def render_html(view: ExporterView) -> str:
-    """A page a person reads at a glance: one table per store, one row per task."""
+def render_html(view: ExporterView, metrics_href: str = "metrics") -> str:
+    """A page a person reads at a glance: one table per store, one row per task.
+
+    Its links are relative, so they work under any ``--web.external-url`` path."""
     now = view.now
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -336,7 +338,8 @@ def render_html(view: ExporterView) -> str:
         "<title>Shoplazza upload exporter</title>",
         f"<style>{_STYLE}</style></head><body>",
         "<h1>Shoplazza upload exporter</h1>",
-        f"<p>Version {_e(view.version)} &middot; <a href='metrics'>Metrics</a> &middot; ",
+        f"<p>Version {_e(view.version)} &middot; <a href='{_e(metrics_href)}'>Metrics</a> "
+        "&middot; ",
         "<a href='api/v1/tasks'>Tasks as JSON</a> &middot; <a href='-/healthy'>Health</a></p>",
         f"<p class='shard'>{_e(_shard_text(view))} &middot; ",
         f"<span class='muted'>refreshes every {PAGE_REFRESH_SECONDS} s</span></p>",

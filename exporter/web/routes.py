@@ -103,15 +103,40 @@ def _text(status: str, body: str) -> tuple[str, list[tuple[str, str]], bytes]:
     return status, [("Content-Type", "text/plain; charset=utf-8")], body.encode()
 
 
-class App:
-    """Routes requests to the exporter's endpoints."""
+#: Paths of the app's own pages, which ``--web.telemetry-path`` may not take.
+FIXED_PATHS = ("/", "/api/v1/tasks", "/-/healthy", "/-/ready", "/-/reload")
 
-    def __init__(self, exporter: ExporterPort) -> None:
+
+def check_telemetry_path(path: str) -> str:
+    """``--web.telemetry-path``: an absolute path that no other page uses (ValueError)."""
+    if not path.startswith("/") or path.startswith("//") or "?" in path or "#" in path:
+        raise ValueError(f"--web.telemetry-path {path!r}: must be a path starting with '/'")
+    if path in FIXED_PATHS:
+        raise ValueError(f"--web.telemetry-path {path!r}: taken by another page")
+    return path
+
+
+class App:
+    """Routes requests to the exporter's endpoints.
+
+    ``telemetry_path`` serves the metrics (``--web.telemetry-path``); ``exporter_metrics``
+    False leaves out prometheus_client's ``process_*`` and ``python_*`` families
+    (``--web.disable-exporter-metrics``).
+    """
+
+    def __init__(
+        self,
+        exporter: ExporterPort,
+        *,
+        telemetry_path: str = "/metrics",
+        exporter_metrics: bool = True,
+    ) -> None:
         self.exporter = exporter
-        self.exposition = Exposition()
+        self.exposition = Exposition(extra=None if exporter_metrics else ())
         self._render_seconds = 0.0
+        self.telemetry_path = check_telemetry_path(telemetry_path)
         self.routes: dict[str, tuple[frozenset[str], Handler]] = {
-            "/metrics": (frozenset({"GET", "HEAD"}), self.metrics),
+            telemetry_path: (frozenset({"GET", "HEAD"}), self.metrics),
             "/": (frozenset({"GET", "HEAD"}), self.index),
             "/api/v1/tasks": (frozenset({"GET", "HEAD"}), self.tasks),
             "/-/healthy": (frozenset({"GET", "HEAD"}), self.healthy),
@@ -165,7 +190,7 @@ class App:
     def index(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
         """The status page, after refreshing due tasks like a scrape (2 s deadline)."""
         self.exporter.refresh(PAGE_REFRESH_DEADLINE)
-        html = render_html(self.exporter.view())
+        html = render_html(self.exporter.view(), "." + self.telemetry_path)
         return "200 OK", [("Content-Type", "text/html; charset=utf-8")], html.encode()
 
     def tasks(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:

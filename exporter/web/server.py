@@ -25,7 +25,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import h11
@@ -37,11 +37,13 @@ from exporter.web.listen import bind, parse_listen_address
 from exporter.web.middleware import (
     REALM,
     WebConfigMiddleware,
+    rate_limited,
     too_many_checks,
     unauthorized,
     unsent_full,
 )
-from exporter.web.webconfig import WebConfigWatcher
+from exporter.web.ratelimit import RequestLimiter
+from exporter.web.webconfig import RateLimit, WebConfigWatcher
 from exporter.web.wsgi import Answer, Workers, build_environ, call_app
 
 if TYPE_CHECKING:
@@ -51,7 +53,6 @@ __all__ = ["REALM", "ExporterServer", "default_max_connections", "parse_listen_a
 
 LOGGER_NAME = "exporter.web.server"
 SERVER_SOFTWARE = f"shoplazza-upload-exporter/{__version__}"
-PROBE_PATHS = frozenset({b"/-/healthy", b"/-/ready"})
 _DRAIN_SECONDS = 0.5
 _ACCEPT_BATCH = 64
 _ACCEPT_BACKOFF_SECONDS = 0.05
@@ -76,14 +77,21 @@ def default_max_connections() -> int:
 
 
 class ExporterServer:
-    """The exporter's HTTP(S) server; binds at construction, serves after ``start()``."""
+    """The exporter's HTTP(S) server; binds at construction, serves after ``start()``.
+
+    ``listen_address`` is one ``[HOST]:PORT`` or several (one listening socket each);
+    ``sockets`` are listening sockets made elsewhere (systemd's), used instead.
+    ``probe_paths`` are the request paths answered by the probes' own workers.
+    """
 
     def __init__(
         self,
         app: WSGIApplication,
-        listen_address: str,
+        listen_address: str | Sequence[str],
         web_config_file: str | None = None,
         *,
+        sockets: Sequence[socket.socket] = (),
+        probe_paths: Iterable[str] = ("/-/healthy", "/-/ready"),
         logger: logging.Logger | None = None,
         request_timeout: float = 10.0,
         idle_timeout: float = 120.0,
@@ -109,15 +117,23 @@ class ExporterServer:
         self.wsgi_app: WSGIApplication = (
             WebConfigMiddleware(app, self._watcher) if self._watcher is not None else app
         )
-        host, port = parse_listen_address(listen_address)
-        self._sock = bind(host, port)
-        self._sock.setblocking(False)
-        self._address: tuple[str, int] = self._sock.getsockname()[:2]
+        self._probe_paths = frozenset(path.encode("ascii") for path in probe_paths)
+        self._socks = list(sockets) or self._bind(
+            [listen_address] if isinstance(listen_address, str) else listen_address
+        )
+        for sock in self._socks:
+            sock.setblocking(False)
+        self._addresses: list[tuple[str, int]] = [
+            (str(name[0]), int(name[1])) for name in (sock.getsockname() for sock in self._socks)
+        ]
         self.loop = asyncio.new_event_loop()
         self._workers = Workers(workers, "exporter-http", self.logger)
         self._probe_workers = Workers(2, "exporter-http-probe", self.logger)
         self._verifier = BasicAuthVerifier()
         self.auth_pool = auth_pool or AuthPool(self.logger)
+        self._clock = clock
+        # The rate_limit bucket of the web configuration in force (a change starts a new one).
+        self._limit: tuple[RateLimit | None, RequestLimiter | None] = (None, None)
         self.unsent_budget = unsent_budget
         self.refusal_delay = refusal_delay
         self.incoming = 0
@@ -128,6 +144,7 @@ class ExporterServer:
         # Requests waiting for room in the budget, oldest first, with their deadline timer.
         self._waiting: dict[Connection, tuple[dict[str, Any], asyncio.TimerHandle]] = {}
         self._conns: set[Connection] = set()
+        self._local: dict[Connection, tuple[str, int]] = {}
         self._sheddable: dict[Connection, None] = {}  # insertion order: longest idle first
         self._busy = 0
         self._lock = threading.Lock()
@@ -138,10 +155,31 @@ class ExporterServer:
         self._thread: threading.Thread | None = None
         self._last_warning = -1e9
 
+    @staticmethod
+    def _bind(addresses: Sequence[str]) -> list[socket.socket]:
+        """One listening socket per address, all or none (ValueError, OSError)."""
+        parsed = [parse_listen_address(address) for address in addresses]
+        if not parsed:
+            raise ValueError("no listen address")
+        socks: list[socket.socket] = []
+        try:
+            for host, port in parsed:
+                socks.append(bind(host, port))
+        except OSError:
+            for sock in socks:
+                sock.close()
+            raise
+        return socks
+
     @property
     def address(self) -> tuple[str, int]:
-        """The bound host and port (port 0 resolved)."""
-        return self._address
+        """The first bound host and port (port 0 resolved)."""
+        return self._addresses[0]
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every bound host and port, in the order of the listen addresses."""
+        return list(self._addresses)
 
     @property
     def tls(self) -> bool:
@@ -186,7 +224,8 @@ class ExporterServer:
         loop = self.loop
         loop.set_exception_handler(self._loop_error)
         try:
-            loop.add_reader(self._sock.fileno(), self._accept)
+            for sock in self._socks:
+                loop.add_reader(sock.fileno(), self._accept, sock)
             loop.run_forever()
         finally:
             for conn in list(self._conns):
@@ -203,7 +242,8 @@ class ExporterServer:
             self._closed = True
             started = self._started
         if not started:
-            self._sock.close()
+            for sock in self._socks:
+                sock.close()
             self.loop.close()
             return
         try:
@@ -227,8 +267,9 @@ class ExporterServer:
 
     def _stop(self) -> None:
         self.stopping = True
-        self.loop.remove_reader(self._sock.fileno())
-        self._sock.close()
+        for sock in self._socks:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
         for conn in list(self._conns):
             if conn.phase is not Phase.BUSY:
                 conn.close_now()
@@ -257,17 +298,17 @@ class ExporterServer:
                 extra={"connections": len(self._conns), "max_connections": self.max_connections},
             )
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         for _ in range(_ACCEPT_BATCH):
             try:
-                sock, addr = self._sock.accept()
+                sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     if not self._shed():
                         self._warn(f"cannot accept connections: {exc.strerror}")
-                    self._pause_accepting()  # the shed socket closes on the next turn
+                    self._pause_accepting(listener)  # the shed socket closes on the next turn
                 elif exc.errno != errno.ECONNABORTED:
                     self.logger.error("accept failed", extra={"err": str(exc)})
                 return
@@ -277,14 +318,14 @@ class ExporterServer:
                 continue
             self._start_connection(sock, addr)
 
-    def _pause_accepting(self) -> None:
+    def _pause_accepting(self, listener: socket.socket) -> None:
         """The process is out of file descriptors: let closing sockets go first."""
-        fd = self._sock.fileno()
+        fd = listener.fileno()
         self.loop.remove_reader(fd)
 
         def resume() -> None:
             if not self.stopping:
-                self.loop.add_reader(fd, self._accept)
+                self.loop.add_reader(fd, self._accept, listener)
 
         self.loop.call_later(_ACCEPT_BACKOFF_SECONDS, resume)
 
@@ -312,6 +353,7 @@ class ExporterServer:
             self._busy += 1
         if new is Phase.CLOSED:
             self._conns.discard(conn)
+            self._local.pop(conn, None)
         if self.stopping:
             self._check_quiet()
 
@@ -326,6 +368,9 @@ class ExporterServer:
             config, context = self._watcher.snapshot()
             sans = config.tls.client_allowed_sans if config.tls else ()
         conn = Connection(self, client, self.loop.time(), allowed_sans=sans)
+        if len(self._socks) > 1:  # which listener took it, for SERVER_NAME and SERVER_PORT
+            with contextlib.suppress(OSError):
+                self._local[conn] = sock.getsockname()[:2]
         self._conns.add(conn)
         self._sheddable[conn] = None
         if context is None:
@@ -409,15 +454,24 @@ class ExporterServer:
         environ = build_environ(
             request,
             body,
-            server=self._address,
+            server=self._local.get(conn, self._addresses[0]),
             client=conn.client,
             https=conn.https,
             logger=self.logger,
             software=self.software,
         )
-        probe = request.target.split(b"?", 1)[0] in PROBE_PATHS
+        probe = request.target.split(b"?", 1)[0] in self._probe_paths
         config = self._watcher.current() if self._watcher is not None else None
-        if config is None or not config.basic_auth_users:
+        if config is None:
+            self._admit(conn, environ, probe)
+            return
+        # exporter-toolkit's order: the rate limit counts every request, then basic auth
+        # for every path but auth_excluded_paths (docs/web.md).
+        limiter = self._limiter(config.rate_limit)
+        if limiter is not None and not limiter.allow():
+            self._refuse(conn, rate_limited(config.headers, limiter.retry_after()))
+            return
+        if not config.needs_auth(environ.get("PATH_INFO") or "/"):
             self._admit(conn, environ, probe)
             return
         verdict = self._verifier.lookup(config.basic_auth_users, environ.get("HTTP_AUTHORIZATION"))
@@ -448,6 +502,13 @@ class ExporterServer:
         environ["REMOTE_USER"] = user
         environ.pop("HTTP_AUTHORIZATION", None)
         self._admit(conn, environ, probe)
+
+    def _limiter(self, limit: RateLimit | None) -> RequestLimiter | None:
+        """The bucket of ``limit`` (the loop's thread only: no lock needed)."""
+        if self._limit[0] != limit:
+            bucket = RequestLimiter(limit.interval, limit.burst, self._clock) if limit else None
+            self._limit = (limit, bucket)
+        return self._limit[1]
 
     def _refuse(self, conn: Connection, answer: Answer, delay: float = 0.0) -> None:
         """Answer without the app, on a later turn of the loop (no recursion through

@@ -1,4 +1,5 @@
-"""The exporter-toolkit web configuration file (``--web.config.file``): TLS and basic auth.
+"""The exporter-toolkit web configuration file (``--web.config.file``): TLS, basic auth,
+headers and a rate limit.
 
 Format: https://github.com/prometheus/exporter-toolkit/blob/master/docs/web-configuration.md
 
@@ -18,12 +19,19 @@ Supported::
       headers: {X-Content-Type-Options: nosniff}
     basic_auth_users:
       prometheus: $2y$10$...           # bcrypt, e.g. htpasswd -nBC 10 "" | tr -d ':\\n'
+    auth_excluded_paths: [/-/healthy, /-/ready]   # served without basic auth (exact paths)
+    rate_limit:                        # a token bucket over all requests; 429 when empty
+      interval: 100ms                  # one token per interval; 0 turns the limit off
+      burst: 20                        # tokens the bucket holds
 
 ``client_auth_type``: ``NoClientCert`` (default), ``VerifyClientCertIfGiven`` and
 ``RequireAndVerifyClientCert``. ``RequestClientCert`` and ``RequireAnyClientCert`` ask for
 a certificate without verifying it; Python's ``ssl`` cannot do that, so they are rejected
-rather than silently made weaker or stricter. Inline ``cert``/``key``/``client_ca``,
-``curve_preferences`` and ``rate_limit`` are not supported and rejected as well.
+rather than silently made weaker or stricter. Inline ``cert``/``key``/``client_ca``
+and ``curve_preferences`` are not supported and rejected as well. ``auth_excluded_paths``
+(not in exporter-toolkit itself: its pull request 106) lists request paths, as the
+server receives them (with ``--web.route-prefix``), that basic auth does not cover; TLS
+and client certificates still apply, since the handshake comes before any path is known.
 
 Loading is strict: unknown keys, wrong types, unreadable files, certificates or keys that
 do not load and malformed bcrypt hashes are all reported at once in one ``WebConfigError``.
@@ -41,6 +49,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from exporter.config.durations import parse_duration
 from exporter.config.kit import Checker, index, kind, quoted
 from exporter.config.yamlfile import YamlError, load_yaml
 from exporter.errors import WebConfigError
@@ -48,6 +57,7 @@ from exporter.web.auth import BCRYPT_RE
 
 __all__ = [
     "SUPPORTED_CLIENT_AUTH_TYPES",
+    "RateLimit",
     "TLSServerConfig",
     "WebConfig",
     "WebConfigError",
@@ -103,7 +113,15 @@ _HEADERS: Mapping[str, tuple[str, ...] | None] = MappingProxyType(
         "Strict-Transport-Security": None,
     }
 )
-_TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit")
+_TOP_KEYS = (
+    "tls_server_config",
+    "http_server_config",
+    "basic_auth_users",
+    "auth_excluded_paths",
+    "rate_limit",
+)
+#: An interval above this (a day) is a typo, not a limit.
+_MAX_RATE_INTERVAL = 86_400.0
 _TLS_KEYS = (
     "cert_file", "key_file", "client_auth_type", "client_ca_file", "client_allowed_sans",
     "min_version", "max_version", "cipher_suites", "prefer_server_cipher_suites",
@@ -138,12 +156,26 @@ def _frozen_map() -> Mapping[str, str]:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """``rate_limit``: one request per ``interval`` seconds on average, ``burst`` at once."""
+
+    interval: float
+    burst: int
+
+
+@dataclass(frozen=True)
 class WebConfig:
     """A loaded web configuration; the empty one serves plain HTTP without auth."""
 
     tls: TLSServerConfig | None = None
     basic_auth_users: Mapping[str, str] = field(default_factory=_frozen_map)
     headers: Mapping[str, str] = field(default_factory=_frozen_map)
+    auth_excluded_paths: frozenset[str] = frozenset()
+    rate_limit: RateLimit | None = None
+
+    def needs_auth(self, path: str) -> bool:
+        """True when a request for ``path`` (as received) must bring basic-auth credentials."""
+        return bool(self.basic_auth_users) and path not in self.auth_excluded_paths
 
 
 # -- loading ---------------------------------------------------------------------------
@@ -211,13 +243,45 @@ class _Parser(Checker):
 
     def parse(self, data: object) -> WebConfig:
         top = self.known(data, "", _TOP_KEYS)
-        if top.get("rate_limit") is not None:
-            self.error("rate_limit", "not supported by this exporter")
         return WebConfig(
             tls=self.tls(top.get("tls_server_config")),
             basic_auth_users=MappingProxyType(self.users(top.get("basic_auth_users"))),
             headers=MappingProxyType(self.http(top.get("http_server_config"))),
+            auth_excluded_paths=self.excluded(top.get("auth_excluded_paths")),
+            rate_limit=self.rate_limit(top.get("rate_limit")),
         )
+
+    def excluded(self, value: object) -> frozenset[str]:
+        key = "auth_excluded_paths"
+        paths = self.strings(value, key)
+        for i, path in enumerate(paths):
+            if not path.startswith("/") or "?" in path or "#" in path:
+                self.error(index(key, i), f"{path!r} must be a request path starting with '/'")
+        return frozenset(paths)
+
+    def rate_limit(self, value: object) -> RateLimit | None:
+        key = "rate_limit"
+        raw = self.known(value, key, ("interval", "burst"))
+        interval = 0.0
+        if raw.get("interval") is not None:
+            try:
+                interval = parse_duration(raw["interval"])
+            except ValueError as exc:
+                self.error(f"{key}.interval", str(exc))
+            else:
+                if interval > _MAX_RATE_INTERVAL:
+                    self.error(f"{key}.interval", "must be at most 1d")
+        burst = 0
+        if raw.get("burst") is not None:
+            burst = self.integer(raw["burst"], f"{key}.burst", 0, 1_000_000_000) or 0
+        if interval <= 0:
+            return None  # as in exporter-toolkit: interval 0 (or none) turns the limit off
+        if burst < 1:
+            self.error(
+                f"{key}.burst", "must be >= 1 when interval is set (0 refuses every request)"
+            )
+            return None
+        return RateLimit(interval=interval, burst=burst)
 
     def tls(self, value: object) -> TLSServerConfig | None:
         key = "tls_server_config"

@@ -18,6 +18,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from exporter.build import PYTHON_VERSION, REVISION
 from exporter.metrics.exposition import BLOCK_UNITS, SEGMENT, Exposition
 from exporter.metrics.families import described, family_collectors
 from exporter.model import (
@@ -416,7 +417,8 @@ def test_a_filter_builds_only_the_families_it_shows() -> None:
     assert body == (
         b"# HELP shoplazza_exporter_build_info Build information; always 1.\n"
         b"# TYPE shoplazza_exporter_build_info gauge\n"
-        b'shoplazza_exporter_build_info{version="1.2.3"} 1.0\n'
+        b'shoplazza_exporter_build_info{python_version="%s",revision="%s",version="1.2.3"} 1.0\n'
+        % (PYTHON_VERSION.encode(), REVISION.encode())
     )
 
 

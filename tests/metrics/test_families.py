@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import platform
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
 from exporter.app import Exporter
+from exporter.build import REVISION
 from exporter.demo.simulator import Reply, Simulator
 from exporter.model import ERROR_CODES
 from exporter.web.routes import App
@@ -211,7 +213,9 @@ def test_error_and_skip_counters_start_at_zero(sim: Simulator, tmp_path: Path) -
 def test_exporter_wide_gauges(exporter: Exporter, clock: FakeClock) -> None:
     text = scrape(App(exporter))
     assert sample(text, "shoplazza_exporter_watched_tasks", store="shop") == 4
-    assert sample(text, "shoplazza_exporter_build_info", version=__version__) == 1
+    build = {"version": __version__, "python_version": platform.python_version()}
+    assert sample(text, "shoplazza_exporter_build_info", **build) == 1
+    assert sample(text, "shoplazza_exporter_build_info", revision=REVISION) == 1
     assert sample(text, "shoplazza_exporter_config_last_reload_successful") == 1
     assert sample(
         text, "shoplazza_exporter_config_last_reload_success_timestamp_seconds"

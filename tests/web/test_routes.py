@@ -105,7 +105,7 @@ def test_status_page(app: App) -> None:
     assert code == 200 and headers["Content-Type"].startswith("text/html")
     page = body.decode()
     assert __version__ in page
-    assert "href='metrics'" in page
+    assert "href='./metrics'" in page
     assert "30/50" in page and "60.0%" in page
     assert "t1" in page and "done" in page and "gone" in page
     assert "404" in page  # the unknown task's last error code

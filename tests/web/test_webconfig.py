@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from exporter.web.auth import BasicAuthVerifier, parse_basic_auth
 from exporter.web.webconfig import (
+    RateLimit,
     WebConfig,
     WebConfigError,
     WebConfigWatcher,
@@ -166,8 +167,35 @@ BAD_CONFIGS = [
         "http_server_config:\n  headers:\n    X-Frame-Options: allow\n",
         "headers.X-Frame-Options: must be one of deny, sameorigin",
     ),
-    ("rate_limit: {interval: 1s, burst: 5}\n", "web.yml: rate_limit: not supported"),
+    ("rate_limit: {interval: 1s}\n", "web.yml: rate_limit.burst: must be >= 1 when interval"),
+    ("rate_limit: {interval: 1s, burst: 0}\n", "web.yml: rate_limit.burst: must be >= 1"),
+    ("rate_limit: {interval: soon, burst: 5}\n", "web.yml: rate_limit.interval: invalid duration"),
+    ("rate_limit: {interval: 1s, burst: 5, rate: 3}\n", "web.yml: rate_limit.rate: unknown key"),
+    ("rate_limit: 5\n", "web.yml: rate_limit: must be a mapping"),
+    ("auth_excluded_paths: /-/healthy\n", "web.yml: auth_excluded_paths: must be a list"),
+    ("auth_excluded_paths: [healthy]\n", "web.yml: auth_excluded_paths[0]: 'healthy' must be"),
 ]
+
+
+def test_rate_limit_and_auth_excluded_paths_load(tmp_path: Path) -> None:
+    config = load_web_config(
+        write_config(
+            tmp_path,
+            f"basic_auth_users: {{prometheus: '{HASH}'}}\n"
+            "auth_excluded_paths: [/-/healthy, /sub/-/ready]\n"
+            "rate_limit: {interval: 100ms, burst: 20}\n",
+        )
+    )
+    assert config.rate_limit == RateLimit(interval=0.1, burst=20)
+    assert config.auth_excluded_paths == {"/-/healthy", "/sub/-/ready"}
+    assert not config.needs_auth("/-/healthy")
+    assert config.needs_auth("/-/healthy/")  # exact paths only
+    assert config.needs_auth("/metrics")
+
+
+@pytest.mark.parametrize("text", ["rate_limit: {interval: 0s, burst: 5}\n", "rate_limit: {}\n"])
+def test_rate_limit_interval_zero_turns_it_off(tmp_path: Path, text: str) -> None:
+    assert load_web_config(write_config(tmp_path, text)).rate_limit is None
 
 
 @pytest.mark.parametrize(("text", "expected"), BAD_CONFIGS)

@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="exporter-toolkit web configuration file: TLS and basic auth",
     )
     add(
+        "--web.enable-task-api",
+        dest="enable_task_api",
+        action="store_true",
+        help="accept task registrations over HTTP (PUT/POST/DELETE /api/v1/stores/...); "
+        "reads are always on (docs/task-api.md)",
+    )
+    add(
         "--log.level",
         dest="log_level",
         default="info",
@@ -113,6 +120,22 @@ def link_web_config_health(exporter: Exporter, server: ExporterServer) -> None:
     watcher = server.web_config
     if watcher is not None:
         exporter.web_config_status = lambda: watcher.last_reload_successful
+
+
+def warn_unauthenticated_writes(server: ExporterServer) -> None:
+    """With the task API's writes on, say so when nothing authenticates a client."""
+    watcher = server.web_config
+    config = watcher.current() if watcher is not None else None
+    if config is not None and (
+        config.basic_auth_users
+        or (config.tls is not None and config.tls.client_auth_type == "RequireAndVerifyClientCert")
+    ):
+        return
+    log.warning(
+        "the task API accepts writes without authentication: anyone who reaches the port can "
+        "register and remove tasks (set basic_auth_users or client certificates in "
+        "--web.config.file)"
+    )
 
 
 def _print_errors(errors: Sequence[str]) -> None:
@@ -188,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ExitStack() as stack:
         config_file = args.config_file
         if args.demo:
+            args.enable_task_api = True  # the quick start registers a task (README)
             from exporter.demo.simulator import Simulator
             from exporter.demo.tasks import DEMO_TOKEN, add_demo_tasks
 
@@ -209,7 +233,11 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack, signals
     stack.callback(exporter.close)
     raise_open_files_limit()  # before the server sizes its connection limit from it
     try:
-        server = ExporterServer(App(exporter), args.listen_address, args.web_config_file)
+        server = ExporterServer(
+            App(exporter, enable_task_api=args.enable_task_api),
+            args.listen_address,
+            args.web_config_file,
+        )
     except WebConfigError as exc:
         _print_errors(exc.errors)
         return 1
@@ -217,6 +245,8 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack, signals
         print(f"{PROGRAM}: cannot listen on {args.listen_address}: {exc}", file=sys.stderr)
         return 1
     link_web_config_health(exporter, server)
+    if args.enable_task_api:
+        warn_unauthenticated_writes(server)
     server.start()
     host, port = server.address
     scheme = "https" if server.tls else "http"

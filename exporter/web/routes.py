@@ -12,6 +12,8 @@ from urllib.parse import parse_qs
 from exporter.metrics.exposition import Exposition
 from exporter.model import ExporterView
 from exporter.web.pages import render_html, render_json
+from exporter.web.taskapi import PREFIX as TASK_API_PREFIX
+from exporter.web.taskapi import TaskApi, TaskApiPort
 
 # A person opening a page sees fresh data at once: the pages refresh due tasks first, like
 # a scrape with this deadline (docs/design.md, "Status pages").
@@ -73,8 +75,12 @@ def _text(status: str, body: str) -> tuple[str, list[tuple[str, str]], bytes]:
 class App:
     """Routes requests to the exporter's endpoints."""
 
-    def __init__(self, exporter: ExporterPort) -> None:
+    def __init__(self, exporter: ExporterPort, *, enable_task_api: bool = False) -> None:
         self.exporter = exporter
+        # Reads of the task API always; writes with --web.enable-task-api (docs/task-api.md).
+        self.task_api: TaskApi | None = None
+        if isinstance(exporter, TaskApiPort):
+            self.task_api = TaskApi(exporter, writes=enable_task_api)
         self.exposition = Exposition()
         self._render_seconds = 0.0
         self.routes: dict[str, tuple[frozenset[str], Handler]] = {
@@ -91,7 +97,9 @@ class App:
         path = environ.get("PATH_INFO") or "/"
         method = environ.get("REQUEST_METHOD", "GET").upper()
         route = self.routes.get(path)
-        if route is None:
+        if route is None and self.task_api is not None and path.startswith(TASK_API_PREFIX):
+            status, headers, body = self.task_api(environ)
+        elif route is None:
             status, headers, body = _text("404 Not Found", "404 page not found\n")
         elif method not in route[0]:
             status, headers, body = _text("405 Method Not Allowed", "method not allowed\n")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -32,6 +33,7 @@ from exporter.sharding import owner
 
 PROGRAM = "shoplazza-upload-task"
 DEFAULT_URL = "http://localhost:9877"
+URL_ENV = "SHOPLAZZA_UPLOAD_TASK_URL"  # the --url default when set
 MAX_BATCH = 1000
 WAIT_CHUNK = 30.0  # seconds one waiting request asks for (the exporter allows 300)
 DONE = frozenset({"completed", "completed_with_failures"})
@@ -268,9 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag = parser.add_argument
     add_flag(
         "--url",
-        default=DEFAULT_URL,
-        help=f"the exporter (default {DEFAULT_URL}); "
-        "{shard} is replaced by the shard serving the store (with --total-shards)",
+        default=os.environ.get(URL_ENV) or DEFAULT_URL,
+        help=f"the exporter (default: ${URL_ENV}, else {DEFAULT_URL}); {{shard}} is "
+        "replaced by the shard serving the store (with --total-shards)",
     )
     add_flag(
         "--total-shards",

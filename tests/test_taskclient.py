@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -213,3 +214,31 @@ def test_concurrent_puts_lose_and_duplicate_nothing(exporter: ExporterProcess) -
     tasks = exporter.get("/api/v1/tasks").json()["stores"][0]["tasks"]
     ids = [t["task_id"] for t in tasks if t["source"] == "api"]
     assert sorted(ids) == sorted(f"p{i}" for i in range(500))
+
+
+def test_the_readme_quick_start_registers_a_task(tmp_path: Path) -> None:
+    from tests.helpers import ROOT, wait_until
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    [line] = [x for x in readme.splitlines() if x.startswith(".venv/bin/shoplazza-upload-task")]
+    demo = ExporterProcess(["--demo"], tmp_path)
+    try:
+        demo.wait_ready()
+        bin_dir = Path(sys.executable).parent
+        env = {**os.environ, "SHOPLAZZA_UPLOAD_TASK_URL": demo.url}
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+        command = line.replace(".venv/bin/", "", 1)  # the venv of this test run
+        done = subprocess.run(
+            command, shell=True, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+
+        def completed() -> bool:  # /api/v1/tasks refreshes due tasks, like a scrape
+            [store] = demo.get("/api/v1/tasks").json()["stores"]
+            task = {t["task_id"]: t for t in store["tasks"]}["demo-import-42"]
+            return bool(task["source"] == "api" and task["state"] == "completed")
+
+        wait_until(completed, timeout=20, interval=0.5)
+        assert "demo-import-42" in demo.get("/").text
+    finally:
+        demo.stop()

@@ -108,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         deadline = time.monotonic() + 60
         while len(answered) < len(socks) and time.monotonic() < deadline:
             for key, _ in selector.select(1.0):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                if sock.recv(65536).startswith(b"HTTP/1.1 200"):
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
+                if ready.recv(65536).startswith(b"HTTP/1.1 200"):
                     answered.append(time.perf_counter())
-                selector.unregister(sock)
+                selector.unregister(ready)
         for sock in socks:
             sock.close()
         server.shutdown()

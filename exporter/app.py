@@ -9,10 +9,10 @@ from collections.abc import Callable, Mapping
 
 from exporter import __version__
 from exporter.clock import Clock, SystemClock
-from exporter.config import Config, ConfigError, StoreConfig, load_config
+from exporter.config import Config, ConfigError, Labels, StoreConfig, load_config
 from exporter.config.watch import StoreFiles
 from exporter.jobs import OnDemand
-from exporter.model import ExporterView, ReloadStatus
+from exporter.model import ExporterView, ReloadStatus, TaskRecord
 from exporter.polling.client import StoreClient
 from exporter.polling.poller import Poller
 from exporter.polling.statefile import (
@@ -24,7 +24,7 @@ from exporter.polling.statefile import (
     retention_for,
 )
 from exporter.runtime import release_free_memory
-from exporter.sharding import Shard
+from exporter.sharding import Shard, owner
 
 log = logging.getLogger("exporter")
 
@@ -50,6 +50,9 @@ class Exporter:
         self.shard = shard or Shard()
         self._stores_owned = 0
         self._stores_other = 0
+        self._other_stores: frozenset[str] = frozenset()  # configured, another shard's
+        self._task_api_lock = threading.Lock()
+        self._task_api_requests: dict[tuple[str, str], int] = {}
         self._closed = False
         self._environ = environ
         self.clock = clock or SystemClock()
@@ -72,6 +75,7 @@ class Exporter:
         self.state_lock = _lock(config)  # before reading: the file may be another's
         saved = read_state(config.state_file) if config.state_file else StateData()
         self.poller.restore(saved.tasks, saved.forgotten)
+        self.poller.restore_registered(saved.registered)
         self._last_watched = saved.last_watched
         self.store_files = StoreFiles(config, environ=self._environ, clock=self.clock.monotonic)
         self.store_files.refresh(force=True)
@@ -122,6 +126,7 @@ class Exporter:
                     watched=self.poller.watched_keys,
                     last_watched=self._last_watched,
                     clock=self.clock.time,
+                    registered=self.poller.registrations,
                 )
                 self.state_writer.mark_dirty()
         if self.state_writer is not None:
@@ -164,6 +169,7 @@ class Exporter:
         self.poller.apply_config(dataclasses.replace(config, stores=owned))
         self._stores_owned = len(owned)
         self._stores_other = len(config.stores) - len(owned)
+        self._other_stores = frozenset(s.name for s in config.stores) - {s.name for s in owned}
 
     def _dirty(self) -> None:
         writer = self.state_writer
@@ -198,7 +204,75 @@ class Exporter:
             stores_owned=self._stores_owned,
             stores_other=self._stores_other,
             state_file_ok=self.state_writer.last_write_ok if self.state_writer else None,
+            task_api_requests=self._task_api_counts(),
         )
+
+    # ---- the task API (exporter/web/taskapi.py, docs/task-api.md) -------------------------
+
+    @property
+    def shard_index(self) -> int:
+        """This process's shard."""
+        return self.shard.index
+
+    def store_owner(self, store: str) -> int | None:
+        """The shard serving ``store``; None when no configuration names it."""
+        if store in self.poller.stores:
+            return self.shard.index
+        if store in self._other_stores:
+            return owner(store, self.shard.total)
+        return None
+
+    def register_tasks(
+        self, store: str, items: list[tuple[str, Labels]]
+    ) -> list[tuple[str, bool, TaskRecord | None]] | str:
+        """Register ``items`` on a store this process serves (all or none)."""
+        try:
+            return self.poller.register(store, items)
+        except KeyError:
+            return f"store {store} is not served here"
+
+    def unregister_task(self, store: str, task_id: str) -> str:
+        """``removed``, ``not_registered`` or ``configured``."""
+        try:
+            return self.poller.unregister(store, task_id)
+        except KeyError:
+            return "not_registered"
+
+    def persist(self) -> bool:
+        """Registrations on disk now (no state_file: memory only, True)."""
+        writer = self.state_writer
+        return True if writer is None else writer.flush_now()
+
+    def task(self, store: str, task_id: str) -> tuple[TaskRecord, float] | None:
+        """A watched task's record and its store's stuck_after."""
+        return self.poller.task(store, task_id)
+
+    def add_waiter(self, store: str, task_id: str) -> None:
+        """Someone waits for the task."""
+        self.poller.add_waiter(store, task_id)
+
+    def remove_waiter(self, store: str, task_id: str) -> None:
+        """A wait ended."""
+        self.poller.remove_waiter(store, task_id)
+
+    def on_task_polled(self, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(store, task_id)`` when a waited-for task was polled or dropped."""
+        self.poller.on_task = callback
+
+    def wall_time(self) -> float:
+        """Unix time now."""
+        return self.clock.time()
+
+    def count_task_api(self, method: str, code: int) -> None:
+        """Count one answered task API request (unknown methods as ``other``)."""
+        known = method if method in ("GET", "HEAD", "PUT", "POST", "DELETE") else "other"
+        key = (known, str(code))
+        with self._task_api_lock:
+            self._task_api_requests[key] = self._task_api_requests.get(key, 0) + 1
+
+    def _task_api_counts(self) -> tuple[tuple[tuple[str, str], int], ...]:
+        with self._task_api_lock:
+            return tuple(sorted(self._task_api_requests.items()))
 
     @property
     def ready(self) -> bool:

@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="exporter-toolkit web configuration file: TLS and basic auth",
     )
     add(
+        "--web.enable-task-api",
+        dest="enable_task_api",
+        action="store_true",
+        help="accept task registrations over HTTP (PUT/POST/DELETE /api/v1/stores/...); "
+        "reads are always on (docs/task-api.md)",
+    )
+    add(
         "--log.level",
         dest="log_level",
         default="info",
@@ -157,6 +164,22 @@ def link_web_config_health(exporter: Exporter, server: ExporterServer) -> None:
     watcher = server.web_config
     if watcher is not None:
         exporter.web_config_status = lambda: watcher.last_reload_successful
+
+
+def warn_unauthenticated_writes(server: ExporterServer) -> None:
+    """With the task API's writes on, say so when nothing authenticates a client."""
+    watcher = server.web_config
+    config = watcher.current() if watcher is not None else None
+    if config is not None and (
+        config.basic_auth_users
+        or (config.tls is not None and config.tls.client_auth_type == "RequireAndVerifyClientCert")
+    ):
+        return
+    log.warning(
+        "the task API accepts writes without authentication: anyone who reaches the port can "
+        "register and remove tasks (set basic_auth_users or client certificates in "
+        "--web.config.file)"
+    )
 
 
 def _print_errors(errors: Sequence[str]) -> None:
@@ -240,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ExitStack() as stack:
         config_file = args.config_file
         if args.demo:
+            args.enable_task_api = True  # the quick start registers a task (README)
             from exporter.demo.simulator import Simulator
             from exporter.demo.tasks import DEMO_TOKEN, add_demo_tasks
 
@@ -274,6 +298,8 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack, signals
         print(f"{PROGRAM}: cannot listen on {where}: {exc}", file=sys.stderr)
         return 1
     link_web_config_health(exporter, server)
+    if args.enable_task_api:
+        warn_unauthenticated_writes(server)
     server.start()
     for host, port in server.addresses:
         log.info(
@@ -366,6 +392,7 @@ def _make_server(args: argparse.Namespace, exporter: Exporter) -> ExporterServer
         exporter,
         telemetry_path=args.telemetry_path,
         exporter_metrics=not args.disable_exporter_metrics,
+        enable_task_api=args.enable_task_api,
     )
     sockets = systemd_sockets() if args.systemd_socket else []
     return ExporterServer(

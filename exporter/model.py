@@ -152,6 +152,9 @@ class TaskRecord:
     last_error: str = per_task("", "text", state="last_error", json="last_error")
     # Context labels (a task_ids entry or a task file line); shown by the info gauge.
     labels: tuple[tuple[str, str], ...] = per_task((), "labels", json="labels")
+    # Where the task came from: "config" (task_ids), "file" (task_id_files) or "api" (the
+    # task API, docs/task-api.md); set again from those sources at every start.
+    source: str = per_task("config", "text", json="source")
     # Restored from a state file that lacked one of the snapshot's fields (written by an
     # older version): fetched once more even when completed, so no field stays at its
     # default for good.
@@ -204,6 +207,7 @@ class StoreView:
     duration_count: int
     duration_sum: float
     stuck_after: float = 900.0
+    registered: int = 0  # tasks registered through the task API (docs/task-api.md)
 
 
 @dataclass
@@ -233,3 +237,5 @@ class ExporterView:
     store_files_invalid: int = 0
     state_file_ok: bool | None = None  # None: no state_file configured
     web_config_ok: bool | None = None  # None: no --web.config.file
+    # Task API requests answered: ((method, code), count) pairs (docs/task-api.md).
+    task_api_requests: tuple[tuple[tuple[str, str], int], ...] = ()

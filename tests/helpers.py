@@ -159,6 +159,43 @@ def wsgi(
     return seen["status"], seen["headers"], body
 
 
+def wsgi_body(
+    app: App,
+    path: str,
+    method: str = "GET",
+    *,
+    body: bytes = b"",
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """Call the WSGI app with a request body; returns (status code, headers, body)."""
+    path, _, query = path.partition("?")
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "SERVER_NAME": "test",
+        "SERVER_PORT": "80",
+        "CONTENT_TYPE": "",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+    }
+    for key, value in (headers or {}).items():
+        if key.lower() == "content-type":
+            environ["CONTENT_TYPE"] = value
+        else:
+            environ["HTTP_" + key.upper().replace("-", "_")] = value
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, hdrs: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        seen["status"] = int(status.split()[0])
+        seen["headers"] = dict(hdrs)
+        return lambda data: None
+
+    answer = b"".join(app(environ, start_response))
+    return seen["status"], seen["headers"], answer
+
+
 def scrape(app: App, timeout: float | None = None) -> str:
     """GET /metrics through the WSGI app, optionally with a scrape timeout header."""
     headers = {} if timeout is None else {"X-Prometheus-Scrape-Timeout-Seconds": str(timeout)}

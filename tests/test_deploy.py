@@ -224,8 +224,9 @@ def k8s_objects() -> dict[str, dict[str, Any]]:
 
 
 def container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
-    """The named container of a Deployment's pod template."""
-    for item in deployment["spec"]["template"]["spec"]["containers"]:
+    """The named container (or native sidecar) of a Deployment's pod template."""
+    pod = deployment["spec"]["template"]["spec"]
+    for item in [*pod.get("initContainers", []), *pod["containers"]]:
         if item["name"] == name:
             found: dict[str, Any] = item
             return found
@@ -910,9 +911,12 @@ def test_task_id_directory_is_an_emptydir_shared_by_both_containers() -> None:
     deployment = k8s_objects()["Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
-    assert len(pod["containers"]) == 2
+    # the importer a container, the exporter a native sidecar (it outlives no Job)
+    assert [c["name"] for c in pod["containers"]] == ["importer"]
+    [sidecar] = pod["initContainers"]
+    assert sidecar["name"] == "exporter" and sidecar["restartPolicy"] == "Always"
     shared = None
-    for item in pod["containers"]:
+    for item in [*pod["containers"], sidecar]:
         mounts = {mount["name"]: mount for mount in item.get("volumeMounts", [])}
         names = {name for name in mounts if "emptyDir" in volumes[name]}
         shared = names if shared is None else shared & names
@@ -983,7 +987,8 @@ def test_readme_sidecar_matches_the_manifests() -> None:
     deployment = k8s_objects()["Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     real = container(deployment, "exporter")
-    (short,) = [item for item in snippet["containers"] if item["name"] == "exporter"]
+    (short,) = [item for item in snippet["initContainers"] if item["name"] == "exporter"]
+    assert short["restartPolicy"] == real["restartPolicy"] == "Always"
     assert short["image"] == real["image"]
     assert short["args"][0] == real["args"][0]
     assert short["ports"] == [

@@ -38,7 +38,7 @@ CHANGED: dict[str, Any] = {
     "labels": (("source", "catalogue.csv"),),
 }
 # Fields that come from the configuration, not from polling: never kept, set again at start.
-FROM_CONFIGURATION = {"labels"}
+FROM_CONFIGURATION = {"labels", "source"}
 
 
 def base_task() -> TaskRecord:

@@ -12,6 +12,7 @@ MAX_DURATION = 10 * 365 * 86400.0  # an upper bound for every duration in a conf
 MAX_REQUESTS_PER_SECOND = 10_000.0
 MAX_BURST = 100_000
 MAX_CONCURRENCY = 1_000
+MAX_REGISTERED_TASKS = 1_000_000
 
 # One task's context labels, sorted by name: ((name, value), ...).
 Labels = tuple[tuple[str, str], ...]
@@ -58,6 +59,8 @@ class StoreConfig:
     max_concurrency: int = 4
     tls: TLSConfig = TLSConfig()
     stuck_after: float = 900.0
+    # Tasks the task API may register for the store (docs/task-api.md).
+    max_registered_tasks: int = 10_000
     # Context labels of configured task ids: (task_id, ((name, value), ...)) pairs.
     task_labels: tuple[tuple[str, Labels], ...] = ()
 

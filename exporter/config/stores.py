@@ -25,6 +25,7 @@ from exporter.config.model import (
     MAX_BURST,
     MAX_CONCURRENCY,
     MAX_DURATION,
+    MAX_REGISTERED_TASKS,
     MAX_REQUESTS_PER_SECOND,
     STORE_NAME_RE,
     TASK_ID_RE,
@@ -79,6 +80,9 @@ SETTINGS: Mapping[str, Setting] = {
         "max_concurrency", lambda p, v, at: p.integer(v, at, 1, MAX_CONCURRENCY)
     ),
     "stuck_after": Setting("stuck_after", lambda p, v, at: p.duration(v, at, None)),
+    "max_registered_tasks": Setting(
+        "max_registered_tasks", lambda p, v, at: p.integer(v, at, 0, MAX_REGISTERED_TASKS)
+    ),
     "tls_config": Setting("tls", lambda p, v, at: p.tls(v, at)),
 }
 STORE_KEYS = (*STORE_ONLY_KEYS, "task_id_files", *TOKEN_KEYS, *SETTINGS)

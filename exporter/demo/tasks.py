@@ -6,12 +6,15 @@ from collections.abc import Callable
 
 from exporter.demo.simulator import SimTask, Simulator
 
-__all__ = ["DEMO_MISSING_TASK", "DEMO_STEP", "DEMO_TOKEN", "add_demo_tasks"]
+__all__ = ["DEMO_MISSING_TASK", "DEMO_REGISTER_TASK", "DEMO_STEP", "DEMO_TOKEN", "add_demo_tasks"]
 
 #: Token the demo simulator accepts (``--demo`` in the exporter and here).
 DEMO_TOKEN = "demo-token-not-a-secret"
 #: The demo task id that is never added, so it answers 404.
 DEMO_MISSING_TASK = "demo-missing-404"
+#: A demo task the configuration does not list: the README's quick start registers it
+#: through the task API (docs/task-api.md).
+DEMO_REGISTER_TASK = "demo-import-42"
 _EPSILON = 1e-9
 
 #: Seconds per finished file in the progressing demo tasks.
@@ -67,7 +70,9 @@ def add_demo_tasks(sim: Simulator) -> list[str]:
     - ``demo-catalogue-complete``: 6 files, one finished every 0.5 s, completed after 3 s;
     - ``demo-images-stuck``: 10 files, 4 finished, in progress forever;
     - ``demo-variants-failing``: 40 files, one finished every 0.5 s, every third one fails;
-    - ``demo-missing-404``: never added, so it answers 404.
+    - ``demo-missing-404``: never added, so it answers 404;
+    - ``demo-import-42`` (:data:`DEMO_REGISTER_TASK`): 8 files, completed after 4 s, not
+      in the returned ids: the quick start registers it through the task API.
 
     Progress follows the simulator's clock (seconds since ``start()``).
     """
@@ -87,4 +92,6 @@ def add_demo_tasks(sim: Simulator) -> list[str]:
     add("demo-images-stuck", 10, None, False, 4)
     add("demo-variants-failing", 40, 3, True, 0)
     ids.append(DEMO_MISSING_TASK)
+    add(DEMO_REGISTER_TASK, 8, None, True, 0)
+    ids.remove(DEMO_REGISTER_TASK)
     return ids

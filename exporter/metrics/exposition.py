@@ -247,6 +247,7 @@ def _stats_changed(old: StoreView | None, new: StoreView) -> bool:
         or old.duration_count != new.duration_count
         or old.duration_sum != new.duration_sum
         or len(old.tasks) != len(new.tasks)
+        or old.registered != new.registered
     )
 
 

@@ -73,6 +73,11 @@ STORE_FAMILIES: tuple[tuple[str, str, str], ...] = (
         "counter",
     ),
     ("shoplazza_exporter_watched_tasks", "Upload tasks watched per store.", "gauge"),
+    (
+        "shoplazza_exporter_registered_tasks",
+        "Upload tasks registered through the task API per store.",
+        "gauge",
+    ),
 )
 
 # (name, help) of the exporter-wide gauges, in exposition order.
@@ -102,6 +107,15 @@ GLOBAL_GAUGES: tuple[tuple[str, str], ...] = (
     (
         "shoplazza_exporter_stores",
         'Configured stores: owned="true" served by this process, "false" by another shard.',
+    ),
+)
+
+# (name, help, labels) of the exporter-wide counters, after the gauges.
+GLOBAL_COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (
+        "shoplazza_exporter_task_api_requests",
+        "Requests of the task API answered, by method and HTTP status.",
+        ("method", "code"),
     ),
 )
 
@@ -263,6 +277,7 @@ def store_families(view: StoreView) -> list[Metric]:
         *doc["shoplazza_exporter_polls_skipped"], labels=("store", "reason")
     )
     watched = GaugeMetricFamily(*doc["shoplazza_exporter_watched_tasks"], labels=("store",))
+    registered = GaugeMetricFamily(*doc["shoplazza_exporter_registered_tasks"], labels=("store",))
     for family, counts in ((requests, view.requests), (errors, view.errors)):
         for code, count in counts:
             family.add_metric((store, label_value(code)), number(count))
@@ -273,7 +288,8 @@ def store_families(view: StoreView) -> list[Metric]:
         buckets.append(("+Inf", number(view.duration_count)))
         duration.add_metric((store,), buckets, number(view.duration_sum))
     watched.add_metric((store,), len(view.tasks))
-    return [requests, errors, duration, skipped, watched]
+    registered.add_metric((store,), number(view.registered))
+    return [requests, errors, duration, skipped, watched, registered]
 
 
 def all_store_families(stores: Iterable[StoreView], only: int | None = None) -> list[Metric]:
@@ -307,7 +323,13 @@ def global_families(view: ExporterView) -> list[Metric]:
         if ok is not None:
             family.add_sample(family.name, {}, 1.0 if ok else 0.0)
             families.append(family)
-    return [*families, shard, stores]
+    counters = []
+    for (name, doc, labels), counts in zip(GLOBAL_COUNTERS, (view.task_api_requests,), strict=True):
+        counter = CounterMetricFamily(name, doc, labels=labels)
+        for key, count in counts:
+            counter.add_metric(tuple(label_value(k) for k in key), number(count))
+        counters.append(counter)
+    return [*families, shard, stores, *counters]
 
 
 def described() -> list[Metric]:
@@ -316,6 +338,7 @@ def described() -> list[Metric]:
         *(GaugeMetricFamily(name, doc) for name, doc in TASK_GAUGES),
         *(Metric(name, doc, kind) for name, doc, kind in STORE_FAMILIES),
         *(GaugeMetricFamily(name, doc) for name, doc in GLOBAL_GAUGES),
+        *(CounterMetricFamily(name, doc) for name, doc, _ in GLOBAL_COUNTERS),
     ]
 
 

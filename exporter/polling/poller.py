@@ -98,6 +98,12 @@ class Poller:
         self.secrets: frozenset[str] = frozenset()
         self._seq = itertools.count()
         self._stopped = False
+        # The task API (docs/task-api.md): store -> task_id -> labels of registered tasks,
+        # kept while their store is away; (store, task_id) -> requests waiting for it, and
+        # the callback told (lock held) when a waited-for task was polled or dropped.
+        self.registered: dict[str, dict[str, _Labels]] = {}
+        self.waited: dict[tuple[str, str], int] = {}
+        self.on_task: Callable[[str, str], None] | None = None
         self.scheduler = Scheduler(
             self._lock,
             self.clock,
@@ -184,11 +190,13 @@ class Poller:
         self.cond.notify_all()
 
     def _sync_tasks(self, store: Store) -> set[str]:
-        """Watch the store's configured and listed ids; returns them."""
+        """Watch the store's configured, listed and registered ids; returns them."""
         listed = store.files.ids if store.files else frozenset()
         listed_labels: dict[str, _Labels] = getattr(store.files, "labels", None) or {}
         configured_labels = dict(store.config.task_labels)
-        target = set(store.config.task_ids) | listed
+        registered = self.registered.get(store.name, {})
+        configured = set(store.config.task_ids)
+        target = configured | listed | registered.keys()
         changed = False
         for task_id in [t for t in store.tasks if t not in target]:
             store.tasks.pop(task_id).queued = False  # its queue entry is dropped at the head
@@ -196,26 +204,10 @@ class Poller:
             changed = True
         for task_id in sorted(target):
             labels = _labels(configured_labels.get(task_id), listed_labels.get(task_id))
-            task = store.tasks.get(task_id)
-            if task is not None:
-                if task.record.labels != labels:
-                    task.record = dataclasses.replace(task.record, labels=labels)
-                    changed = True
-                continue
-            key = (store.name, task_id)
-            if key in self.forgotten:
-                continue
-            restored = self.restored.pop(key, None)
-            if restored is not None:
-                record = dataclasses.replace(restored, labels=labels)
-            else:
-                record = TaskRecord(store.name, task_id, labels=labels)
-            task = Watched(record)
-            store.tasks[task_id] = task
-            if not record.completed:
-                store.active[task_id] = task
-                store.next_due = float("-inf")
-            changed = True
+            if task_id in registered:
+                labels = _labels(labels, registered[task_id])
+            source = "config" if task_id in configured else "file" if task_id in listed else "api"
+            changed = self._watch_task(store, task_id, labels, source) or changed
         if changed:
             self._touch(store)
         return target
@@ -228,25 +220,33 @@ class Poller:
         for task_id in sorted(added):
             if task_id not in store.tasks:
                 labels = _labels(configured_labels.get(task_id), listed_labels.get(task_id))
-                changed = self._watch_task(store, task_id, labels) or changed
+                changed = self._watch_task(store, task_id, labels, "file") or changed
         if changed:
             self._touch(store)
 
-    def _watch_task(self, store: Store, task_id: str, labels: _Labels) -> bool:
-        """Start watching ``task_id`` (its saved record, if any); False if it was forgotten."""
+    def _watch_task(self, store: Store, task_id: str, labels: _Labels, source: str) -> bool:
+        """Watch ``task_id`` with these labels and source (lock held); True if that changed."""
+        task = store.tasks.get(task_id)
+        if task is not None:
+            if task.record.labels != labels or task.record.source != source:
+                task.record = dataclasses.replace(task.record, labels=labels, source=source)
+                return True
+            return False
         key = (store.name, task_id)
         if key in self.forgotten:
             return False
         restored = self.restored.pop(key, None)
         if restored is not None:
-            record = dataclasses.replace(restored, labels=labels)
+            record = dataclasses.replace(restored, labels=labels, source=source)
         else:
-            record = TaskRecord(store.name, task_id, labels=labels)
+            record = TaskRecord(store.name, task_id, labels=labels, source=source)
         task = Watched(record)
         store.tasks[task_id] = task
         if not record.completed:
             store.active[task_id] = task
             store.next_due = float("-inf")
+            if key in self.waited:
+                self._prioritize(store, task, self.clock.monotonic())
         return True
 
     def _drop_forgotten(self, targets: dict[str, set[str]]) -> None:
@@ -359,6 +359,7 @@ class Poller:
         with self._lock:
             dropped = self._forget()
             expired = self._expire_departed()
+            self._poll_waited()
         if dropped or expired:
             self._changed()
 
@@ -451,6 +452,7 @@ class Poller:
         self._touch(store)
         self._release_if_idle(store, self.clock.monotonic())
         self.cond.notify_all()
+        self._tell_waiters(store.name, task_id)
 
     def _release_if_idle(self, store: Store, now: float) -> None:
         """Close the store's connections when nothing of it is due for ``IDLE_RELEASE`` s.
@@ -543,6 +545,153 @@ class Poller:
             completed_at=completed_at,
         )
 
+    # ---- the task API (docs/task-api.md) ----------------------------------------------
+
+    def restore_registered(self, registered: Iterable[tuple[str, str, _Labels]]) -> None:
+        """Seed the registered tasks from the state file (before the first apply_config)."""
+        with self._lock:
+            for store, task_id, labels in registered:
+                self.registered.setdefault(store, {})[task_id] = labels
+
+    def registrations(self) -> list[tuple[str, str, _Labels]]:
+        """Every registered task, for the state file."""
+        with self._lock:
+            return [
+                (store, task_id, labels)
+                for store, tasks in self.registered.items()
+                for task_id, labels in tasks.items()
+            ]
+
+    def _sources(self, store: Store, task_id: str) -> tuple[_Labels, str]:
+        """A task's merged labels and its source (lock held)."""
+        listed = store.files.ids if store.files else frozenset()
+        listed_labels: dict[str, _Labels] = getattr(store.files, "labels", None) or {}
+        labels = _labels(dict(store.config.task_labels).get(task_id), listed_labels.get(task_id))
+        api = self.registered.get(store.name, {}).get(task_id)
+        if api is not None:
+            labels = _labels(labels, api)
+        if task_id in store.config.task_ids:
+            return labels, "config"
+        return labels, "file" if task_id in listed else "api"
+
+    def register(
+        self, store_name: str, items: list[tuple[str, _Labels]]
+    ) -> list[tuple[str, bool, TaskRecord | None]] | str:
+        """Register ``items`` (task_id, labels) all at once, or none: (task_id, newly
+        watched, record or None when forgotten) each, or why not (the store's limit).
+
+        KeyError when this process does not serve the store.
+        """
+        with self._lock:
+            store = self.stores[store_name]
+            current = self.registered.get(store_name, {})
+            adding = {task_id for task_id, _ in items} - current.keys()
+            limit = store.config.max_registered_tasks
+            if len(current) + len(adding) > limit:
+                return (
+                    f"store {store_name} holds at most {limit} registered tasks "
+                    f"(max_registered_tasks): {len(current)} registered, {len(adding)} more asked"
+                )
+            entry = self.registered.setdefault(store_name, {})
+            results: list[tuple[str, bool, TaskRecord | None]] = []
+            for task_id, labels in items:
+                created = task_id not in store.tasks
+                entry[task_id] = labels
+                merged, source = self._sources(store, task_id)
+                self._watch_task(store, task_id, merged, source)
+                task = store.tasks.get(task_id)
+                created = created and task is not None
+                results.append((task_id, created, None if task is None else task.record))
+            self._touch(store)
+        self._changed()
+        return results
+
+    def unregister(self, store_name: str, task_id: str) -> str:
+        """Stop watching a registered task: ``removed``, ``not_registered`` or ``configured``.
+
+        KeyError when this process does not serve the store.
+        """
+        with self._lock:
+            store = self.stores[store_name]
+            if self._sources(store, task_id)[1] != "api":
+                return "configured"
+            registered = self.registered.get(store_name, {})
+            if registered.pop(task_id, None) is None:
+                return "not_registered"
+            if not registered:
+                del self.registered[store_name]
+            task = store.tasks.pop(task_id, None)
+            if task is not None:
+                task.queued = False
+                store.active.pop(task_id, None)
+                self._touch(store)
+            self.forgotten.pop((store_name, task_id), None)
+            self._tell_waiters(store_name, task_id)
+        self._changed()
+        return "removed"
+
+    def task(self, store_name: str, task_id: str) -> tuple[TaskRecord, float] | None:
+        """A watched task's record and its store's ``stuck_after``; None when not watched."""
+        with self._lock:
+            store = self.stores.get(store_name)
+            task = store.tasks.get(task_id) if store is not None else None
+            if store is None or task is None:
+                return None
+            return task.record, store.config.stuck_after
+
+    def add_waiter(self, store_name: str, task_id: str) -> None:
+        """Someone waits for the task: it is polled before the others when due."""
+        with self._lock:
+            key = (store_name, task_id)
+            self.waited[key] = self.waited.get(key, 0) + 1
+            store = self.stores.get(store_name)
+            task = store.tasks.get(task_id) if store is not None else None
+            if store is not None and task is not None and not task.record.completed:
+                self._prioritize(store, task, self.clock.monotonic())
+
+    def remove_waiter(self, store_name: str, task_id: str) -> None:
+        """A wait ended."""
+        with self._lock:
+            key = (store_name, task_id)
+            left = self.waited.get(key, 0) - 1
+            if left > 0:
+                self.waited[key] = left
+            else:
+                self.waited.pop(key, None)
+
+    def _prioritize(self, store: Store, task: Watched, now: float) -> None:
+        """Queue a waited-for task ahead of every other of its store, when it is due.
+
+        It still waits for the store's budget (token bucket, 429 pause, max_concurrency):
+        only its place in the queue changes (lock held).
+        """
+        if task.in_flight or self._stopped:
+            return
+        last = task.last_attempt
+        if last is not None and now - last < poll_interval(
+            store.config.min_poll_interval, task.failures
+        ):
+            return
+        task.queued = True  # an older queue entry of it pops nothing once this one ran
+        task.rank = (float("-inf"), -next(self._seq))
+        store.push(task)
+        self.scheduler.kick(store, now)
+
+    def _poll_waited(self) -> None:
+        """Queue the waited-for tasks that are due (each second, without any scrape)."""
+        if not self.waited:
+            return
+        now = self.clock.monotonic()
+        for store_name, task_id in list(self.waited):
+            store = self.stores.get(store_name)
+            task = store.active.get(task_id) if store is not None else None
+            if store is not None and task is not None and not task.pending:
+                self._prioritize(store, task, now)
+
+    def _tell_waiters(self, store_name: str, task_id: str) -> None:
+        if self.on_task is not None and (store_name, task_id) in self.waited:
+            self.on_task(store_name, task_id)
+
     # ---- reading -----------------------------------------------------------------------
 
     def views(self) -> list[StoreView]:
@@ -566,6 +715,7 @@ class Poller:
             duration_count=stats.duration_count,
             duration_sum=stats.duration_sum,
             stuck_after=store.config.stuck_after,
+            registered=len(self.registered.get(store.name, ())),
         )
         store.view = view
         return view

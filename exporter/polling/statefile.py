@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import math
@@ -22,8 +23,9 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from exporter.config import STORE_NAME_RE, TASK_ID_RE
+from exporter.config import STORE_NAME_RE, TASK_ID_RE, Labels
 from exporter.config.files import read_regular
+from exporter.config.labels import labels_problem
 from exporter.model import (
     MAX_EXACT_INTEGER,
     MAX_KEPT_FAILURES,
@@ -47,6 +49,8 @@ LEGACY_DEFAULTS: dict[str, object] = {"poll_success": True}
 
 Key = tuple[str, str]
 Snapshot = Callable[[], tuple[list[TaskRecord], dict[Key, float]]]
+#: Tasks registered through the task API: (store, task_id, labels) (docs/task-api.md).
+Registration = tuple[str, str, Labels]
 
 
 def retention_for(forget_completed_after: float) -> float:
@@ -169,6 +173,7 @@ def dump_state(
     tasks: list[TaskRecord],
     forgotten: dict[Key, float],
     last_watched: Mapping[Key, float] | None = None,
+    registered: Collection[Registration] = (),
 ) -> str:
     """The state file's text; ``last_watched`` times are recorded for unwatched entries."""
     stamps = last_watched or {}
@@ -177,15 +182,29 @@ def dump_state(
         stamp = stamps.get(key)
         return [*key, when] if stamp is None else [*key, when, stamp]
 
-    return json.dumps(
-        {
-            "format": FORMAT,
-            "version": VERSION,
-            "tasks": [_task_to_json(t, stamps.get((t.store, t.task_id))) for t in tasks],
-            "forgotten": [forgotten_entry(k, w) for k, w in sorted(forgotten.items())],
-        },
-        separators=(",", ":"),
-    )
+    state: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "tasks": [_task_to_json(t, stamps.get((t.store, t.task_id))) for t in tasks],
+        "forgotten": [forgotten_entry(k, w) for k, w in sorted(forgotten.items())],
+    }
+    if registered:  # older versions ignore the key: the file stays readable by them
+        state["registered"] = [[s, t, dict(labels)] for s, t, labels in sorted(registered)]
+    return json.dumps(state, separators=(",", ":"))
+
+
+def _registered_from_json(entry: object) -> Registration:
+    """One ``[store, task_id, {labels}]`` entry, checked like the configuration's."""
+    if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], dict)):
+        raise ValueError("registered entries must be [store, task_id, {labels}]")
+    store, task_id = _key(entry[0], entry[1])
+    pairs = tuple(sorted(entry[2].items()))
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs):
+        raise ValueError("labels must map strings to strings")
+    problem = labels_problem(pairs)
+    if problem is not None:
+        raise ValueError(problem)
+    return store, task_id, pairs
 
 
 @dataclass
@@ -195,6 +214,7 @@ class StateData:
     tasks: list[TaskRecord] = field(default_factory=list)
     forgotten: dict[Key, float] = field(default_factory=dict)
     last_watched: dict[Key, float] = field(default_factory=dict)
+    registered: list[Registration] = field(default_factory=list)
 
 
 def read_state(path: str) -> StateData:
@@ -226,6 +246,15 @@ def read_state(path: str) -> StateData:
         keep_corrupt(path)
         return StateData()
     state = StateData()
+    registered = data.get("registered", [])
+    for index, entry in enumerate(registered if isinstance(registered, list) else ()):
+        try:
+            state.registered.append(_registered_from_json(entry))
+        except ValueError as exc:
+            report(
+                "ignoring an invalid state file entry",
+                extra={"path": path, "entry": f"registered[{index}]", "err": exc},
+            )
     for kind, items in (("tasks", data.get("tasks", [])), ("forgotten", data.get("forgotten", []))):
         for index, item in enumerate(items):
             try:
@@ -332,6 +361,15 @@ class StateLock:
             self._fd = None
 
 
+def fsync_directory(path: str) -> None:
+    """fsync the directory holding ``path``: a rename is durable only after this."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class StateWriter:
     """Writes the state file after changes (at most once per ``interval``) and on close.
 
@@ -352,8 +390,15 @@ class StateWriter:
         retention: float = DEFAULT_RETENTION,
         last_watched: Mapping[Key, float] | None = None,
         clock: Callable[[], float] = time.time,
+        registered: Callable[[], Collection[Registration]] | None = None,
     ) -> None:
         self.path = path
+        self._registered = registered
+        # Durable writes (flush_now): callers take a ticket, one write covers every ticket
+        # taken before its snapshot (a group commit: a batch or a burst is one write).
+        self._tickets = itertools.count(1)
+        self._durable = 0
+        self._durable_text: str | None = None
         self.retention = retention
         self.last_write_ok: bool | None = None
         self._snapshot = snapshot
@@ -378,22 +423,51 @@ class StateWriter:
     def flush(self) -> None:
         """Write now if the content changed (or the last write failed)."""
         with self._lock:
-            tasks, forgotten = self._snapshot()
-            stamps = self._prune(tasks, forgotten)
-            text = dump_state(tasks, forgotten, stamps)
-            if text == self._last_text and self.last_write_ok:
-                return
-            try:
+            self._write(durable=False)
+
+    def flush_now(self) -> bool:
+        """Write now, file and directory fsynced; True once on disk (docs/task-api.md).
+
+        Blocks (call it from a worker thread, never the event loop). Everything changed
+        before the call is in the file when it returns True; concurrent callers share one
+        write.
+        """
+        ticket = next(self._tickets)
+        with self._lock:
+            if self._durable >= ticket and self.last_write_ok:
+                return True
+            covered = next(self._tickets)  # every ticket below is in the snapshot taken now
+            if self._write(durable=True):
+                self._durable = covered
+                return True
+            return False
+
+    def _write(self, durable: bool) -> bool:
+        """Write the current state (lock held); True when the file holds it."""
+        tasks, forgotten = self._snapshot()
+        stamps = self._prune(tasks, forgotten)
+        registered = self._registered() if self._registered is not None else ()
+        text = dump_state(tasks, forgotten, stamps, registered)
+        unchanged = text == self._last_text and self.last_write_ok
+        if unchanged and (not durable or text == self._durable_text):
+            return True
+        try:
+            if text != self._last_text or not self.last_write_ok:
                 write_atomically(self.path, text)
-            except OSError as exc:
-                if self.last_write_ok is not False:
-                    log.error("cannot write state file", extra={"path": self.path, "err": exc})
-                self.last_write_ok = False
-                return
-            if self.last_write_ok is False:
-                log.info("state file written again", extra={"path": self.path})
-            self.last_write_ok = True
-            self._last_text = text
+            if durable:
+                fsync_directory(self.path)
+        except OSError as exc:
+            if self.last_write_ok is not False:
+                log.error("cannot write state file", extra={"path": self.path, "err": exc})
+            self.last_write_ok = False
+            return False
+        if self.last_write_ok is False:
+            log.info("state file written again", extra={"path": self.path})
+        self.last_write_ok = True
+        self._last_text = text
+        if durable:
+            self._durable_text = text
+        return True
 
     def _prune(self, tasks: list[TaskRecord], forgotten: dict[Key, float]) -> dict[Key, float]:
         """Drop long-unwatched entries from ``tasks`` and ``forgotten`` (in place)."""

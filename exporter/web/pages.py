@@ -163,10 +163,11 @@ def _snapshot_json(task: TaskRecord, snap: TaskSnapshot) -> dict[str, Any]:
     return data
 
 
-def _task_json(task: TaskRecord, store: StoreView, now: float) -> dict[str, Any]:
+def task_json(task: TaskRecord, stuck_after: float, now: float) -> dict[str, Any]:
+    """One task as ``/api/v1/tasks`` lists it (also the task API's answer)."""
     item: dict[str, Any] = {
         "task_id": task.task_id,
-        "state": classify(task, store.stuck_after, now),
+        "state": classify(task, stuck_after, now),
     }
     for spec_field in _TASK_JSON:
         item[cast(str, spec_field.spec.json)] = _json_value(
@@ -191,7 +192,7 @@ def render_json(view: ExporterView) -> str:
                 {
                     "store": store.name,
                     "stuck_after_seconds": _finite(store.stuck_after),
-                    "tasks": [_task_json(task, store, now) for task in store.tasks],
+                    "tasks": [task_json(task, store.stuck_after, now) for task in store.tasks],
                 }
                 for store in view.stores
             ],
@@ -287,7 +288,8 @@ def _task_row(task: TaskRecord, store: StoreView, now: float) -> str:
     if state == FAILING:
         text = f"failing ({_e(task.last_code or '')})"
     labels = "".join(f'<span class="label">{_e(k)}={_e(v)}</span>' for k, v in task.labels)
-    ident = f"<code>{_e(task.task_id)}</code>" + (f"<br>{labels}" if labels else "")
+    ident = f"<code>{_e(task.task_id)}</code> <span class='muted'>{_e(task.source)}</span>"
+    ident += f"<br>{labels}" if labels else ""
     if snap is None:
         cells = '<td colspan="4" class="muted">no data yet</td>'
         failures = ""

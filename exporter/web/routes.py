@@ -12,6 +12,8 @@ from urllib.parse import parse_qs
 from exporter.metrics.exposition import Body, Exposition
 from exporter.model import ExporterView
 from exporter.web.pages import render_html, render_json
+from exporter.web.taskapi import PREFIX as TASK_API_PREFIX
+from exporter.web.taskapi import TaskApi, TaskApiPort
 
 # A person opening a page sees fresh data at once: the pages refresh due tasks first, like
 # a scrape with this deadline (docs/design.md, "Status pages").
@@ -130,9 +132,14 @@ class App:
         *,
         telemetry_path: str = "/metrics",
         exporter_metrics: bool = True,
+        enable_task_api: bool = False,
     ) -> None:
         self.exporter = exporter
         self.exposition = Exposition(extra=None if exporter_metrics else ())
+        # Reads of the task API always; writes with --web.enable-task-api (docs/task-api.md).
+        self.task_api: TaskApi | None = None
+        if isinstance(exporter, TaskApiPort):
+            self.task_api = TaskApi(exporter, writes=enable_task_api)
         self._render_seconds = 0.0
         self.telemetry_path = check_telemetry_path(telemetry_path)
         self.routes: dict[str, tuple[frozenset[str], Handler]] = {
@@ -150,7 +157,9 @@ class App:
         method = environ.get("REQUEST_METHOD", "GET").upper()
         route = self.routes.get(path)
         body: bytes | Body
-        if route is None:
+        if route is None and self.task_api is not None and path.startswith(TASK_API_PREFIX):
+            status, headers, body = self.task_api(environ)
+        elif route is None:
             status, headers, body = _text("404 Not Found", "404 page not found\n")
         elif method not in route[0]:
             status, headers, body = _text("405 Method Not Allowed", "method not allowed\n")

@@ -43,6 +43,7 @@ from exporter.web.middleware import (
     unsent_full,
 )
 from exporter.web.ratelimit import RequestLimiter
+from exporter.web.taskapi import ANSWER_LATER, AnswerLater
 from exporter.web.webconfig import RateLimit, WebConfigWatcher
 from exporter.web.wsgi import Answer, Workers, build_environ, call_app
 
@@ -154,6 +155,8 @@ class ExporterServer:
         self._loop_done = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_warning = -1e9
+        # ?wait= requests of the task API, answered from the loop when they end.
+        self._waits: set[asyncio.Task[tuple[int, str, bytes]]] = set()
 
     @staticmethod
     def _bind(addresses: Sequence[str]) -> list[socket.socket]:
@@ -273,6 +276,8 @@ class ExporterServer:
         for conn in list(self._conns):
             if conn.phase is not Phase.BUSY:
                 conn.close_now()
+        for task in list(self._waits):  # waits answer at once (503)
+            task.cancel()
         self._check_quiet()
 
     def _check_quiet(self) -> None:
@@ -442,6 +447,27 @@ class ExporterServer:
                 conn.close_now()
             return
 
+    def _answer_later(self, conn: Connection, answer: Answer, later: AnswerLater) -> None:
+        """Run a waiting request's coroutine on the loop (``?wait=`` of the task API): it
+        holds no worker thread (docs/task-api.md). The app's headers stay."""
+        headers = [(n, v) for n, v in answer.headers if n.lower() != "content-length"]
+        task = self.loop.create_task(later())
+        self._waits.add(task)
+
+        def done(task: asyncio.Task[tuple[int, str, bytes]]) -> None:
+            self._waits.discard(task)
+            if task.cancelled():  # shutting down: the client may ask again
+                reply = Answer(503, "Service Unavailable", headers, b'{"error": "shutting down"}')
+            elif (exc := task.exception()) is not None:
+                self.logger.error("error answering a wait", extra={"err": repr(exc)})
+                reply = Answer(500, "Internal Server Error", headers, b'{"error": "internal"}')
+            else:
+                status, reason, body = task.result()
+                reply = Answer(status, reason, headers, body)
+            conn.respond(reply)
+
+        task.add_done_callback(done)
+
     def dispatch(self, conn: Connection, request: h11.Request, body: bytes) -> None:
         """Hand a complete request to the workers; the answer is written on the loop.
 
@@ -570,7 +596,11 @@ class ExporterServer:
 
         def run() -> None:
             answer = call_app(self.wsgi_app, environ, self.logger)
+            later = environ.get(ANSWER_LATER)
             with contextlib.suppress(RuntimeError):  # the loop has ended
-                loop.call_soon_threadsafe(conn.respond, answer)
+                if later is not None and answer.status == 200:
+                    loop.call_soon_threadsafe(self._answer_later, conn, answer, later)
+                else:
+                    loop.call_soon_threadsafe(conn.respond, answer)
 
         (self._probe_workers if probe else self._workers).submit(run)

@@ -1,17 +1,24 @@
-"""The WSGI app: /metrics, /, /api/v1/tasks, /-/healthy, /-/ready, /-/reload."""
+"""The WSGI app: /metrics, /, /api/v1/tasks, /tasks/{store}/{task_id}, /-/healthy, /-/ready,
+/-/reload."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
 from collections.abc import Callable, Iterable
+from html import escape
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs
 
 from exporter.metrics.exposition import Exposition
 from exporter.model import ExporterView
+from exporter.web.listing import CursorExpired, Listing
 from exporter.web.pages import render_html, render_json
+from exporter.web.query import DEFAULT_HTML_LIMIT, DEFAULT_JSON_LIMIT, QueryError, parse_query
+from exporter.web.states import classify
+from exporter.web.taskpage import not_found_page, task_page
 
 # A person opening a page sees fresh data at once: the pages refresh due tasks first, like
 # a scrape with this deadline (docs/design.md, "Status pages").
@@ -70,11 +77,34 @@ def _text(status: str, body: str) -> tuple[str, list[tuple[str, str]], bytes]:
     return status, [("Content-Type", "text/plain; charset=utf-8")], body.encode()
 
 
+_HTML = [("Content-Type", "text/html; charset=utf-8")]
+_JSON = [("Content-Type", "application/json")]
+_TASK_PATH = re.compile(r"/tasks/([A-Za-z0-9_.-]{1,64})/([A-Za-z0-9_-]{1,128})")
+
+
+def _query_status(exc: QueryError) -> str:
+    return "410 Gone" if isinstance(exc, CursorExpired) else "400 Bad Request"
+
+
+def _error_html(status: str, message: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    body = (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>"
+        f"{escape(status)}</title></head><body><h1>{escape(status)}</h1>"
+        f"<p>{escape(message)}</p><p><a href='?'>The first page, without filters</a></p>"
+        "</body></html>"
+    )
+    return status, list(_HTML), body.encode()
+
+
 class App:
     """Routes requests to the exporter's endpoints."""
 
-    def __init__(self, exporter: ExporterPort) -> None:
+    def __init__(self, exporter: ExporterPort, dashboard_url: str | None = None) -> None:
         self.exporter = exporter
+        # A Grafana dashboard the pages link each task to (--web.dashboard-url).
+        self.dashboard_url = dashboard_url
+        # Indexes of the last view and the journal the page cursors rely on.
+        self.listing = Listing()
         self.exposition = Exposition()
         self._render_seconds = 0.0
         self.routes: dict[str, tuple[frozenset[str], Handler]] = {
@@ -91,6 +121,8 @@ class App:
         path = environ.get("PATH_INFO") or "/"
         method = environ.get("REQUEST_METHOD", "GET").upper()
         route = self.routes.get(path)
+        if route is None and path.startswith("/tasks/"):
+            route = (frozenset({"GET", "HEAD"}), self.task)
         if route is None:
             status, headers, body = _text("404 Not Found", "404 page not found\n")
         elif method not in route[0]:
@@ -126,15 +158,46 @@ class App:
 
     def index(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
         """The status page, after refreshing due tasks like a scrape (2 s deadline)."""
+        try:
+            query = parse_query(environ.get("QUERY_STRING", ""), DEFAULT_HTML_LIMIT)
+        except QueryError as exc:
+            return _error_html("400 Bad Request", str(exc))
         self.exporter.refresh(PAGE_REFRESH_DEADLINE)
-        html = render_html(self.exporter.view())
-        return "200 OK", [("Content-Type", "text/html; charset=utf-8")], html.encode()
+        try:
+            page = self.listing.page(self.exporter.view, query)
+        except QueryError as exc:
+            return _error_html(_query_status(exc), str(exc))
+        html = render_html(page, self.dashboard_url)
+        return "200 OK", list(_HTML), html.encode()
 
     def tasks(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
         """The status page's data as JSON, after the same refresh."""
+        try:
+            query = parse_query(environ.get("QUERY_STRING", ""), DEFAULT_JSON_LIMIT)
+            self.exporter.refresh(PAGE_REFRESH_DEADLINE)
+            page = self.listing.page(self.exporter.view, query)
+        except QueryError as exc:
+            body = json.dumps({"error": str(exc)})
+            return _query_status(exc), list(_JSON), body.encode()
+        return "200 OK", list(_JSON), render_json(page).encode()
+
+    def task(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+        """One task's page with every kept failed file; 404 for a task not watched here."""
+        path = environ.get("PATH_INFO") or ""
+        match = _TASK_PATH.fullmatch(path)
+        if match is None:
+            return _text("404 Not Found", "404 page not found\n")
+        store_name, task_id = match.groups()
         self.exporter.refresh(PAGE_REFRESH_DEADLINE)
-        body = render_json(self.exporter.view())
-        return "200 OK", [("Content-Type", "application/json")], body.encode()
+        fleet = self.listing.fleet(self.exporter.view)
+        index = fleet.store(store_name)
+        entry = index.entries.get(task_id) if index is not None else None
+        if index is None or entry is None:
+            return "404 Not Found", list(_HTML), not_found_page(store_name, task_id).encode()
+        task, _ = entry
+        state = classify(task, index.view.stuck_after, fleet.view.now)
+        html = task_page(fleet.view, index.view, task, state, self.dashboard_url)
+        return "200 OK", list(_HTML), html.encode()
 
     def healthy(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
         """Liveness: 200 while the process serves."""

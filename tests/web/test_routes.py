@@ -109,8 +109,9 @@ def test_status_page(app: App) -> None:
     assert "30/50" in page and "60.0%" in page
     assert "t1" in page and "done" in page and "gone" in page
     assert "404" in page  # the unknown task's last error code
-    assert "http://img/19.jpg" in page and "http://img/20.jpg" not in page  # first 20 only
-    assert "and 5 more" in page
+    # a row shows the first 3 failed files and links to the task's page for the others
+    assert "http://img/2.jpg" in page and "http://img/3.jpg" not in page
+    assert 'and 22 more: <a href="tasks/shop/t1">all on the task page</a>' in page
 
 
 def test_status_page_escapes_api_strings(app: App) -> None:
@@ -127,7 +128,8 @@ def test_json_api(app: App) -> None:
     data = json.loads(body)
     assert data["version"] == __version__
     [store] = data["stores"]
-    tasks = {t["task_id"]: t for t in store["tasks"]}
+    assert store["store"] == "shop"
+    tasks = {t["task_id"]: t for t in data["tasks"]}
     t1 = tasks["t1"]
     assert t1["poll_success"] is True and t1["last_code"] == "200"
     assert t1["data"]["total"] == 50 and t1["data"]["finished"] == 30

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Sequence
 from contextlib import ExitStack
 from types import FrameType
@@ -64,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="exporter-toolkit web configuration file: TLS and basic auth",
     )
     add(
+        "--web.dashboard-url",
+        dest="dashboard_url",
+        default=None,
+        metavar="URL",
+        help="Grafana dashboard the pages link each task to; {store} and {task_id} in it are "
+        "replaced, else var-store and var-task_id are added to its query",
+    )
+    add(
         "--log.level",
         dest="log_level",
         default="info",
@@ -106,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--version", action="version", version=f"{PROGRAM}, version {__version__}")
     return parser
+
+
+def _is_web_url(text: str) -> bool:
+    parts = urllib.parse.urlsplit(text)
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and text.isprintable()
 
 
 def link_web_config_health(exporter: Exporter, server: ExporterServer) -> None:
@@ -169,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the exporter; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.dashboard_url is not None and not _is_web_url(args.dashboard_url):
+        parser.error(f"--web.dashboard-url {args.dashboard_url!r}: want an http:// or https:// URL")
     if not 0 <= args.shard < args.total_shards:
         parser.error(  # exits 2, like every usage error
             f"--shard {args.shard} --total-shards {args.total_shards}: want 0 <= N < M"
@@ -209,7 +225,8 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack, signals
     stack.callback(exporter.close)
     raise_open_files_limit()  # before the server sizes its connection limit from it
     try:
-        server = ExporterServer(App(exporter), args.listen_address, args.web_config_file)
+        app = App(exporter, dashboard_url=args.dashboard_url)
+        server = ExporterServer(app, args.listen_address, args.web_config_file)
     except WebConfigError as exc:
         _print_errors(exc.errors)
         return 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from exporter.cli import link_web_config_health
+from exporter.cli import link_web_config_health, main
 from exporter.demo.simulator import Simulator
 from exporter.runtime import (
     limit_malloc_arenas,
@@ -144,3 +144,13 @@ def test_threads_share_two_malloc_arenas_unless_the_environment_says(
     assert limit_malloc_arenas() is expected
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the operator's choice wins
     assert limit_malloc_arenas() is False
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://grafana/d/x", "grafana.example.com/d/x", "https://", "https://g/\x00"]
+)
+def test_dashboard_url_must_be_a_web_url(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--web.dashboard-url", url, "--config.check"])
+    assert exc.value.code == 2
+    assert "--web.dashboard-url" in capsys.readouterr().err

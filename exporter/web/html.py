@@ -36,7 +36,7 @@ a{color:#0b57a4}table{border-collapse:collapse;margin-bottom:1em}
 th,td{border-bottom:1px solid #ddd;padding:.3em .55em;text-align:left;vertical-align:top}
 td{white-space:nowrap}td.wrap{white-space:normal;min-width:16em;max-width:40em}
 table.tasks{width:100%}summary{cursor:pointer}
-th{background:#f4f4f4}.muted{color:#777}ul{margin:0;padding-left:1.2em}code{font-size:90%}
+th{background:#f4f4f4}.muted{color:#777}ul{margin:0;padding-left:1.2em}code{font-size:.92em;font-family:ui-monospace,Menlo,Consolas,monospace}
 .num{text-align:right;font-variant-numeric:tabular-nums}.z{color:#bbb}
 .bar{background:#e0e0e0;width:8em;height:.9em;display:inline-flex;vertical-align:middle}
 .bar span{height:100%;display:block}.ok-seg{background:#2e7d32}.fail-seg{background:#c62828}
@@ -51,7 +51,7 @@ tr.g th{background:#fff;border-bottom:2px solid #bbb;padding-top:.9em}
 .label{display:inline-block;background:#eef;border-radius:.3em;padding:0 .3em;margin:.1em}
 table.summary td.n a{font-weight:600;text-decoration:none}
 table.summary tr.all td{border-bottom:2px solid #bbb;font-weight:600}
-table.summary tr.rest td{color:#555}table.summary th.st{text-align:right}
+table.summary tr.rest td{color:#555}table.summary tr td.z{color:#bbb}table.summary th.st{text-align:right}
 form.filters{background:#f7f7f7;border:1px solid #ddd;padding:.5em .7em;margin:.5em 0 1em}
 form.filters label{margin-right:1em;white-space:nowrap}form.filters input[type=text]{width:12em}
 form.filters .states label{margin-right:.4em}.nav{margin:.6em 0}
@@ -169,20 +169,18 @@ def _row_failures(snap: TaskSnapshot, href: str) -> str:
     return f"<details{opened}>{summary}<ul>{items}</ul></details>"
 
 
-def task_row(row: Row, now: float, dashboard_url: str | None) -> str:
-    """One task of the listing as a table row."""
+def task_row(row: Row, now: float) -> str:
+    """One task of the listing as a table row (the status in words is in its state; the
+    task's page has the rest, its Grafana link included)."""
     task, state, store = row.task, row.state, row.index.name
     href = escape(task_href("", store, task.task_id))
     labels = labels_html(task)
     ident = f'<a href="{href}"><code>{esc(task.task_id)}</code></a>'
     if labels:
         ident += f"<br>{labels}"
-    if dashboard_url:
-        link = escape(dashboard_href(dashboard_url, store, task.task_id))
-        ident += f' <a class="muted" href="{link}">Grafana</a>'
     snap = task.snapshot
     if snap is None:
-        cells = '<td colspan="4" class="muted">no data yet</td>'
+        cells = '<td colspan="3" class="muted">no data yet</td>'
         failures = ""
     else:
         failed_cls = ' class="failed"' if snap.failed else ""
@@ -190,7 +188,6 @@ def task_row(row: Row, now: float, dashboard_url: str | None) -> str:
             f"<td>{bar(snap)} {progress(snap) * 100:.1f}%</td>"
             f'<td class="num">{int_text(snap.finished)}/{int_text(snap.total)}</td>'
             f"<td{failed_cls}>{int_text(snap.failed)}</td>"
-            f"<td>{status_text(snap)}</td>"
         )
         failures = _row_failures(snap, href)
     last_error = esc(task.last_error_code or "")
@@ -228,7 +225,7 @@ def summary(page: Page) -> str:
         _count_cell(n, {"state": s}) for n, s in zip(totals, PROBLEMS_FIRST, strict=True)
     )
     out.append(
-        f'<tr class="all"><td>All {len(fleet.stores):,} stores</td>{cells}'
+        f'<tr class="all"><td>All {_stores(len(fleet.stores))}</td>{cells}'
         f"{_count_cell(sum(totals), {})}</tr>"
     )
     troubled = [i for i in fleet.stores if any(i.count(r) for r in problem_ranks)]
@@ -246,12 +243,16 @@ def summary(page: Page) -> str:
         )
     if len(troubled) > SUMMARY_STORES:
         hidden = troubled[SUMMARY_STORES:]
-        out.append(_rest_row(f"{len(hidden):,} more stores with problems", hidden))
+        out.append(_rest_row(f"{len(hidden):,} more with problems", hidden))
     calm = [i for i in fleet.stores if not any(i.count(r) for r in problem_ranks)]
     if calm and troubled:
-        out.append(_rest_row(f"{len(calm):,} stores without problems", calm))
+        out.append(_rest_row(f"{_stores(len(calm))} without problems", calm))
     out.append("</table>")
     return "".join(out)
+
+
+def _stores(count: int) -> str:
+    return f"{count:,} store{'' if count == 1 else 's'}"
 
 
 def _rest_row(title: str, stores: list[StoreIndex]) -> str:
@@ -312,6 +313,14 @@ def _nav(page: Page) -> str:
     return f"<p class='nav'>{' &middot; '.join(links)}</p>" if links else ""
 
 
+def _dashboard_link(template: str | None) -> str:
+    if not template:
+        return ""
+    if "{store}" in template or "{task_id}" in template:
+        template = template.split("?", 1)[0]
+    return f" &middot; <a href='{escape(template)}'>Grafana dashboard</a>"
+
+
 def listing_page(page: Page, dashboard_url: str | None) -> str:
     """The whole status page for one page of a listing."""
     view = page.fleet.view
@@ -327,6 +336,7 @@ def listing_page(page: Page, dashboard_url: str | None) -> str:
         "<h1>Shoplazza upload exporter</h1>",
         f"<p>Version {esc(view.version)} &middot; <a href='metrics'>Metrics</a> &middot; ",
         f"<a href='{escape(api)}'>These tasks as JSON</a> &middot; <a href='-/healthy'>Health</a>",
+        _dashboard_link(dashboard_url),
         f" &middot; {esc(_shard_text(page))} &middot; ",
         f"<span class='muted'>refreshes every {PAGE_REFRESH_SECONDS} s</span></p>",
     ]
@@ -335,7 +345,7 @@ def listing_page(page: Page, dashboard_url: str | None) -> str:
     else:
         parts.append("<h2>Summary</h2>" + summary(page))
     parts.append(filter_form(page))
-    parts.append(_listing(page, now, dashboard_url))
+    parts.append(_listing(page, now))
     stuck = sorted({format_age(s.view.stuck_after) for s in page.fleet.stores})
     parts.append(
         "<p class='muted'>Problems first: failing, stuck, unknown status, completed with "
@@ -348,7 +358,16 @@ def listing_page(page: Page, dashboard_url: str | None) -> str:
     return "".join(parts)
 
 
-def _listing(page: Page, now: float, dashboard_url: str | None) -> str:
+def _count_text(page: Page) -> str:
+    count = len(page.rows)
+    if page.next:
+        return f"{count:,} on this page, more on the next."
+    if page.continued:
+        return f"{count:,} on this page, the last."
+    return f"{count:,} task{'s' if count != 1 else ''}."
+
+
+def _listing(page: Page, now: float) -> str:
     query = page.query
     store = page.fleet.store(query.store) if query.store else None
     if query.store and store is None:
@@ -360,11 +379,9 @@ def _listing(page: Page, now: float, dashboard_url: str | None) -> str:
     scope = "" if not query.filtered else " matching the filters"
     parts = [
         f"<h2>Tasks{scope}</h2>",
-        f"<p class='muted'>{len(page.rows):,} on this page"
-        + (", more on the next" if page.next else "")
-        + ".</p>",
+        f"<p class='muted'>{_count_text(page)}</p>",
         "<table class='tasks'><tr><th>Store</th><th>Task</th><th>State</th><th>Progress</th>"
-        "<th>Finished/total</th><th>Failed</th><th>Status</th><th>Last progress</th>"
+        "<th>Finished/total</th><th>Failed</th><th>Last progress</th>"
         "<th>Data age</th><th>Last error, failed files</th></tr>",
     ]
     group = -1
@@ -373,10 +390,10 @@ def _listing(page: Page, now: float, dashboard_url: str | None) -> str:
             group = row.rank
             state = PROBLEMS_FIRST[group]
             parts.append(
-                f'<tr class="g"><th colspan="10"><span class="state s-{state}">'
+                f'<tr class="g"><th colspan="9"><span class="state s-{state}">'
                 f"{STATE_TEXT[state]}</span></th></tr>"
             )
-        parts.append(task_row(row, now, dashboard_url))
+        parts.append(task_row(row, now))
     parts.append("</table>")
     parts.append(_nav(page))
     return "".join(parts)

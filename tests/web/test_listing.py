@@ -9,7 +9,7 @@ matched the filters) throughout.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -36,10 +36,11 @@ STUCK_AFTER = 100.0
 
 # --- a fleet in memory, changed by hand -------------------------------------------------
 
+Labels = tuple[tuple[str, str], ...]
 KINDS = ("new", "moving", "done", "done_failed", "failing", "seven")
 
 
-def record(store: str, task_id: str, kind: str, now: float, labels: tuple = ()) -> TaskRecord:  # type: ignore[type-arg]
+def record(store: str, task_id: str, kind: str, now: float, labels: Labels = ()) -> TaskRecord:
     """A task record of a kind; ``moving`` tasks last progressed at ``now``."""
     if kind == "new":
         return TaskRecord(store, task_id, labels=labels)
@@ -65,7 +66,7 @@ class Fleet:
     stores: dict[str, dict[str, TaskRecord]] = field(default_factory=dict)
     views: dict[str, StoreView] = field(default_factory=dict)
 
-    def put(self, store: str, task_id: str, kind: str, labels: tuple = ()) -> None:  # type: ignore[type-arg]
+    def put(self, store: str, task_id: str, kind: str, labels: Labels = ()) -> None:
         self.stores.setdefault(store, {})[task_id] = record(store, task_id, kind, self.now, labels)
         self.views.pop(store, None)
 
@@ -170,7 +171,8 @@ def fetch(app: App, params: list[tuple[str, str]]) -> dict[str, Any]:
     query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params)
     code, _, body = wsgi(app, "/api/v1/tasks?" + query)
     assert code == 200, body
-    return json.loads(body)
+    data: dict[str, Any] = json.loads(body)
+    return data
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -204,7 +206,7 @@ def run_pass(
     fleet = Fleet()
     for s, t, kind in start:
         fleet.put(s, t, kind)
-    app = App(fleet)  # type: ignore[arg-type]
+    app = App(fleet)
     base = [("limit", str(limit)), *(("state", s) for s in sorted(states))]
     if store:
         base.append(("store", store))
@@ -263,7 +265,7 @@ def test_first_pages_list_problems_first_by_store_then_task_id() -> None:
     fleet.now += STUCK_AFTER / 2
     fleet.put("b-shop", "t99", "moving")  # recent: in progress; the others are stuck by then
     fleet.now += STUCK_AFTER * 0.6
-    app = App(fleet)  # type: ignore[arg-type]
+    app = App(fleet)
     data = fetch(app, [])
     order = [(t["state"], t["store"], t["task_id"]) for t in data["tasks"]]
     assert order == sorted(order, key=lambda o: (PROBLEMS_FIRST.index(o[0]), o[1], o[2]))
@@ -281,7 +283,7 @@ def test_filters_combine_with_and() -> None:
     fleet.put("b-shop", "alpha-3", "failing", (("source", "feed.csv"),))
     fleet.put("a-shop", "alpha-4", "done", (("source", "feed.csv"),))
     fleet.put("a-shop", "alpha-5", "seven", (("source", "feed.csv"), ("team", "x")))
-    app = App(fleet)  # type: ignore[arg-type]
+    app = App(fleet)
 
     def ids(*params: tuple[str, str]) -> list[str]:
         return [t["task_id"] for t in fetch(app, list(params))["tasks"]]
@@ -322,7 +324,7 @@ def test_expired_and_foreign_cursors_are_gone_garbage_is_a_bad_request() -> None
     listing.page(fleet.view, Query(limit=2, after=page.next))  # fine: the journal has it
     clock[0] = 61.0
     fleet.put("a-shop", "t1", "done")  # a new journal entry; the old one is now too old
-    app = App(fleet)  # type: ignore[arg-type]
+    app = App(fleet)
     app.listing = listing
     code, _, body = wsgi(app, f"/api/v1/tasks?limit=2&after={page.next}")
     assert code == 410 and b"too long ago" in body

@@ -51,7 +51,8 @@ tr.g th{background:#fff;border-bottom:2px solid #bbb;padding-top:.9em}
 .label{display:inline-block;background:#eef;border-radius:.3em;padding:0 .3em;margin:.1em}
 table.summary td.n a{font-weight:600;text-decoration:none}
 table.summary tr.all td{border-bottom:2px solid #bbb;font-weight:600}
-table.summary tr.rest td{color:#555}table.summary tr td.z{color:#bbb}table.summary th.st{text-align:right}
+table.summary tr.rest td{color:#555}table.summary tr td.z{color:#bbb}
+table.summary th.st{text-align:right}
 form.filters{background:#f7f7f7;border:1px solid #ddd;padding:.5em .7em;margin:.5em 0 1em}
 form.filters label{margin-right:1em;white-space:nowrap}form.filters input[type=text]{width:12em}
 form.filters .states label{margin-right:.4em}.nav{margin:.6em 0}

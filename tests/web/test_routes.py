@@ -169,6 +169,8 @@ def test_task_page_shows_every_kept_failed_file_escaped(app: App) -> None:
 def test_task_page_of_an_unknown_task_is_404(app: App, path: str) -> None:
     code, _, body = wsgi(app, path)
     assert code == 404, path
+    if path.count("/") == 3:  # a task page's path: the page says what was not found
+        assert b"Task not found" in body
 
 
 def test_task_page_links_to_grafana_when_a_dashboard_is_configured(

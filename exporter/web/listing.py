@@ -20,8 +20,9 @@ import threading
 import time
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 from exporter.model import ExporterView, TaskRecord
 from exporter.web.index import ABSENT, StoreIndex, build, derive
@@ -270,8 +271,8 @@ def _select(
         for task_id, rank in tasks.items():
             if rank != ABSENT:
                 extra.setdefault((rank, store), []).append(task_id)
-    for ids in extra.values():
-        ids.sort()
+    for sorted_ids in extra.values():
+        sorted_ids.sort()
     for rank in range(_RANKS):
         if place is not None and rank < place[0]:
             continue
@@ -283,13 +284,23 @@ def _select(
             base = index.groups[rank] if rank in ranks else ()
             more = extra.get((rank, name), ())
             changed = moved.get(name)
-            if not more and not changed and not labels and q is None:
+            if not more and not changed:
+                # Nothing of this store changed rank during the pass: its list is the order.
                 start = bisect_right(base, after) if after is not None else 0
-                for task_id in base[start : start + want]:
-                    yield Row(rank, index, index.entries[task_id][0], PROBLEMS_FIRST[rank])
+                if not labels and q is None:
+                    ids: Iterable[str] = base[start : start + want]
+                elif q is not None:
+                    ids = (i for i in islice(base, start, None) if q in i)
+                else:
+                    ids = islice(base, start, None)
+                for task_id in ids:
+                    task = index.entries[task_id][0]
+                    if labels and not _has_labels(task, labels):
+                        continue
+                    yield Row(rank, index, task, PROBLEMS_FIRST[rank])
                     want -= 1
-                if want <= 0:
-                    return
+                    if want <= 0:
+                        return
                 continue
             for task_id in _merged(base, more, after):
                 if changed and task_id in changed and rank != changed[task_id]:

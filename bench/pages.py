@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from bench.common import WALL_START, markdown_table
+from exporter import __version__
 from exporter.model import (
     MAX_KEPT_FAILURES,
     ExporterView,
@@ -73,7 +74,7 @@ class Fleet:
             if name not in self.views:
                 self.views[name] = StoreView(name, tuple(tasks.values()), (), (), (), (), 0, 0.0)
         views = tuple(self.views[name] for name in self.stores)
-        return ExporterView(views, self.now, "bench", ReloadStatus(True, WALL_START))
+        return ExporterView(views, self.now, __version__, ReloadStatus(True, WALL_START))
 
     def refresh(self, timeout: float) -> None:
         """Nothing is due: the pages are measured, not the API."""

@@ -35,6 +35,7 @@ h1{margin:.2em 0 .3em}h2{margin:1.2em 0 .4em;font-size:1.25em}
 a{color:#0b57a4}table{border-collapse:collapse;margin-bottom:1em}
 th,td{border-bottom:1px solid #ddd;padding:.3em .55em;text-align:left;vertical-align:top}
 td{white-space:nowrap}td.wrap{white-space:normal;min-width:16em;max-width:40em}
+td.id{white-space:normal;min-width:15em}
 table.tasks{width:100%}summary{cursor:pointer}
 th{background:#f4f4f4}.muted{color:#777}ul{margin:0;padding-left:1.2em}code{font-size:.92em;font-family:ui-monospace,Menlo,Consolas,monospace}
 .num{text-align:right;font-variant-numeric:tabular-nums}.z{color:#bbb}
@@ -195,7 +196,7 @@ def task_row(row: Row, now: float) -> str:
     if task.last_error:
         last_error += f'<br><span class="muted">{esc(task.last_error[:200])}</span>'
     return (
-        f'<tr class="r-{state}"><td>{esc(store)}</td><td>{ident}</td>'
+        f'<tr class="r-{state}"><td>{esc(store)}</td><td class="id">{ident}</td>'
         f"<td>{badge(state, task)}</td>{cells}"
         f"<td>{ago(age_seconds(task.last_progress, now))}</td>"
         f"<td>{ago(age_seconds(task.last_success, now))}</td>"

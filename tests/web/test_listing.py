@@ -261,7 +261,7 @@ def test_first_pages_list_problems_first_by_store_then_task_id() -> None:
     fleet = Fleet()
     kinds = ["done", "moving", "failing", "done_failed", "seven", "new"]
     for i, kind in enumerate(kinds * 3):
-        fleet.put(STORES[i % 3], f"t{i:02d}", kind)
+        fleet.put(STORES[i % 3], f"t{17 - i:02d}", kind)  # ids not in configuration order
     fleet.now += STUCK_AFTER / 2
     fleet.put("b-shop", "t99", "moving")  # recent: in progress; the others are stuck by then
     fleet.now += STUCK_AFTER * 0.6

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from types import FrameType
@@ -114,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         "reads are always on (docs/task-api.md)",
     )
     add(
+        "--web.dashboard-url",
+        dest="dashboard_url",
+        default=None,
+        metavar="URL",
+        help="Grafana dashboard the pages link each task to; {store} and {task_id} in it are "
+        "replaced, else var-store and var-task_id are added to its query",
+    )
+    add(
         "--log.level",
         dest="log_level",
         default="info",
@@ -157,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--version", action="version", version=f"{PROGRAM}, version {__version__}")
     return parser
+
+
+def _is_web_url(text: str) -> bool:
+    parts = urllib.parse.urlsplit(text)
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and text.isprintable()
 
 
 def link_web_config_health(exporter: Exporter, server: ExporterServer) -> None:
@@ -236,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the exporter; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.dashboard_url is not None and not _is_web_url(args.dashboard_url):
+        parser.error(f"--web.dashboard-url {args.dashboard_url!r}: want an http:// or https:// URL")
     if not 0 <= args.shard < args.total_shards:
         parser.error(  # exits 2, like every usage error
             f"--shard {args.shard} --total-shards {args.total_shards}: want 0 <= N < M"
@@ -393,6 +409,7 @@ def _make_server(args: argparse.Namespace, exporter: Exporter) -> ExporterServer
         telemetry_path=args.telemetry_path,
         exporter_metrics=not args.disable_exporter_metrics,
         enable_task_api=args.enable_task_api,
+        dashboard_url=args.dashboard_url,
     )
     sockets = systemd_sockets() if args.systemd_socket else []
     return ExporterServer(

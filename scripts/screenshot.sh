@@ -8,14 +8,14 @@
 #   apt-get install -y chromium        # as root, once
 #   ./scripts/screenshot.sh [OUTPUT.png]   # default docs/status-page.png
 #
-# SCREENSHOT_WAIT (seconds after start, default 25) and SCREENSHOT_SIZE (default 1640,560)
+# SCREENSHOT_WAIT (seconds after start, default 25) and SCREENSHOT_SIZE (default 1640,940)
 # change what is taken.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 out="${1:-docs/status-page.png}"
 wait_seconds="${SCREENSHOT_WAIT:-25}"
-size="${SCREENSHOT_SIZE:-1640,560}"
+size="${SCREENSHOT_SIZE:-1640,940}"
 python=.venv/bin/python
 [ -x "$python" ] || python=python3
 browser="$(command -v chromium || command -v chromium-browser || true)"

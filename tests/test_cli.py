@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from exporter.cli import link_web_config_health
+from exporter.cli import link_web_config_health, main
 from exporter.demo.simulator import Simulator
 from exporter.runtime import (
     limit_malloc_arenas,
@@ -179,3 +179,13 @@ def test_a_loop_of_links_neither_stops_the_start_nor_delays_sigterm(
         assert proc.proc.wait(timeout=2) == 0  # within 2 s of SIGTERM (README "Running it")
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://grafana/d/x", "grafana.example.com/d/x", "https://", "https://g/\x00"]
+)
+def test_dashboard_url_must_be_a_web_url(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--web.dashboard-url", url, "--config.check"])
+    assert exc.value.code == 2
+    assert "--web.dashboard-url" in capsys.readouterr().err

@@ -217,9 +217,7 @@ def test_demo_page_shows_each_state_and_the_context_labels(
     def states() -> dict[str, tuple[str, int]]:
         body = proc.get("/api/v1/tasks").json()
         return {
-            t["task_id"]: (t["state"], (t["data"] or {}).get("failed", 0))
-            for store in body["stores"]
-            for t in store["tasks"]
+            t["task_id"]: (t["state"], (t["data"] or {}).get("failed", 0)) for t in body["tasks"]
         }
 
     def reached() -> bool:
@@ -234,8 +232,7 @@ def test_demo_page_shows_each_state_and_the_context_labels(
         )
 
     wait_until(reached, timeout=20, interval=0.5)
-    [store] = proc.get("/api/v1/tasks").json()["stores"]
-    labels = {t["task_id"]: t["labels"] for t in store["tasks"]}
+    labels = {t["task_id"]: t["labels"] for t in proc.get("/api/v1/tasks").json()["tasks"]}
     assert labels["demo-images-stuck"] == {"source": "images-stuck.csv"}
     page = proc.get("/").text
     assert "stuck" in page and "images-stuck.csv" in page
@@ -464,7 +461,7 @@ def test_status_page_over_http(
     assert "<script>" not in page.text and "&lt;script&gt;" in page.text
     assert "1/4" in page.text
     data = proc.get("/api/v1/tasks").json()
-    assert data["stores"][0]["tasks"][0]["data"]["failed_files"][0]["reason"] == evil
+    assert data["tasks"][0]["data"]["failed_files"][0]["reason"] == evil
     assert proc.get("/nope").status_code == 404
     assert requests.post(proc.url + "/metrics", timeout=5).status_code == 405
     assert proc.get("/-/ready").status_code == 200

@@ -118,9 +118,7 @@ def test_a_change_to_a_field_shows_in_the_next_scrape(spec_field: TaskField) -> 
         shown = True
     if spec_field.spec.json:
         key = spec_field.spec.json
-        old, new = (
-            json.loads(render_json(view_of(t)))["stores"][0]["tasks"][0] for t in (before, after)
-        )
+        old, new = (json.loads(render_json(view_of(t)))["tasks"][0] for t in (before, after))
         where = (lambda item: item["data"]) if spec_field.on_snapshot else (lambda item: item)
         assert where(old)[key] != where(new)[key]
         shown = True

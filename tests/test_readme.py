@@ -94,3 +94,12 @@ def test_readme_shows_the_status_page_screenshot() -> None:
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
     script = (ROOT / "scripts" / "screenshot.sh").read_text(encoding="utf-8")
     assert "--headless" in script and "--demo" in script and "docs/status-page.png" in script
+
+
+def test_readme_links_the_fleet_screenshots() -> None:
+    for name in ("fleet-summary", "fleet-filtered", "task-page"):
+        assert f"(docs/{name}.png)" in README, name
+        png = (ROOT / "docs" / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+        script = (ROOT / "scripts" / "screenshot-fleet.sh").read_text(encoding="utf-8")
+        assert f"docs/{name}.png" in script

@@ -1,19 +1,26 @@
-"""The WSGI app: /metrics, /, /api/v1/tasks, /-/healthy, /-/ready, /-/reload."""
+"""The WSGI app: /metrics, /, /api/v1/tasks, /tasks/{store}/{task_id}, /-/healthy, /-/ready,
+/-/reload."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
 from collections.abc import Callable, Iterable
+from html import escape
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs
 
 from exporter.metrics.exposition import Body, Exposition
 from exporter.model import ExporterView
+from exporter.web.listing import CursorExpired, Listing
 from exporter.web.pages import render_html, render_json
+from exporter.web.query import DEFAULT_HTML_LIMIT, DEFAULT_JSON_LIMIT, QueryError, parse_query
+from exporter.web.states import classify
 from exporter.web.taskapi import PREFIX as TASK_API_PREFIX
 from exporter.web.taskapi import TaskApi, TaskApiPort
+from exporter.web.taskpage import not_found_page, task_page
 
 # A person opening a page sees fresh data at once: the pages refresh due tasks first, like
 # a scrape with this deadline (docs/design.md, "Status pages").
@@ -105,6 +112,25 @@ def _text(status: str, body: str) -> tuple[str, list[tuple[str, str]], bytes]:
     return status, [("Content-Type", "text/plain; charset=utf-8")], body.encode()
 
 
+_HTML = [("Content-Type", "text/html; charset=utf-8")]
+_JSON = [("Content-Type", "application/json")]
+_TASK_PATH = re.compile(r"/tasks/([A-Za-z0-9_.-]{1,64})/([A-Za-z0-9_-]{1,128})")
+
+
+def _query_status(exc: QueryError) -> str:
+    return "410 Gone" if isinstance(exc, CursorExpired) else "400 Bad Request"
+
+
+def _error_html(status: str, message: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    body = (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>"
+        f"{escape(status)}</title></head><body><h1>{escape(status)}</h1>"
+        f"<p>{escape(message)}</p><p><a href='?'>The first page, without filters</a></p>"
+        "</body></html>"
+    )
+    return status, list(_HTML), body.encode()
+
+
 #: Paths of the app's own pages, which ``--web.telemetry-path`` may not take.
 FIXED_PATHS = ("/", "/api/v1/tasks", "/-/healthy", "/-/ready", "/-/reload")
 
@@ -123,7 +149,8 @@ class App:
 
     ``telemetry_path`` serves the metrics (``--web.telemetry-path``); ``exporter_metrics``
     False leaves out prometheus_client's ``process_*`` and ``python_*`` families
-    (``--web.disable-exporter-metrics``).
+    (``--web.disable-exporter-metrics``); ``dashboard_url`` is the Grafana dashboard the
+    pages link each task to (``--web.dashboard-url``).
     """
 
     def __init__(
@@ -133,8 +160,12 @@ class App:
         telemetry_path: str = "/metrics",
         exporter_metrics: bool = True,
         enable_task_api: bool = False,
+        dashboard_url: str | None = None,
     ) -> None:
         self.exporter = exporter
+        self.dashboard_url = dashboard_url
+        # Indexes of the last view and the journal the page cursors rely on.
+        self.listing = Listing()
         self.exposition = Exposition(extra=None if exporter_metrics else ())
         # Reads of the task API always; writes with --web.enable-task-api (docs/task-api.md).
         self.task_api: TaskApi | None = None
@@ -156,6 +187,8 @@ class App:
         path = environ.get("PATH_INFO") or "/"
         method = environ.get("REQUEST_METHOD", "GET").upper()
         route = self.routes.get(path)
+        if route is None and path.startswith("/tasks/"):
+            route = (frozenset({"GET", "HEAD"}), self.task)
         body: bytes | Body
         if route is None and self.task_api is not None and path.startswith(TASK_API_PREFIX):
             status, headers, body = self.task_api(environ)
@@ -198,15 +231,46 @@ class App:
 
     def index(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
         """The status page, after refreshing due tasks like a scrape (2 s deadline)."""
+        try:
+            query = parse_query(environ.get("QUERY_STRING", ""), DEFAULT_HTML_LIMIT)
+        except QueryError as exc:
+            return _error_html("400 Bad Request", str(exc))
         self.exporter.refresh(PAGE_REFRESH_DEADLINE)
-        html = render_html(self.exporter.view(), "." + self.telemetry_path)
-        return "200 OK", [("Content-Type", "text/html; charset=utf-8")], html.encode()
+        try:
+            page = self.listing.page(self.exporter.view, query)
+        except QueryError as exc:
+            return _error_html(_query_status(exc), str(exc))
+        html = render_html(page, self.dashboard_url, "." + self.telemetry_path)
+        return "200 OK", list(_HTML), html.encode()
 
     def tasks(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
         """The status page's data as JSON, after the same refresh."""
+        try:
+            query = parse_query(environ.get("QUERY_STRING", ""), DEFAULT_JSON_LIMIT)
+            self.exporter.refresh(PAGE_REFRESH_DEADLINE)
+            page = self.listing.page(self.exporter.view, query)
+        except QueryError as exc:
+            body = json.dumps({"error": str(exc)})
+            return _query_status(exc), list(_JSON), body.encode()
+        return "200 OK", list(_JSON), render_json(page).encode()
+
+    def task(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+        """One task's page with every kept failed file; 404 for a task not watched here."""
+        path = environ.get("PATH_INFO") or ""
+        match = _TASK_PATH.fullmatch(path)
+        if match is None:
+            return _text("404 Not Found", "404 page not found\n")
+        store_name, task_id = match.groups()
         self.exporter.refresh(PAGE_REFRESH_DEADLINE)
-        body = render_json(self.exporter.view())
-        return "200 OK", [("Content-Type", "application/json")], body.encode()
+        fleet = self.listing.fleet(self.exporter.view)
+        index = fleet.store(store_name)
+        entry = index.entries.get(task_id) if index is not None else None
+        if index is None or entry is None:
+            return "404 Not Found", list(_HTML), not_found_page(store_name, task_id).encode()
+        task, _ = entry
+        state = classify(task, index.view.stuck_after, fleet.view.now)
+        html = task_page(fleet.view, index.view, task, state, self.dashboard_url)
+        return "200 OK", list(_HTML), html.encode()
 
     def healthy(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
         """Liveness: 200 while the process serves."""

@@ -365,7 +365,7 @@ class TaskApi:
         found = self.exporter.task(store, task_id)
         if found is not None:
             record, stuck_after = found
-        return {"store": store, **task_json(record, stuck_after, self.exporter.wall_time())}
+        return task_json(record, store, stuck_after, self.exporter.wall_time())
 
     def _get(self, environ: WSGIEnvironment, store: str, task_id: str) -> Result:
         found = self.exporter.task(store, task_id)

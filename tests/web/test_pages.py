@@ -105,7 +105,7 @@ def rows(page: str) -> dict[str, str]:
 
 def json_tasks(text: str) -> dict[str, dict[str, Any]]:
     data = json.loads(text)
-    return {task["task_id"]: task for store in data["stores"] for task in store["tasks"]}
+    return {task["task_id"]: task for task in data["tasks"]}
 
 
 # --- the state function ------------------------------------------------------------------
@@ -206,7 +206,7 @@ def test_page_shows_progress_age_labels_shard_and_refreshes_itself() -> None:
     assert (data["shard"], data["total_shards"]) == (1, 3)
     [store] = data["stores"]
     assert store["stuck_after_seconds"] == STUCK_AFTER
-    [item] = store["tasks"]
+    [item] = data["tasks"]
     assert item["labels"] == {"source": "catalogue.csv", "importer": "nightly sync"}
     assert item["last_progress_age_seconds"] == 200
 
@@ -287,7 +287,9 @@ def test_pages_refresh_before_answering(app: App, sim: Simulator, path: str) -> 
     assert sim.count("t-moving") >= 1
     if path == "/":
         page = body.decode()
-        assert "4/10" in page and "not polled yet" not in page
+        found = rows(page)
+        assert "4/10" in found["t-moving"]
+        assert not any("not polled yet" in row for row in found.values())
     else:
         states = {k: v["state"] for k, v in json_tasks(body.decode()).items()}
         assert states == {
@@ -336,3 +338,63 @@ def test_hostile_api_answers_never_make_the_pages_fail(app: App, sim: Simulator)
         assert b"\x00" not in body and b"\x1b" not in body
     page = wsgi(app, "/")[2].decode()
     assert "a\\u0000b" in page and "r\\u001b[2J" in page
+
+
+# --- the summary at a fleet's scale -------------------------------------------------------
+
+
+def fleet_view(stores: int, troubled: dict[int, TaskRecord]) -> ExporterView:
+    """``stores`` stores of two tasks (one completed, one in progress); store i of
+    ``troubled`` has that task as well."""
+    views = []
+    for i in range(stores):
+        name = f"store-{i:04d}"
+        tasks = [
+            replace(EXAMPLES[COMPLETED], store=name),
+            replace(EXAMPLES[IN_PROGRESS], store=name),
+        ]
+        if i in troubled:
+            tasks.append(replace(troubled[i], store=name))
+        views.append(StoreView(name, tuple(tasks), (), (), (), (), 0, 0.0, STUCK_AFTER))
+    return ExporterView(tuple(views), NOW, "1.2.3", ReloadStatus(True, NOW))
+
+
+def summary_rows(page: str) -> list[str]:
+    table = page.split('<table class="summary">', 1)[1].split("</table>", 1)[0]
+    return re.findall(r"<tr.*?</tr>", table)
+
+
+def test_summary_of_a_thousand_stores_lists_the_troubled_ones_and_counts_the_rest() -> None:
+    troubled = {7: EXAMPLES[FAILING], 420: EXAMPLES[STUCK], 999: EXAMPLES[COMPLETED_WITH_FAILURES]}
+    page = render_html(fleet_view(1000, troubled))
+    found = summary_rows(page)
+    assert len(found) == 1 + 1 + 3 + 1  # header, all stores, the troubled, the rest
+    assert "All 1,000 stores" in found[1]
+    assert [re.search(r">(store-\d+)</a>", r).group(1) for r in found[2:5]] == [  # type: ignore[union-attr]
+        "store-0007",
+        "store-0420",
+        "store-0999",
+    ]
+    assert "997 stores without problems" in found[5] and "1,994" in found[5]  # 997 x 2 tasks
+    # each count links to the filtered view
+    assert '<a href="?state=failing">1</a>' in found[1]
+    assert '<a href="?state=completed">1,000</a>' in found[1]
+    assert '<a href="?store=store-0007&amp;state=failing">1</a>' in found[2]
+    assert '<a href="?store=store-0420&amp;state=stuck">1</a>' in found[3]
+    # every state keeps its colour and words in the header
+    for state in STATES:
+        assert f'<span class="state s-{state}">' in found[0]
+    assert len(page.encode()) < 300_000
+
+
+def test_summary_lists_at_most_fifty_troubled_stores() -> None:
+    page = render_html(fleet_view(300, {i: EXAMPLES[FAILING] for i in range(0, 300, 3)}))
+    found = summary_rows(page)
+    assert len(found) == 1 + 1 + 50 + 1 + 1
+    assert "50 more with problems" in found[-2]
+    assert "200 stores without problems" in found[-1]
+
+
+def test_one_store_without_problems_has_no_rest_row() -> None:
+    found = summary_rows(render_html(view(EXAMPLES[COMPLETED])))
+    assert len(found) == 2 and "All 1 store<" in found[1]

@@ -109,8 +109,9 @@ def test_status_page(app: App) -> None:
     assert "30/50" in page and "60.0%" in page
     assert "t1" in page and "done" in page and "gone" in page
     assert "404" in page  # the unknown task's last error code
-    assert "http://img/19.jpg" in page and "http://img/20.jpg" not in page  # first 20 only
-    assert "and 5 more" in page
+    # a row shows the first 3 failed files and links to the task's page for the others
+    assert "http://img/2.jpg" in page and "http://img/3.jpg" not in page
+    assert 'and 22 more: <a href="tasks/shop/t1">all on the task page</a>' in page
 
 
 def test_status_page_escapes_api_strings(app: App) -> None:
@@ -127,7 +128,8 @@ def test_json_api(app: App) -> None:
     data = json.loads(body)
     assert data["version"] == __version__
     [store] = data["stores"]
-    tasks = {t["task_id"]: t for t in store["tasks"]}
+    assert store["store"] == "shop"
+    tasks = {t["task_id"]: t for t in data["tasks"]}
     t1 = tasks["t1"]
     assert t1["poll_success"] is True and t1["last_code"] == "200"
     assert t1["data"]["total"] == 50 and t1["data"]["finished"] == 30
@@ -158,3 +160,86 @@ def test_metrics_gzip_follows_accept_encoding_q_values(
     assert (headers.get("Content-Encoding") == "gzip") is gzipped
     assert int(headers["Content-Length"]) == len(body)
     assert b"shoplazza_upload_task" in (gzip.decompress(body) if gzipped else body)
+
+
+def test_task_page_shows_every_kept_failed_file_escaped(app: App) -> None:
+    scrape(app)
+    code, headers, body = wsgi(app, "/tasks/shop/t1")
+    assert code == 200 and headers["Content-Type"].startswith("text/html")
+    page = body.decode()
+    assert all(f"http://img/{i}.jpg" in page for i in range(1, 25))  # all 25, not 3 or 20
+    assert page.count("<td class='wrap'><code>") == 25
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "30 / 50" in page and '<span class="state s-in_progress">in progress</span>' in page
+    assert "href='../../'" in page and "Grafana" not in page  # no dashboard configured
+    assert wsgi(app, "/tasks/shop/t1", method="HEAD")[2] == b""
+    assert wsgi(app, "/tasks/shop/t1", method="POST")[0] == 405
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/tasks/shop/nope", "/tasks/elsewhere/t1", "/tasks/shop", "/tasks/shop/t1/x", "/tasks/"],
+)
+def test_task_page_of_an_unknown_task_is_404(app: App, path: str) -> None:
+    code, _, body = wsgi(app, path)
+    assert code == 404, path
+    if path.count("/") == 3:  # a task page's path: the page says what was not found
+        assert b"Task not found" in body
+
+
+def test_task_page_links_to_grafana_when_a_dashboard_is_configured(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.add_task("t1", total=2, finished=1)
+    exporter = make_exporter(write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"])))
+    try:
+        for template, link in [
+            (
+                "https://g.example/d/x?orgId=1",
+                "https://g.example/d/x?orgId=1&amp;var-store=shop&amp;var-task_id=t1",
+            ),
+            (
+                "https://g.example/d/x?s={store}&t={task_id}",
+                "https://g.example/d/x?s=shop&amp;t=t1",
+            ),
+        ]:
+            page = wsgi(App(exporter, dashboard_url=template), "/tasks/shop/t1")[2].decode()
+            assert f"<a href='{link}'>this task in Grafana</a>" in page
+            index = wsgi(App(exporter, dashboard_url=template), "/")[2].decode()
+            assert "Grafana dashboard</a>" in index
+    finally:
+        exporter.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("state=done", "state: 'done' is not a state; one of failing, stuck"),
+        ("store=a/b", "store: 'a/b' is not a store name"),
+        ("label=source", "label: 'source' is not name=value"),
+        ("label=1x=y", "label: '1x=y' is not name=value"),
+        ("q=a.b", "q: 'a.b' is not part of a task id"),
+        ("limit=0", "limit: '0' is not a number from 1 to 10000"),
+        ("limit=10001", "limit: '10001' is not a number from 1 to 10000"),
+        ("limit=1e3", "limit: '1e3' is not a number"),
+        ("limit=%D9%A1", "limit: '\u0661' is not a number"),
+        ("sate=failing", "unknown parameter 'sate'"),
+        ("store=a&store=b", "store: given more than once"),
+        ("q=%ff", "query string is not valid"),
+    ],
+)
+def test_invalid_filters_are_a_clear_400(app: App, query: str, message: str) -> None:
+    code, headers, body = wsgi(app, "/api/v1/tasks?" + query)
+    assert code == 400 and headers["Content-Type"] == "application/json"
+    assert message in json.loads(body)["error"]
+    code, headers, body = wsgi(app, "/?" + query)
+    assert code == 400 and headers["Content-Type"].startswith("text/html")
+    assert "400 Bad Request" in body.decode()
+
+
+def test_empty_filter_values_count_as_absent(app: App) -> None:
+    scrape(app)
+    plain = json.loads(wsgi(app, "/api/v1/tasks")[2])
+    empty = json.loads(wsgi(app, "/api/v1/tasks?store=&q=&label=&state=&after=")[2])
+    assert [t["task_id"] for t in empty["tasks"]] == [t["task_id"] for t in plain["tasks"]]
+    assert wsgi(app, "/?store=&q=&label=&state=")[0] == 200

@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(directory)
         path = _setup(root, args.files)
         config = parse_config(Path(path).read_text(), path)
-        watcher = StoreFiles(config, clock=time.monotonic)
+        # A clock moved by hand: a changed file applies once its content held for a second.
+        clock = [0.0]
+        watcher = StoreFiles(config, clock=lambda: clock[0])
         start = time.perf_counter()
         watcher.refresh(force=True)
         first = time.perf_counter() - start
@@ -60,16 +62,21 @@ def main(argv: list[str] | None = None) -> None:
             target = root / "stores.d" / f"store-{i:05d}.yaml"
             target.write_text(target.read_text() + "    timeout: 3s\n")
             start = time.perf_counter()
+            assert watcher.refresh(force=True) is False  # seen, not applied before it settles
+            clock[0] += 1.5
             assert watcher.refresh(force=True) is True
-            changed.append(time.perf_counter() - start)
+            changed.append((time.perf_counter() - start) / 2)
     rows = [
         ["first read (parse all, read all tokens)", f"{first * 1000:.1f} ms"],
         ["steady check, nothing changed (median)", f"{statistics.median(steady) * 1000:.1f} ms"],
-        ["check after one file changed (median)", f"{statistics.median(changed) * 1000:.1f} ms"],
+        [
+            "check after one file changed (median, per check; it applies on the second)",
+            f"{statistics.median(changed) * 1000:.1f} ms",
+        ],
     ]
     setup = (
         f"{args.files:,} store files, one store and one token file each, in one process; "
-        f"{args.rounds} checks of each kind. A check is a glob and a `stat` per file."
+        f"{args.rounds} checks of each kind. A check is a glob and a `stat` per file; a changed file is read by two checks a second apart (it applies once its content held), and the time is per check."
     )
     table = markdown_table(["figure", "time"], rows)
     emit(Report("store_files", "Store files", f"{setup}\n\n{table}"), parser, args, argv)

@@ -161,10 +161,9 @@ def test_three_shards(tmp_path: Path, sim: Any) -> None:
         assert plain.returncode == 3 and f"shard {owner(wrong, 3)}" in plain.stderr
         seen: dict[str, int] = {}
         for shard, proc in enumerate(procs):
-            for store in proc.get("/api/v1/tasks").json()["stores"]:
-                for task in store["tasks"]:
-                    assert owner(store["store"], 3) == shard
-                    seen[task["task_id"]] = seen.get(task["task_id"], 0) + 1
+            for task in proc.get("/api/v1/tasks").json()["tasks"]:
+                assert owner(task["store"], 3) == shard
+                seen[task["task_id"]] = seen.get(task["task_id"], 0) + 1
         assert seen == {f"{s}-t": 1 for s in stores}  # each on its owner, once
         waited = [
             run("--url", template, "--total-shards", "3", "wait", s, f"{s}-t", "--timeout", "30s")
@@ -185,7 +184,7 @@ def test_registrations_survive_sigkill(exporter: ExporterProcess, tmp_path: Path
     exporter.stop(signal.SIGKILL)  # right after the last answer
     again = start(tmp_path, config)
     try:
-        tasks = again.get("/api/v1/tasks").json()["stores"][0]["tasks"]
+        tasks = again.get("/api/v1/tasks").json()["tasks"]
         registered = {t["task_id"] for t in tasks if t["source"] == "api"}
         assert registered == {f"k{i}" for i in range(200)}
     finally:
@@ -211,7 +210,7 @@ def test_concurrent_puts_lose_and_duplicate_nothing(exporter: ExporterProcess) -
     updated = [t for t, code in outcomes if code == 200]
     assert sorted(created) == sorted({f"p{i}" for i in range(500)})  # one 201 per id
     assert len(updated) == 500
-    tasks = exporter.get("/api/v1/tasks").json()["stores"][0]["tasks"]
+    tasks = exporter.get("/api/v1/tasks").json()["tasks"]
     ids = [t["task_id"] for t in tasks if t["source"] == "api"]
     assert sorted(ids) == sorted(f"p{i}" for i in range(500))
 
@@ -234,8 +233,8 @@ def test_the_readme_quick_start_registers_a_task(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
 
         def completed() -> bool:  # /api/v1/tasks refreshes due tasks, like a scrape
-            [store] = demo.get("/api/v1/tasks").json()["stores"]
-            task = {t["task_id"]: t for t in store["tasks"]}["demo-import-42"]
+            tasks = demo.get("/api/v1/tasks").json()["tasks"]
+            task = {t["task_id"]: t for t in tasks}["demo-import-42"]
             return bool(task["source"] == "api" and task["state"] == "completed")
 
         wait_until(completed, timeout=20, interval=0.5)

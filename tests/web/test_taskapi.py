@@ -84,7 +84,7 @@ def test_put_registers_once_durably_and_get_shows_the_source(tmp_path: Path, sim
         got = requests.get(s.url(task_id="t1"))
         assert got.status_code == 200 and got.json()["source"] == "api"
         assert requests.get(s.url(task_id="c1")).json()["source"] == "config"
-        listed = requests.get(s.base + "/api/v1/tasks").json()["stores"][0]["tasks"]
+        listed = requests.get(s.base + "/api/v1/tasks").json()["tasks"]
         assert sorted((t["task_id"], t["source"]) for t in listed) == [
             ("c1", "config"),
             ("t1", "api"),

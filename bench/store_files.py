@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     ]
     setup = (
         f"{args.files:,} store files, one store and one token file each, in one process; "
-        f"{args.rounds} checks of each kind. A check is a glob and a `stat` per file; a changed file is read by two checks a second apart (it applies once its content held), and the time is per check."
+        f"{args.rounds} checks of each kind. A check is a glob and a `stat` per file; a "
+        "changed file is read by two checks a second apart (it applies once its content "
+        "held), and the time is per check."
     )
     table = markdown_table(["figure", "time"], rows)
     emit(Report("store_files", "Store files", f"{setup}\n\n{table}"), parser, args, argv)

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         ["first read (parse all, read all tokens)", f"{first * 1000:.1f} ms"],
         ["steady check, nothing changed (median)", f"{statistics.median(steady) * 1000:.1f} ms"],
         [
-            "check after one file changed (median, per check; it applies on the second)",
+            "check after one file changed (median)",
             f"{statistics.median(changed) * 1000:.1f} ms",
         ],
     ]

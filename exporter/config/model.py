@@ -26,6 +26,21 @@ class TLSConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Proxy:
+    """The forward proxy one store's requests go through; ``url`` "" means none.
+
+    ``url`` is ``scheme://host:port`` without credentials, safe to log; the credentials of
+    the configured URL (percent-decoded ``user:password``) are kept apart in ``auth``.
+    ``from_environment`` is set by ``proxy_from_environment: true``: the URL is looked up
+    in the environment for the store's address when the store is loaded.
+    """
+
+    url: str = ""
+    auth: str = field(default="", repr=False)
+    from_environment: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class TokenSource:
     """Where a store's access token comes from, plus the value read at load time."""
 
@@ -57,6 +72,7 @@ class StoreConfig:
     burst: int = 10
     max_concurrency: int = 4
     tls: TLSConfig = TLSConfig()
+    proxy: Proxy = Proxy()
     stuck_after: float = 900.0
     # Context labels of configured task ids: (task_id, ((name, value), ...)) pairs.
     task_labels: tuple[tuple[str, Labels], ...] = ()

@@ -81,13 +81,17 @@ def bypassed(host: str, port: int, no_proxy: str) -> bool:
             return True
         if not entry:
             continue
-        match = re.fullmatch(r"\[?(?P<name>[^\]]*?)\]?(?::(?P<port>[0-9]{1,5}))?", entry)
-        if match is None:
-            continue
-        name, entry_port = match["name"], match["port"]
-        if ":" in name and entry_port is None and not entry.startswith("["):
-            name = entry.strip("[]")  # a bare IPv6 address: its colons are no port
-        if entry_port is not None and int(entry_port) != port:
+        entry_port: str | None = None
+        if entry.startswith("["):  # [v6]:port
+            name, _, rest = entry[1:].partition("]")
+            entry_port = rest[1:] if rest.startswith(":") else None
+        elif entry.count(":") == 1:  # host:port
+            name, _, entry_port = entry.partition(":")
+        else:  # a host, or a bare IPv6 address (its colons are no port)
+            name = entry
+        if entry_port is not None and (
+            not re.fullmatch(r"[0-9]{1,5}", entry_port) or int(entry_port) != port
+        ):
             continue
         if address is not None:
             try:

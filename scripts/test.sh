@@ -65,4 +65,5 @@ rm -rf .venv-lowest
 python3 -m venv .venv-lowest
 .venv/bin/uv pip install -q --python .venv-lowest/bin/python --resolution lowest-direct -e '.[test]'
 .venv-lowest/bin/python -m pytest -p no:cacheprovider \
-  tests/polling/test_client.py tests/polling/test_transport.py tests/config tests/web tests/metrics
+  tests/polling/test_client.py tests/polling/test_transport.py tests/polling/test_proxy.py \
+  tests/config tests/web tests/metrics

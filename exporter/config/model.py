@@ -27,6 +27,21 @@ class TLSConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Proxy:
+    """The forward proxy one store's requests go through; ``url`` "" means none.
+
+    ``url`` is ``scheme://host:port`` without credentials, safe to log; the credentials of
+    the configured URL (percent-decoded ``user:password``) are kept apart in ``auth``.
+    ``from_environment`` is set by ``proxy_from_environment: true``: the URL is looked up
+    in the environment for the store's address when the store is loaded.
+    """
+
+    url: str = ""
+    auth: str = field(default="", repr=False)
+    from_environment: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class TokenSource:
     """Where a store's access token comes from, plus the value read at load time."""
 
@@ -58,6 +73,7 @@ class StoreConfig:
     burst: int = 10
     max_concurrency: int = 4
     tls: TLSConfig = TLSConfig()
+    proxy: Proxy = Proxy()
     stuck_after: float = 900.0
     # Tasks the task API may register for the store (docs/task-api.md).
     max_registered_tasks: int = 10_000

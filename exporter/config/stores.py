@@ -30,11 +30,13 @@ from exporter.config.model import (
     STORE_NAME_RE,
     TASK_ID_RE,
     Labels,
+    Proxy,
     StoreConfig,
     StoreDefaults,
     TLSConfig,
     TokenSource,
 )
+from exporter.config.proxies import environment_proxy, parse_proxy_url
 from exporter.config.tokens import (
     ENV_NAME_RE,
     TokenProblem,
@@ -55,6 +57,7 @@ STORE_ONLY_KEYS = ("name", "domain", "base_url", "task_ids")
 TOKEN_HINT = " / ".join(TOKEN_KEYS)
 _TLS_KEYS = ("ca_file", "insecure_skip_verify")
 _TASK_KEYS = ("id", "labels")
+PROXY_KEYS = ("proxy_url", "proxy_from_environment")
 
 Check = Callable[["StoreParser", object, str], object]
 
@@ -84,6 +87,9 @@ SETTINGS: Mapping[str, Setting] = {
         "max_registered_tasks", lambda p, v, at: p.integer(v, at, 0, MAX_REGISTERED_TASKS)
     ),
     "tls_config": Setting("tls", lambda p, v, at: p.tls(v, at)),
+    # Both fill ``proxy``: a store's own key overrides either key of defaults.
+    "proxy_url": Setting("proxy", lambda p, v, at: p.proxy_url(v, at)),
+    "proxy_from_environment": Setting("proxy", lambda p, v, at: p.proxy_from_environment(v, at)),
 }
 STORE_KEYS = (*STORE_ONLY_KEYS, "task_id_files", *TOKEN_KEYS, *SETTINGS)
 DEFAULTS_KEYS = ("task_id_files", *TOKEN_KEYS, *SETTINGS)
@@ -179,7 +185,11 @@ class StoreParser(Checker):
         token = self.store_token(store, path, name)
         task_ids, labels = self.task_ids(store.get("task_ids"), f"{path}.task_ids")
         task_id_files = self.store_task_id_files(store, path, name)
-        settings = {**dict(self.defaults.settings), **self.parse_settings(store, path)}
+        own = self.parse_settings(store, path)
+        settings = {**dict(self.defaults.settings), **own}
+        proxy = settings.get("proxy")
+        if isinstance(proxy, Proxy) and proxy.from_environment and base_url is not None:
+            settings["proxy"] = self.environment_proxy(base_url, path, inherited="proxy" not in own)
         if len(self.errors) > errors_before or name is None or base_url is None or token is None:
             return None
         return StoreConfig(
@@ -437,7 +447,12 @@ class StoreParser(Checker):
 
     def parse_settings(self, mapping: dict[Any, Any], path: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        both_proxies = all(key in mapping for key in PROXY_KEYS)
+        if both_proxies:
+            self.error(path, f"set only one of {' / '.join(PROXY_KEYS)}, not both")
         for key, setting in SETTINGS.items():
+            if key in PROXY_KEYS and both_proxies:
+                continue
             if key in mapping:
                 parsed = setting.check(self, mapping[key], f"{path}.{key}")
                 if parsed is not None:
@@ -490,6 +505,38 @@ class StoreParser(Checker):
         if len(self.errors) > errors_before:
             return None
         return TLSConfig(ca_file=ca_file, insecure_skip_verify=skip)
+
+    def proxy_url(self, value: object, path: str) -> Proxy | None:
+        """A forward proxy's URL ("" or null: none); its credentials are never echoed."""
+        if value is None:
+            return Proxy()
+        if not isinstance(value, str):
+            self.wrong_type(path, "an http(s) URL", value, secret=True)
+            return None
+        try:
+            return parse_proxy_url(value)
+        except ValueError as exc:
+            self.error(path, str(exc))
+            return None
+
+    def proxy_from_environment(self, value: object, path: str) -> Proxy | None:
+        if not isinstance(value, bool):
+            self.wrong_type(path, "true or false", value)
+            return None
+        return Proxy(from_environment=True) if value else Proxy()
+
+    def environment_proxy(self, base_url: str, path: str, *, inherited: bool) -> Proxy | None:
+        """The proxy ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY`` name for ``base_url``,
+        read now (at load), never per request."""
+        try:
+            proxy, _ = environment_proxy(base_url, self.environ)
+        except ValueError as exc:
+            if inherited:
+                self.error(path, f"proxy_from_environment from defaults: {exc}")
+            else:
+                self.error(f"{path}.proxy_from_environment", str(exc))
+            return None
+        return proxy
 
     def check_ca_file(self, path: str, where: str) -> None:
         self.files_read.append(path)

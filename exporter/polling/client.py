@@ -314,6 +314,7 @@ class StoreClient:
         "_clock",
         "_origin",
         "_owns_transport",
+        "_proxy",
         "_redactor",
         "_token",
         "_token_lock",
@@ -344,6 +345,8 @@ class StoreClient:
         self._owns_transport = transport is None
         self._transport = transport or Transport(pool_size=store.max_concurrency)
         self._origin = origin_of(store.base_url)
+        # The proxy was looked up (environment included) when the store was loaded.
+        self._proxy = (store.proxy.url, store.proxy.auth) if store.proxy.url else None
         self._verify: bool | str = True
         if store.tls.insecure_skip_verify:
             self._verify = False
@@ -423,6 +426,7 @@ class StoreClient:
                 verify=self._verify,
                 deadline=deadline,
                 user=self.store.name,
+                proxy=self._proxy,
             ) as response:
                 return self._classify(response, start, deadline, task_id)
         except CAFileError as exc:
@@ -582,7 +586,13 @@ def _describe_exception(exc: BaseException) -> str:
             return f"TLS error: certificate verify failed: {tls.verify_message}"
         return f"TLS error: {tls.reason or tls.strerror or type(tls).__name__}"[:300]
     cause: BaseException = exc
+    prefix = ""
     while True:  # MaxRetryError -> its reason (NewConnectionError, ProtocolError, ...)
+        if isinstance(cause, urllib3.exceptions.ProxyError):  # "Unable to connect to proxy"
+            prefix = "proxy: "  # and why: refused, or its answer to CONNECT (407, 403, ...)
+            if isinstance(cause.original_error, BaseException):
+                cause = cause.original_error
+                continue
         inner = getattr(cause, "reason", None)
         if not isinstance(inner, BaseException) and cause.args:
             inner = cause.args[0]
@@ -592,7 +602,7 @@ def _describe_exception(exc: BaseException) -> str:
     reason = str(cause.args[0]) if cause.args else ""
     reason = _OBJECT_REPR.sub("", reason)  # "<...HTTPConnection object at 0x7f..>: "
     name = type(cause).__name__
-    return f"{name}: {reason[:300]}" if reason else name
+    return prefix + (f"{name}: {reason[:300]}" if reason else name)
 
 
 _OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-f]+>:? ?")

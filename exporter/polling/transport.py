@@ -6,6 +6,12 @@ them, and closes a host's pools (``pool.close()``, then drops them) once no stor
 host and no request to it is in flight. urllib3 keeps no cookies, reads no ``~/.netrc`` and
 no proxy variables, and follows no redirect with ``redirect=False``.
 
+A store with a forward proxy gets a ``urllib3.ProxyManager`` of its own per origin, TLS
+context and proxy (in the same dictionary, under the same bound), made to build the
+transport's pools (``pool_classes_by_scheme``): plain http goes to the proxy with the
+absolute URL, https through a CONNECT tunnel with the store's TLS context, so verification
+is the same as without a proxy, and the deadline cuts the connection to the proxy.
+
 urllib3's timeouts bound each socket operation, so an answer trickled a byte at a time would
 never time out. Each request carries a :class:`Deadline`; the connections of the transport's
 pools tell it which socket the request uses, and one watchdog thread shuts that socket down
@@ -44,7 +50,9 @@ MAX_HOSTS = 128
 _RECUT = 0.25
 
 Origin = tuple[str, str, int]  # scheme, host (lower case, no brackets), port
-_PoolKey = tuple[str, str, int, ssl.SSLContext | None]  # the origin and its TLS context
+# The origin, its TLS context and its proxy (URL and credentials; None: direct).
+_PoolKey = tuple[str, str, int, ssl.SSLContext | None, tuple[str, str] | None]
+_Opener = urllib3.HTTPConnectionPool | urllib3.ProxyManager
 
 
 class CAFileError(Exception):
@@ -225,6 +233,23 @@ class _TLSPool(urllib3.HTTPSConnectionPool):
     ConnectionCls = _TLSConnection
 
 
+class _ProxyManager(urllib3.ProxyManager):
+    """urllib3's proxy manager, building the transport's pools (so its connections have
+    deadlines); the transport holds one per origin, TLS context and proxy."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # urllib3 sets the pool classes per manager "so other PoolManagers can override them".
+        self.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
+
+
+def _close(opener: _Opener) -> None:
+    if isinstance(opener, urllib3.ProxyManager):
+        opener.clear()  # closes its pool
+    else:
+        opener.close()
+
+
 class Transport:
     """The connection pools the stores of a process send their requests through.
 
@@ -243,9 +268,7 @@ class Transport:
         self._users: dict[Origin, set[str]] = {}  # stores that requested and did not release
         self._contexts: dict[str, tuple[tuple[int, ...], ssl.SSLContext]] = {}  # by CA path
         # Least recently used first.
-        self._pools: collections.OrderedDict[_PoolKey, urllib3.HTTPConnectionPool] = (
-            collections.OrderedDict()
-        )
+        self._pools: collections.OrderedDict[_PoolKey, _Opener] = collections.OrderedDict()
 
     def tls_context(self, verify: bool | str) -> ssl.SSLContext:
         """The one TLS context for connections that verify against ``verify`` (True: the
@@ -282,9 +305,11 @@ class Transport:
         verify: bool | str,
         deadline: Deadline,
         user: str,
+        proxy: tuple[str, str] | None = None,
     ) -> Iterator[BaseHTTPResponse]:
         """A GET of ``url`` for ``user`` (a store) within ``deadline``: its answer, with the
-        body left to read. Redirects are not followed; nothing is retried.
+        body left to read. Redirects are not followed; nothing is retried. ``proxy``:
+        the forward proxy's URL (no credentials) and its ``user:password`` ("" for none).
 
         Raises urllib3's errors, :class:`CAFileError`, or ``OSError``. Once the block ends
         the answer is closed, and its connection goes back to its pool only if the whole
@@ -294,14 +319,15 @@ class Transport:
         self.begin(origin, user)
         _WATCHDOG.watch(deadline)
         try:
-            context = self.tls_context(verify) if origin[0] == "https" else None
-            pool = self._pool(origin, context)
+            tls = origin[0] == "https" or (proxy is not None and proxy[0].startswith("https:"))
+            context = self.tls_context(verify) if tls else None
+            opener = self._opener(origin, context, proxy)
             remaining = deadline.remaining()
             _current.deadline = deadline
             try:
-                response = pool.urlopen(
+                response = opener.urlopen(
                     "GET",
-                    _target(url),
+                    url if isinstance(opener, urllib3.ProxyManager) else _target(url),
                     headers=dict(headers),
                     redirect=False,
                     retries=False,
@@ -322,30 +348,43 @@ class Transport:
             deadline.finish()
             self.end(origin)
 
-    def _pool(self, origin: Origin, context: ssl.SSLContext | None) -> urllib3.HTTPConnectionPool:
-        key: _PoolKey = (*origin, context)
+    def _opener(
+        self, origin: Origin, context: ssl.SSLContext | None, proxy: tuple[str, str] | None
+    ) -> _Opener:
+        """The pool for ``origin`` (or the proxy manager holding it), made on first use."""
+        key: _PoolKey = (*origin, context, proxy)
         with self._lock:
-            pool = self._pools.get(key)
-            if pool is not None:
+            opener = self._pools.get(key)
+            if opener is not None:
                 self._pools.move_to_end(key)
-                return pool
+                return opener
             scheme, host, port = origin
             common: dict[str, Any] = {
                 "maxsize": self._pool_size,
                 "block": False,
                 "retries": False,
             }
-            if scheme == "https":
-                pool = _TLSPool(host, port, ssl_context=context, **common)
+            if proxy is not None:
+                proxy_url, auth = proxy
+                opener = _ProxyManager(
+                    proxy_url,
+                    num_pools=1,  # this origin's pool only (or the proxy's, for plain http)
+                    proxy_headers=urllib3.make_headers(proxy_basic_auth=auth) if auth else None,
+                    proxy_ssl_context=context if proxy_url.startswith("https:") else None,
+                    ssl_context=context,
+                    **common,
+                )
+            elif scheme == "https":
+                opener = _TLSPool(host, port, ssl_context=context, **common)
             else:
-                pool = _Pool(host, port, **common)
-            self._pools[key] = pool
+                opener = _Pool(host, port, **common)
+            self._pools[key] = opener
             evicted = None
             if len(self._pools) > self._max_hosts:
                 _, evicted = self._pools.popitem(last=False)
         if evicted is not None:
-            evicted.close()  # its connections in use close when they come back
-        return pool
+            _close(evicted)  # its connections in use close when they come back
+        return opener
 
     def begin(self, origin: Origin, user: str) -> None:
         """A request of ``user`` (a store) to ``origin`` starts; the store now uses the host."""
@@ -383,7 +422,7 @@ class Transport:
             for key, _ in pools:
                 del self._pools[key]
         for _, pool in pools:
-            pool.close()
+            _close(pool)
         return bool(pools)
 
     @property
@@ -405,4 +444,4 @@ class Transport:
             self._pools.clear()
             self._users.clear()
         for pool in pools:
-            pool.close()
+            _close(pool)

@@ -54,36 +54,31 @@ def test_idle_connections_do_not_block_metrics(make_server: Callable[..., Export
 
 
 def test_idle_and_slow_clients_are_dropped(make_server: Callable[..., ExporterServer]) -> None:
-    server = make_server(request_timeout=0.5)
+    server = make_server(request_timeout=1.0)
+    # A slowloris: one header byte every 0.1 s never finishes the head; the deadline from
+    # its first byte (not a per-read timeout, not one restarted by every byte) drops it.
+    slow = socket.create_connection(server.address, timeout=5)
+    slow.sendall(b"G")
+    first_byte = time.monotonic()
     idle = [socket.create_connection(server.address, timeout=5) for _ in range(20)]
     partial = socket.create_connection(server.address, timeout=5)
     partial.sendall(b"GET /metrics HTTP/1.1\r\n")
-    # A slowloris: one header byte every 0.1 s never finishes the head; the deadline
-    # (not just the per-read timeout) must drop it.
-    slow = socket.create_connection(server.address, timeout=5)
-    stop = threading.Event()
-
-    def trickle() -> None:
-        with_errors = False
-        while not stop.wait(0.1) and not with_errors:
-            try:
-                slow.send(b"X")
-            except OSError:
-                with_errors = True
-
-    feeder = threading.Thread(target=trickle, daemon=True)
-    feeder.start()
     try:
-        started = time.monotonic()
-        wait_for(lambda: server.active_connections == 0, timeout=5)
-        assert time.monotonic() - started < 3.0
+        wait_for(lambda: server.active_connections == 22)  # every one accepted and held
+        closed_at = None
+        while closed_at is None and time.monotonic() - first_byte < 4 * server.request_timeout:
+            if is_closed(slow, timeout=0.1):
+                closed_at = time.monotonic()
+            else:
+                with contextlib.suppress(OSError):
+                    slow.send(b"X")
+        assert closed_at is not None, "the trickling client still holds its connection"
+        assert closed_at - first_byte < server.request_timeout + 0.5
         for sock in [*idle, partial]:
-            with contextlib.suppress(ConnectionResetError):
-                assert sock.recv(1024) == b""
+            assert is_closed(sock)
+        wait_for(lambda: server.active_connections == 0)
         assert request(server)[0] == 200
     finally:
-        stop.set()
-        feeder.join(timeout=2)
         for sock in [*idle, partial, slow]:
             sock.close()
 
@@ -274,6 +269,37 @@ def test_a_connection_being_answered_is_never_shed() -> None:
         client.join(timeout=5)
         server.shutdown()
     assert outcome == [(200, b"done\n")]
+
+
+def test_at_the_cap_with_every_connection_answering_a_new_one_is_refused() -> None:
+    """Two connections, both answering (held in the app): none is idle or slow, so none is
+    shed. A third connection is closed unanswered, and both held requests get their 200."""
+    entered = threading.Semaphore(0)
+    release = threading.Event()
+    server = ExporterServer(
+        held_app("/slow", entered, release), "127.0.0.1:0", max_connections=2, workers=2
+    )
+    server.start()
+    outcome: list[tuple[int, bytes]] = []
+    clients = [
+        threading.Thread(target=lambda: outcome.append(request(server, "/slow")[::2]))
+        for _ in range(2)
+    ]
+    try:
+        for client in clients:
+            client.start()
+        assert entered.acquire(timeout=5) and entered.acquire(timeout=5)  # both answering
+        assert server.active_connections == 2
+        # a probe has its own workers: were a held connection shed, it would be answered
+        probe = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        refused = raw_exchange(server, probe)
+    finally:
+        release.set()
+        for client in clients:
+            client.join(timeout=5)
+        server.shutdown()
+    assert outcome == [(200, b"done\n")] * 2
+    assert refused == b""
 
 
 def test_probes_answer_while_every_worker_waits(

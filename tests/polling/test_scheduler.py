@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,9 @@ def test_a_reload_that_lowers_the_budget_while_the_store_waits_holds(tmp_path: P
             )  # fmt: skip
             return _load(write(tmp_path / "c.yaml", text))
 
+        def started(n: int) -> Callable[[], bool]:
+            return lambda: sim.count() >= n
+
         clock = FakeClock()
         poller = Poller(clock=clock, workers=1, housekeeping_every=1e9)
         try:
@@ -134,7 +138,7 @@ def test_a_reload_that_lowers_the_budget_while_the_store_waits_holds(tmp_path: P
             held.stop()  # b1 fails at once: the worker takes x off the ready queue
             for step in range(13):  # t = 0, 0.5, ... 6 s after the reload
                 allowed = min(1 + step // 2, 6)  # burst + rate x t, whole requests
-                wait_until(lambda allowed=allowed: sim.count() >= allowed)
+                wait_until(started(allowed))
                 wait_until(lambda: scheduler_quiet(poller))
                 assert sim.count() == allowed  # never more
                 clock.advance(0.5)

@@ -81,3 +81,11 @@ def test_wait_after_a_partial_refill_is_for_the_missing_fraction(
     assert start == pytest.approx(1 / rate)  # one token a 1/rate after the empty bucket
     assert bucket.short_reason(elapsed) == "rate_limited"
     assert bucket.next_start(start) == pytest.approx(start)  # and then it can start
+
+
+def test_one_whole_token_is_no_shortage() -> None:
+    bucket = TokenBucket(rate=2.0, burst=1, now=0.0)
+    bucket.take()
+    assert bucket.short_reason(0.25) == "rate_limited"  # half a token
+    assert bucket.short_reason(0.5) is None  # exactly one: a request may start
+    assert bucket.next_start(0.5) == 0.5

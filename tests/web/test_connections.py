@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -248,6 +250,36 @@ def test_shedding_closes_the_longest_idle_connection_first(
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_shedding_warns_once_per_period_not_once_per_connection(
+    make_server: Callable[..., ExporterServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="exporter.web.server")
+    server = make_server(max_connections=2)
+    clients = [keep_alive_client(server) for _ in range(6)]  # each past the cap sheds one
+    try:
+        assert all(is_closed(sock) for sock in clients[:4])  # the four sheds happened
+        shed = [r for r in caplog.records if "too many connections" in r.getMessage()]
+        assert len(shed) == 1  # a flood of connections does not flood the log
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+def test_a_bad_request_over_tls_is_answered_and_the_connection_closed(
+    make_server: Callable[..., ExporterServer], tls_dir: Path, ca: trustme.CA
+) -> None:
+    server = make_server(web_config(tls_dir, TLS))
+    raw = socket.create_connection(server.address, timeout=3)
+    with client_context(ca).wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(b"GET /\r\n\r\n")  # HTTP/0.9: 400, then the server closes
+        answer = b""
+        with contextlib.suppress(ssl.SSLError, ConnectionResetError):
+            while chunk := tls.recv(65536):  # a socket the server forgot: TimeoutError
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    wait_for(lambda: server.active_connections == 0)
 
 
 def test_a_connection_being_answered_is_never_shed() -> None:

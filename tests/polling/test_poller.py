@@ -204,7 +204,7 @@ def test_a_later_shorter_429_does_not_shorten_the_pause(sim: Simulator, tmp_path
     poller = exporter.poller
 
     def errors_429() -> int:
-        return dict(poller.view()[0].errors).get("429", 0)
+        return dict(poller.views()[0].errors).get("429", 0)
 
     try:
         poller.refresh(0)  # starts both, waits for neither
@@ -296,7 +296,7 @@ def test_scrape_deadline_answers_from_memory_and_next_scrape_has_data(
     assert skipped(exporter, "deadline") == 1
     # the fetch goes on in the background and serves the next scrape
     wait_until(lambda: sim.count("slow") == 1 and sim.in_flight == 0, timeout=10)
-    wait_until(lambda: exporter.views().stores[0].tasks[0].snapshot is not None, timeout=5)
+    wait_until(lambda: exporter.view().stores[0].tasks[0].snapshot is not None, timeout=5)
     text = scrape(app, timeout=1)  # not due again (1m): from memory
     assert sample(text, "shoplazza_upload_task_files_finished", task_id="slow") == 3
     assert sample(text, "shoplazza_upload_task_poll_success", task_id="slow") == 1

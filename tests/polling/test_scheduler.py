@@ -160,9 +160,9 @@ def test_view_reads_memory_only_discovery_happens_in_refresh(
     ids.write_text("a\nb\n", encoding="utf-8")
     clock.advance(5)
     for _ in range(3):
-        assert [t.task_id for t in poller.view()[0].tasks] == ["a"]
+        assert [t.task_id for t in poller.views()[0].tasks] == ["a"]
     poller.refresh(5)
-    assert [t.task_id for t in poller.view()[0].tasks] == ["a", "b"]
+    assert [t.task_id for t in poller.views()[0].tasks] == ["a", "b"]
     poller.stop()
 
 
@@ -176,9 +176,9 @@ def test_housekeeping_timer_discovers_and_forgets_without_scrapes(
     poller = Poller(clock=ScaledClock(speed=2))
     poller.apply_config(_load(write(tmp_path / "c.yaml", text)))
     poller.refresh(5)
-    assert poller.view()[0].tasks[0].completed
+    assert poller.views()[0].tasks[0].completed
     ids.write_text("done\nnew\n", encoding="utf-8")
-    wait_until(lambda: [t.task_id for t in poller.view()[0].tasks] == ["new"], timeout=10)
+    wait_until(lambda: [t.task_id for t in poller.views()[0].tasks] == ["new"], timeout=10)
     assert poller.forgotten.keys() == {("shop", "done")}
     poller.stop()
 
@@ -198,39 +198,39 @@ def test_view_hands_out_cached_records_and_revisions_follow_changes(
     exporter = make_exporter(write(path, text), clock=clock)
     poller = exporter.poller
     poller.refresh(5)
-    first = poller.view()
-    again = poller.view()
+    first = poller.views()
+    again = poller.views()
     assert all(x is y for x, y in zip(first, again, strict=True))  # nothing changed: no copy
     assert first[0].revision >= 0 and first[1].revision >= 0
 
     sim.task("t1").finished = 2
     clock.advance(10)
     poller.refresh(5)  # store a: new data; store b: same data, a new success time
-    second = poller.view()
+    second = poller.views()
     assert second[0].revision > first[0].revision
     assert second[0].tasks[0].snapshot is not None and second[0].tasks[0].snapshot.finished == 2
     assert first[0].tasks[0].snapshot is not None and first[0].tasks[0].snapshot.finished == 1
 
     clock.advance(0.5)
     poller.refresh(5)  # nothing due: nothing changes
-    third = poller.view()
+    third = poller.views()
     assert all(x is y for x, y in zip(second, third, strict=True))
 
     sim.script("t1", Reply(status=429, headers={"Retry-After": "60"}))
     clock.advance(10)
     poller.refresh(5)  # a's request: 429, counters change
-    fourth = poller.view()
+    fourth = poller.views()
     assert fourth[0].revision > third[0].revision
     assert dict(fourth[0].errors)["429"] == 1
     clock.advance(10)
     poller.refresh(5)  # a paused: a skip count changes, nothing else
-    fifth = poller.view()
+    fifth = poller.views()
     assert fifth[0].revision > fourth[0].revision
     assert dict(fifth[0].skipped)["backoff"] == 1
 
     write(path, text.replace("[t2]", "[t2, t3]"))  # b gets a task
     exporter.reload()
-    sixth = poller.view()
+    sixth = poller.views()
     assert sixth[1].revision > fifth[1].revision
     assert [t.task_id for t in sixth[1].tasks] == ["t2", "t3"]
     exporter.close()
@@ -244,12 +244,12 @@ def test_labels_and_stuck_after_come_from_the_store_config(sim: Simulator, tmp_p
     )
     poller = Poller(clock=FakeClock())
     poller.apply_config(dataclasses.replace(base, stores=(labelled,)))
-    view = poller.view()[0]
+    view = poller.views()[0]
     assert view.stuck_after == 60.0
     assert {t.task_id: t.labels for t in view.tasks} == {"t1": (("source", "a.csv"),), "t2": ()}
     relabelled = dataclasses.replace(labelled, task_labels=(("t1", (("source", "b.csv"),)),))
     poller.apply_config(dataclasses.replace(base, stores=(relabelled,)))
-    again = poller.view()[0]
+    again = poller.views()[0]
     assert again.revision > view.revision
     assert again.tasks[0].labels == (("source", "b.csv"),)
     poller.stop()
@@ -292,7 +292,7 @@ def test_labels_of_task_file_lines_reach_the_task(
     store = dataclasses.replace(base.stores[0], task_labels=(("b", (("source", "manual"),)),))
     poller = Poller(clock=FakeClock())
     poller.apply_config(dataclasses.replace(base, stores=(store,)))
-    labels = {t.task_id: dict(t.labels) for t in poller.view()[0].tasks}
+    labels = {t.task_id: dict(t.labels) for t in poller.views()[0].tasks}
     assert labels == {
         "a": {"source": "a.csv", "importer": "nightly"},
         "b": {"source": "manual", "importer": "nightly"},
@@ -332,7 +332,7 @@ def test_an_idle_store_closes_its_connections_and_a_busy_one_keeps_them(tmp_path
             clock.advance(121)
             exporter.refresh(5)
             assert slow.count("s1") == 2 and done.count("d1") == 1
-            [view] = [v for v in exporter.views().stores if v.name == "slow"]
+            [view] = [v for v in exporter.view().stores if v.name == "slow"]
             assert view.tasks[0].snapshot is not None and view.tasks[0].snapshot.finished == 2
             assert not stores["slow"].client.holds_connections
             assert exporter.poller.transport.hosts == 1  # busy's, polled again meanwhile
@@ -353,7 +353,7 @@ def test_stores_share_one_session_and_a_host_pool(sim: Simulator, tmp_path: Path
         clients = [store.client for store in exporter.poller.stores.values()]
         assert len({id(c._transport) for c in clients}) == 1
         assert exporter.poller.transport.hosts == 1
-        finished = {v.name: v.tasks[0].snapshot.finished for v in exporter.views().stores}  # type: ignore[union-attr]
+        finished = {v.name: v.tasks[0].snapshot.finished for v in exporter.view().stores}  # type: ignore[union-attr]
         assert finished == {f"s{n}": n for n in range(5)}
     finally:
         exporter.close()

@@ -20,6 +20,7 @@ from exporter.app import Exporter
 from exporter.config import StoreConfig
 from exporter.metrics.families import family_collectors
 from exporter.polling.client import StoreClient
+from exporter.polling.poller import Poller
 from exporter.web.routes import App
 
 # Every metric the exporter exports, with its type (README "Metrics").
@@ -232,6 +233,24 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         threading.Event().wait(interval)
+
+
+def scheduler_quiet(poller: Poller) -> bool:
+    """True when no store waits for a fetch worker, every worker waits for work and no
+    timer is due: whatever a refresh, a reply or a clock step set going has started and
+    ended, so a check that a request did *not* start cannot pass before it would have.
+
+    Meant for a :class:`FakeClock`; reads the scheduler's internals under the poller's lock.
+    """
+    scheduler = poller.scheduler
+    with poller.cond:
+        now = poller.clock.monotonic()
+        timers = scheduler._timers
+        return (
+            not scheduler._ready
+            and scheduler._idle == len(scheduler.workers)
+            and not (timers and timers[0][0] <= now)
+        )
 
 
 def free_port() -> int:

@@ -26,6 +26,7 @@ from tests.helpers import (
     make_exporter,
     registry_of,
     sample,
+    scheduler_quiet,
     scrape,
     store_yaml,
     wait_until,
@@ -203,18 +204,55 @@ def test_retry_after_seconds_pauses_the_store(sim: Simulator, tmp_path: Path) ->
     exporter = make_exporter(path, clock=clock)
     sim.script("t1", Reply(status=429, headers={"Retry-After": "3"}))
     exporter.poller.refresh(0.05)  # t1 gets 429; t2 started in the same wave
+    wait_until(lambda: scheduler_quiet(exporter.poller))
     count = sim.count()
     clock.advance(1)
     exporter.poller.refresh(0.05)  # paused: no request starts
+    wait_until(lambda: scheduler_quiet(exporter.poller))  # nor in the background
     assert sim.count() == count
     assert skipped(exporter, "backoff") == 2
     clock.advance(1.9)
     exporter.poller.refresh(0.05)
+    wait_until(lambda: scheduler_quiet(exporter.poller))
     assert sim.count() == count
     clock.advance(0.2)  # 3.1 s after the 429
     exporter.poller.refresh(0.05)
     assert sim.count() == count + 2
     exporter.close()
+
+
+def test_a_later_shorter_429_does_not_shorten_the_pause(sim: Simulator, tmp_path: Path) -> None:
+    """Two requests of one store in flight: the first gets a 429 with ``Retry-After: 60``;
+    the second is answered 10 s later with ``Retry-After: 2``. The store stays paused 60 s."""
+    sim.add_task("t1", total=3, finished=1)
+    sim.add_task("t2", total=3, finished=1)
+    sim.script("t1", Reply(status=429, headers={"Retry-After": "60"}))
+    sim.script("t2", Reply(status=429, headers={"Retry-After": "2"}, latency=1.0))  # after t1's
+    clock = FakeClock()
+    path = write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1", "t2"], min_poll_interval=0))
+    exporter = make_exporter(path, clock=clock)
+    poller = exporter.poller
+
+    def errors_429() -> int:
+        return dict(poller.views()[0].errors).get("429", 0)
+
+    try:
+        poller.refresh(0)  # starts both, waits for neither
+        wait_until(lambda: errors_429() == 1)  # t1's 429 at 0: paused until 60
+        clock.advance(10)
+        wait_until(lambda: errors_429() == 2)  # t2's 429 at 10 asks for 12 only
+        wait_until(lambda: scheduler_quiet(poller))
+        assert sim.count() == 2
+        clock.advance(10)
+        poller.refresh(5)  # at 20: still paused, no request starts
+        wait_until(lambda: scheduler_quiet(poller))
+        assert sim.count() == 2
+        assert skipped(exporter, "backoff") == 2
+        clock.advance(40.5)
+        poller.refresh(5)  # at 60.5: the pause is over
+        assert (sim.count("t1"), sim.count("t2")) == (2, 2)
+    finally:
+        exporter.close()
 
 
 @pytest.mark.parametrize(
@@ -242,6 +280,7 @@ def test_retry_after_other_forms_pause_the_store(
     exporter.poller.refresh(0.05)
     clock.advance(still_paused_at)
     exporter.poller.refresh(0.05)
+    wait_until(lambda: scheduler_quiet(exporter.poller))  # nothing started in the background
     assert sim.count("t1") == 1
     clock.advance(resumed_at - still_paused_at)
     exporter.poller.refresh(0.05)
@@ -262,8 +301,9 @@ def test_one_store_paused_does_not_pause_another(sim: Simulator, tmp_path: Path)
     sim.script("a1", Reply(status=429, headers={"Retry-After": "60"}))
     for _ in range(5):
         exporter.poller.refresh(0.05)
+        wait_until(lambda: scheduler_quiet(exporter.poller))  # nothing started in the background
+        assert sim.count("a1") == 1
         clock.advance(1)
-    assert sim.count("a1") == 1
     assert sim.count("b1") == 5
     assert skipped(exporter, "backoff", "a") == 4
     assert skipped(exporter, "backoff", "b") == 0
@@ -337,9 +377,11 @@ def test_least_recently_attempted_first_including_failing(sim: Simulator, tmp_pa
     clock = FakeClock()
     text = config_yaml(sim.url, ids, min_poll_interval=0, requests_per_second=1, burst=1)
     exporter = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
-    for _ in range(12):
+    for step in range(12):
+        if step:
+            clock.advance(1)  # not after the last scrape: its timer would start a 13th
         exporter.poller.refresh(0.6)
-        clock.advance(1)
+    wait_until(lambda: scheduler_quiet(exporter.poller))
     order = [r.task_id or "" for r in sim.requests]
     assert len(order) == 12
     assert sorted(order[:4]) == ids
@@ -355,6 +397,7 @@ def test_skip_reason_rate_limited(sim: Simulator, tmp_path: Path) -> None:
     text = config_yaml(sim.url, ids, requests_per_second=1, burst=2)
     exporter = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
     exporter.poller.refresh(0.5)
+    wait_until(lambda: scheduler_quiet(exporter.poller))  # the 3 skipped wait for the budget
     assert sim.count() == 2
     assert skipped(exporter, "rate_limited") == 3
     assert skipped(exporter, "deadline") == 0
@@ -450,6 +493,7 @@ def test_scrape_of_a_paused_store_waits_for_nothing(sim: Simulator, tmp_path: Pa
     exporter.poller.refresh(120)  # paused for a minute: no budget at its start, no wait
     assert clock.monotonic() - start < 5.0
     assert skipped(exporter, "backoff") == 1
+    wait_until(lambda: scheduler_quiet(exporter.poller))  # nothing started in the background
     assert sim.count("t1") == 1
     exporter.close()
 
@@ -490,6 +534,7 @@ def test_retry_after_pause_is_at_least_a_second(
     exporter.poller.refresh(0.05)
     clock.advance(pause - 0.1)
     exporter.poller.refresh(0.05)
+    wait_until(lambda: scheduler_quiet(exporter.poller))  # nothing started in the background
     assert sim.count("t1") == 1
     assert skipped(exporter, "backoff") == 1
     clock.advance(0.2)

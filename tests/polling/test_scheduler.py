@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from tests.helpers import (
     config_yaml,
     make_exporter,
     sample,
+    scheduler_quiet,
     scrape,
     store_yaml,
     wait_until,
@@ -75,6 +77,79 @@ def test_a_store_waiting_for_budget_is_woken_by_its_timer(tmp_path: Path) -> Non
         assert sim.wait_for(lambda s: s.count() == 6, timeout=5)
         starts = sorted(r.at for r in sim.requests)
         assert (starts[-1] - starts[0]) * clock.speed >= 5 * 0.9  # one a second, not a burst
+
+
+def test_a_429_that_arrives_while_the_store_waits_for_a_worker_holds_its_next_request(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """One worker, three stores: x's first request gets a 429 while x waits on the ready
+    queue for its second; the worker takes x off the queue and must start nothing."""
+    for task_id in ("x1", "x2", "b1", "c1"):
+        sim.add_task(task_id, total=3, finished=1)
+    sim.script("x1", Reply(status=429, headers={"Retry-After": "60"}))
+    clock = FakeClock()
+    text = "stores:\n" + "".join(
+        store_yaml(name, sim.url, ids, min_poll_interval="1h")
+        for name, ids in (("x", ["x1", "x2"]), ("b", ["b1"]), ("c", ["c1"]))
+    )
+    poller = Poller(clock=clock, workers=1, housekeeping_every=1e9)
+    try:
+        poller.apply_config(_load(write(tmp_path / "c.yaml", text)))
+        # The worker takes x1 and puts x back on the ready queue behind b and c; x1's 429
+        # comes back while x waits there.
+        poller.refresh(5)
+        assert [r.task_id for r in sim.requests][:1] == ["x1"]
+        wait_until(lambda: sim.count("b1") == 1 and sim.count("c1") == 1)  # x was taken off
+        wait_until(lambda: scheduler_quiet(poller))  # ... and whatever it started has ended
+        assert sim.count("x2") == 0
+        assert poller.stores["x"].bucket.paused(clock.monotonic())
+        clock.advance(59)
+        wait_until(lambda: scheduler_quiet(poller))
+        assert sim.count("x2") == 0
+        clock.advance(1.5)  # the pause is over: the store's timer starts x2
+        wait_until(lambda: sim.count("x2") == 1)
+    finally:
+        poller.stop()
+
+
+def test_a_reload_that_lowers_the_budget_while_the_store_waits_holds(tmp_path: Path) -> None:
+    """The only worker is held by store b while x waits on the ready queue with 10 tokens;
+    a reload lowers x to burst 1 and 1 request/s: from then on x starts at most 1 + t
+    requests in t seconds."""
+    with Simulator(tokens=(TOKEN,)) as sim, Simulator(tokens=(TOKEN,)) as held:
+        ids = [f"x{i}" for i in range(6)]
+        for task_id in ids:
+            sim.add_task(task_id, total=3, finished=1)
+        held.add_task("b1", total=3, finished=1)
+        held.behave("b1", Reply(latency=60))  # holds the worker until ``held`` stops
+
+        def config(rate: float, burst: int) -> Config:
+            text = "stores:\n" + store_yaml("b", held.url, ["b1"]) + store_yaml(
+                "x", sim.url, ids, min_poll_interval="1h", requests_per_second=rate,
+                burst=burst, max_concurrency=10,
+            )  # fmt: skip
+            return _load(write(tmp_path / "c.yaml", text))
+
+        def started(n: int) -> Callable[[], bool]:
+            return lambda: sim.count() >= n
+
+        clock = FakeClock()
+        poller = Poller(clock=clock, workers=1, housekeeping_every=1e9)
+        try:
+            poller.apply_config(config(10, 10))
+            poller.refresh(0)  # queues b1 and x's six, waits for none
+            assert held.wait_for(lambda s: s.in_flight == 1)  # the worker is held by b1
+            assert sim.count() == 0  # x is on the ready queue
+            poller.apply_config(config(1, 1))
+            held.stop()  # b1 fails at once: the worker takes x off the ready queue
+            for step in range(13):  # t = 0, 0.5, ... 6 s after the reload
+                allowed = min(1 + step // 2, 6)  # burst + rate x t, whole requests
+                wait_until(started(allowed))
+                wait_until(lambda: scheduler_quiet(poller))
+                assert sim.count() == allowed  # never more
+                clock.advance(0.5)
+        finally:
+            poller.stop()
 
 
 def test_view_reads_memory_only_discovery_happens_in_refresh(

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -54,36 +56,31 @@ def test_idle_connections_do_not_block_metrics(make_server: Callable[..., Export
 
 
 def test_idle_and_slow_clients_are_dropped(make_server: Callable[..., ExporterServer]) -> None:
-    server = make_server(request_timeout=0.5)
+    server = make_server(request_timeout=1.0)
+    # A slowloris: one header byte every 0.1 s never finishes the head; the deadline from
+    # its first byte (not a per-read timeout, not one restarted by every byte) drops it.
+    slow = socket.create_connection(server.address, timeout=5)
+    slow.sendall(b"G")
+    first_byte = time.monotonic()
     idle = [socket.create_connection(server.address, timeout=5) for _ in range(20)]
     partial = socket.create_connection(server.address, timeout=5)
     partial.sendall(b"GET /metrics HTTP/1.1\r\n")
-    # A slowloris: one header byte every 0.1 s never finishes the head; the deadline
-    # (not just the per-read timeout) must drop it.
-    slow = socket.create_connection(server.address, timeout=5)
-    stop = threading.Event()
-
-    def trickle() -> None:
-        with_errors = False
-        while not stop.wait(0.1) and not with_errors:
-            try:
-                slow.send(b"X")
-            except OSError:
-                with_errors = True
-
-    feeder = threading.Thread(target=trickle, daemon=True)
-    feeder.start()
     try:
-        started = time.monotonic()
-        wait_for(lambda: server.active_connections == 0, timeout=5)
-        assert time.monotonic() - started < 3.0
+        wait_for(lambda: server.active_connections == 22)  # every one accepted and held
+        closed_at = None
+        while closed_at is None and time.monotonic() - first_byte < 4 * server.request_timeout:
+            if is_closed(slow, timeout=0.1):
+                closed_at = time.monotonic()
+            else:
+                with contextlib.suppress(OSError):
+                    slow.send(b"X")
+        assert closed_at is not None, "the trickling client still holds its connection"
+        assert closed_at - first_byte < server.request_timeout + 0.5
         for sock in [*idle, partial]:
-            with contextlib.suppress(ConnectionResetError):
-                assert sock.recv(1024) == b""
+            assert is_closed(sock)
+        wait_for(lambda: server.active_connections == 0)
         assert request(server)[0] == 200
     finally:
-        stop.set()
-        feeder.join(timeout=2)
         for sock in [*idle, partial, slow]:
             sock.close()
 
@@ -255,6 +252,36 @@ def test_shedding_closes_the_longest_idle_connection_first(
             sock.close()
 
 
+def test_shedding_warns_once_per_period_not_once_per_connection(
+    make_server: Callable[..., ExporterServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="exporter.web.server")
+    server = make_server(max_connections=2)
+    clients = [keep_alive_client(server) for _ in range(6)]  # each past the cap sheds one
+    try:
+        assert all(is_closed(sock) for sock in clients[:4])  # the four sheds happened
+        shed = [r for r in caplog.records if "too many connections" in r.getMessage()]
+        assert len(shed) == 1  # a flood of connections does not flood the log
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+def test_a_bad_request_over_tls_is_answered_and_the_connection_closed(
+    make_server: Callable[..., ExporterServer], tls_dir: Path, ca: trustme.CA
+) -> None:
+    server = make_server(web_config(tls_dir, TLS))
+    raw = socket.create_connection(server.address, timeout=3)
+    with client_context(ca).wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(b"GET /\r\n\r\n")  # HTTP/0.9: 400, then the server closes
+        answer = b""
+        with contextlib.suppress(ssl.SSLError, ConnectionResetError):
+            while chunk := tls.recv(65536):  # a socket the server forgot: TimeoutError
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    wait_for(lambda: server.active_connections == 0)
+
+
 def test_a_connection_being_answered_is_never_shed() -> None:
     entered = threading.Semaphore(0)
     release = threading.Event()
@@ -274,6 +301,37 @@ def test_a_connection_being_answered_is_never_shed() -> None:
         client.join(timeout=5)
         server.shutdown()
     assert outcome == [(200, b"done\n")]
+
+
+def test_at_the_cap_with_every_connection_answering_a_new_one_is_refused() -> None:
+    """Two connections, both answering (held in the app): none is idle or slow, so none is
+    shed. A third connection is closed unanswered, and both held requests get their 200."""
+    entered = threading.Semaphore(0)
+    release = threading.Event()
+    server = ExporterServer(
+        held_app("/slow", entered, release), "127.0.0.1:0", max_connections=2, workers=2
+    )
+    server.start()
+    outcome: list[tuple[int, bytes]] = []
+    clients = [
+        threading.Thread(target=lambda: outcome.append(request(server, "/slow")[::2]))
+        for _ in range(2)
+    ]
+    try:
+        for client in clients:
+            client.start()
+        assert entered.acquire(timeout=5) and entered.acquire(timeout=5)  # both answering
+        assert server.active_connections == 2
+        # a probe has its own workers: were a held connection shed, it would be answered
+        probe = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        refused = raw_exchange(server, probe)
+    finally:
+        release.set()
+        for client in clients:
+            client.join(timeout=5)
+        server.shutdown()
+    assert outcome == [(200, b"done\n")] * 2
+    assert refused == b""
 
 
 def test_probes_answer_while_every_worker_waits(

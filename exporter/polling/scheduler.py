@@ -68,9 +68,17 @@ class Scheduler:
 
     def kick(self, store: Store, now: float) -> None:
         """Make ``store`` start what it may now, or wake it when its budget allows."""
-        if store.removed or store.ready or self.stopped or not store.can_start_more():
+        if store.removed or store.ready or self.stopped:
+            return
+        if store.in_flight >= store.config.max_concurrency:
             return  # a finishing request of the store kicks it again
+        queued = store.head() is not None
+        timed = store.next_timed()
+        if not queued and timed is None:
+            return
         start = store.bucket.next_start(now)
+        if not queued:
+            start = max(start, timed or now)  # a timed poll waits for its time
         if start > now:
             self._set_timer(store, start)
             return
@@ -137,14 +145,15 @@ class Scheduler:
                 continue
             store = self._ready.popleft()
             store.ready = False
-            if store.removed or not store.can_start_more():
-                continue
             now = self.clock.monotonic()
+            if store.removed or not store.can_start_more(now):
+                self.kick(store, now)  # a timed poll not due yet: its timer
+                continue
             start = store.bucket.next_start(now)
             if start > now:  # another store's request took the time: wait for the budget
                 self._set_timer(store, start)
                 continue
-            _, _, task = heapq.heappop(store.queue)
+            task = store.take(now)
             store.bucket.take()
             store.in_flight += 1
             task.queued = False

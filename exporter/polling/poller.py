@@ -110,6 +110,9 @@ class Poller:
         self.secrets: frozenset[str] = frozenset()
         self._seq = itertools.count()
         self._stopped = False
+        # False: no predicted polls, least recently polled first only (bench.completion
+        # compares both; waited-for tasks still go first).
+        self.predictive = True
         self.scheduler = Scheduler(
             self._lock,
             self.clock,
@@ -492,7 +495,8 @@ class Poller:
         predicted = False
         eta = task.record.estimated_completion
         if (
-            ok
+            self.predictive
+            and ok
             and eta is not None
             and task.predicted < MAX_PREDICTED
             and (now - store.interest <= INTEREST or task.priority_until > now)

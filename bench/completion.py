@@ -33,7 +33,7 @@ import math
 import random
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,7 +184,7 @@ def run(s: Scenario, policy: str, args: argparse.Namespace) -> Result:
         tokens=(TOKEN,), rate_limit=RATE, bucket_capacity=10, clock=clock.monotonic, max_records=1
     )
 
-    def progress_of(plan: Trajectory) -> object:
+    def progress_of(plan: Trajectory) -> Callable[[SimTask, float], None]:
         def progress(task: SimTask, elapsed: float) -> None:
             task.finished = plan.finished(elapsed)
             task.status = 0 if elapsed >= plan.done_at else 1
@@ -192,7 +192,7 @@ def run(s: Scenario, policy: str, args: argparse.Namespace) -> Result:
         return progress
 
     for task_id, plan in plans.items():
-        sim.add_task(task_id, total=plan.total, progress=progress_of(plan))  # type: ignore[arg-type]
+        sim.add_task(task_id, total=plan.total, progress=progress_of(plan))
     idle = [f"idle-{i:03d}" for i in range(s.idle)]
     for task_id in idle:
         sim.add_task(task_id, total=10, finished=10, status=0)
@@ -206,9 +206,7 @@ def run(s: Scenario, policy: str, args: argparse.Namespace) -> Result:
     with sim, tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "exporter.yaml"
         path.write_text(
-            config_text(
-                sim.url, ids, min_poll_interval=f"{s.min_poll_interval:g}s", burst=BURST
-            ),
+            config_text(sim.url, ids, min_poll_interval=f"{s.min_poll_interval:g}s", burst=BURST),
             encoding="utf-8",
         )
         poller.apply_config(load_config(str(path), {TOKEN_ENV: TOKEN}))
@@ -228,12 +226,12 @@ def run(s: Scenario, policy: str, args: argparse.Namespace) -> Result:
                 active = 0
                 [view] = poller.views()
                 for task in view.tasks:
-                    plan = plans.get(task.task_id)
-                    if plan is None:
+                    traj = plans.get(task.task_id)
+                    if traj is None:
                         continue
                     if task.estimated_completion is not None:
                         estimates[task.task_id].append((t, task.estimated_completion - origin))
-                    if t < plan.done_at:
+                    if t < traj.done_at:
                         active += 1
                         since = task.last_success if task.last_success is not None else WALL_START
                         oldest = max(oldest, now - since)
@@ -251,13 +249,13 @@ def run(s: Scenario, policy: str, args: argparse.Namespace) -> Result:
     seen: list[float] = []
     unseen = 0
     for task in view.tasks:
-        plan = plans.get(task.task_id)
-        if plan is None or math.isinf(plan.done_at):
+        traj = plans.get(task.task_id)
+        if traj is None or math.isinf(traj.done_at):
             continue
         if task.completed_at is None:
             unseen += 1
         else:
-            seen.append(task.completed_at - origin - plan.done_at)
+            seen.append(task.completed_at - origin - traj.done_at)
     stuck = [n for tid, n in per_task.items() if plans[tid].done_at == math.inf]
     busy = [n for tid, n in per_task.items() if plans[tid].done_at != math.inf]
     errors: dict[float, list[float]] = {h: [] for h in HORIZONS}
@@ -298,7 +296,7 @@ def report(results: list[Result], args: argparse.Namespace) -> Report:
         f"up {args.speed:g} times; in-progress tasks complete spread over the run (totals "
         "of 50 to 5,000 files). `round-robin` is least recently polled first "
         "only (`Poller.predictive = False`); `predictive` adds a poll at each task's "
-        "estimated completion (docs/design.md, \"Predictive polling\").",
+        'estimated completion (docs/design.md, "Predictive polling").',
         "",
         "*Seen*: the exporter's `completed_at` minus the moment the task completed. *Age*: "
         "the oldest `last_success` age among tasks in progress, per scrape; *age / floor*: "

@@ -56,8 +56,9 @@ class Spec:
     seconds or None), ``flag`` (bool), ``code`` (a short string or None), ``text``,
     ``failures`` (failed files), ``labels`` (context labels). ``gauge``/``help``: the
     per-task gauge it feeds, exported always, once the task has data, once it is
-    completed, or while the value is known (not None) (``shown``). ``state``/``json``: its key in the state file and in the JSON
-    (None: not there). A field of :class:`TaskSnapshot` lives under ``data`` in the JSON.
+    completed, or while the value is known (not None) (``shown``). ``state``/``json``:
+    its key in the state file and in the JSON (None: not there). A field of
+    :class:`TaskSnapshot` lives under ``data`` in the JSON.
     """
 
     kind: Kind

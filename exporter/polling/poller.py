@@ -489,6 +489,7 @@ class Poller:
         else:
             task.predicted = 0  # a regular poll: predictions may start over
         task.by_prediction = False
+        task.timed = None  # planned afresh from this result (a failure backs off first)
         now = self.clock.monotonic()
         last = task.last_attempt if task.last_attempt is not None else now
         when: float | None = None

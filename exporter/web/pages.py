@@ -298,7 +298,7 @@ def _task_row(task: TaskRecord, store: StoreView, now: float) -> str:
             f"<td>{_bar(snap)} {pct:.1f}%</td>"
             f"<td>{_int_text(snap.finished)}/{_int_text(snap.total)}</td>"
             f"<td{failed_cls}>{_int_text(snap.failed)}</td>"
-            f"<td>{_status_text(snap)}</td>"
+            f"<td>{_status_text(snap)}{_eta(task.estimated_completion, now)}</td>"
         )
         failures = _failures(snap)
     progress_age = _age_seconds(task.last_progress, now)
@@ -312,6 +312,16 @@ def _task_row(task: TaskRecord, store: StoreView, now: float) -> str:
         f"<td>{_ago(progress_age)}</td><td>{_ago(data_age)}</td>"
         f'<td class="wrap">{last_error}{failures}</td></tr>'
     )
+
+
+def _eta(when: float | None, now: float) -> str:
+    """The estimated completion as a line under the status ("" without an estimate)."""
+    when = _finite(when)
+    if when is None:
+        return ""
+    left = when - now
+    text = f"in {format_age(left)}" if left >= 0 else f"{format_age(-left)} overdue"
+    return f'<br><span class="muted">ETA {text}</span>'
 
 
 def _ago(seconds: float | None) -> str:

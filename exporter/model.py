@@ -45,7 +45,7 @@ class FailedFile:
 # field is one declaration here, plus its parsing in the client (for API data).
 
 Kind = Literal["count", "time", "flag", "code", "text", "failures", "labels"]
-Shown = Literal["data", "always", "completed"]
+Shown = Literal["data", "always", "completed", "known"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +55,10 @@ class Spec:
     ``kind`` names its codec: ``count`` (an integer from 0 to 2^53), ``time`` (Unix
     seconds or None), ``flag`` (bool), ``code`` (a short string or None), ``text``,
     ``failures`` (failed files), ``labels`` (context labels). ``gauge``/``help``: the
-    per-task gauge it feeds, exported always, once the task has data, or once it is
-    completed (``shown``). ``state``/``json``: its key in the state file and in the JSON
-    (None: not there). A field of :class:`TaskSnapshot` lives under ``data`` in the JSON.
+    per-task gauge it feeds, exported always, once the task has data, once it is
+    completed, or while the value is known (not None) (``shown``). ``state``/``json``:
+    its key in the state file and in the JSON (None: not there). A field of
+    :class:`TaskSnapshot` lives under ``data`` in the JSON.
     """
 
     kind: Kind
@@ -139,6 +140,12 @@ class TaskRecord:
         None, "time", gauge="shoplazza_upload_task_completed_timestamp_seconds",
         help="Unix time the task was first seen completed (only for completed tasks).",
         shown="completed", state="completed_at", json="completed_timestamp",
+    )  # fmt: skip
+    estimated_completion: float | None = per_task(
+        None, "time", gauge="shoplazza_upload_task_estimated_completion_timestamp_seconds",
+        help="Unix time the task is expected to complete, from its progress so far "
+        "(absent without an estimate).",
+        shown="known", state="estimated_completion", json="estimated_completion_timestamp",
     )  # fmt: skip
     poll_success: bool = per_task(
         False, "flag", gauge="shoplazza_upload_task_poll_success",

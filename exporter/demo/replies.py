@@ -74,6 +74,7 @@ class RecordedRequest:
     headers: dict[str, str]
     at: float  # time.monotonic() at arrival
     status: int
+    clock_at: float = 0.0  # the simulator's clock at arrival (a test's fake or sped-up time)
 
 
 def check_shape(shape: str) -> None:

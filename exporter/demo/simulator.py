@@ -102,6 +102,8 @@ class Simulator:
         self._throttled = 0
         self._in_flight = 0
         self._max_in_flight = 0
+        self._task_in_flight: collections.Counter[str] = collections.Counter()
+        self._max_task_in_flight = 0
         self._stop_event = threading.Event()
         self._connections: set[socket.socket] = set()
         self._server: SimServer | None = None
@@ -312,6 +314,12 @@ class Simulator:
         with self.lock:
             return self._max_in_flight
 
+    @property
+    def max_task_in_flight(self) -> int:
+        """The most requests for one task handled at the same time (1: single-flight)."""
+        with self.lock:
+            return self._max_task_in_flight
+
     def wait_for(self, predicate: Callable[[Simulator], bool], timeout: float = 5.0) -> bool:
         """Wait until ``predicate(self)`` holds (checked on each request start and finish,
         and every 50 ms); return whether it did within ``timeout`` seconds."""
@@ -332,6 +340,7 @@ class Simulator:
             self._counts.clear()
             self._throttled = 0
             self._max_in_flight = self._in_flight
+            self._max_task_in_flight = max(self._task_in_flight.values(), default=0)
 
     # -- request handling (called from handler threads) --------------------------------
 
@@ -349,6 +358,7 @@ class Simulator:
 
     def _handle(self, h: SimHandler, method: str) -> None:
         arrived = time.monotonic()
+        task_id: str | None = None
         with self.lock:
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
@@ -359,6 +369,11 @@ class Simulator:
             match = _ROUTE.match(urlsplit(h.path).path)
             task_id = unquote(match.group(2)) if match else None
             with self.lock:
+                if task_id is not None:
+                    self._task_in_flight[task_id] += 1
+                    self._max_task_in_flight = max(
+                        self._max_task_in_flight, self._task_in_flight[task_id]
+                    )
                 answer = self._decide(method, match is not None, task_id, token)
                 self._records.append(
                     RecordedRequest(
@@ -369,6 +384,7 @@ class Simulator:
                         headers=dict(h.headers.items()),
                         at=arrived,
                         status=answer.status,
+                        clock_at=self._clock(),
                     )
                 )
                 self._counts[(task_id, answer.status)] += 1
@@ -382,6 +398,10 @@ class Simulator:
         finally:
             with self.lock:
                 self._in_flight -= 1
+                if task_id is not None and self._task_in_flight[task_id] > 0:
+                    self._task_in_flight[task_id] -= 1
+                    if not self._task_in_flight[task_id]:
+                        del self._task_in_flight[task_id]
                 self._cond.notify_all()
 
     def _decide(self, method: str, routed: bool, task_id: str | None, token: str | None) -> Reply:

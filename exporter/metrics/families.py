@@ -188,6 +188,9 @@ def _field_gauge(spec_field: TaskField) -> TaskGauge:
     def value(task: TaskRecord) -> float | None:
         if spec.shown == "always":
             return convert(get(task))
+        if spec.shown == "known":
+            raw = get(task)
+            return None if raw is None else convert(raw)
         snap = task.snapshot
         if snap is None:  # before the first success only the "always" gauges (and info)
             return None

@@ -43,6 +43,18 @@ DEPARTED_GRACE = 600.0
 DISCOVERY_SHARE = 0.5
 # New ids from appended lines watched per hold of the lock: scrapes get it in between.
 ADD_CHUNK = 2000
+# Predictive polling (docs/design.md, "Predictive polling"). A predicted poll lands this
+# long after the estimated completion (an estimate is as often early as late)...
+PREDICT_LAG = 0.5
+# ... and, when the previous one came too early, at least RETRY_BASE x 2^(n-1) s after it.
+RETRY_BASE = 1.0
+# Predicted polls of a task between two regular ones, at most.
+MAX_PREDICTED = 4
+# Predicted polls are planned only this long after a scrape looked at the store: nothing
+# is polled when nobody scrapes (or waits).
+INTEREST = 120.0
+# Seconds a task stays first in line after someone asked for it (Poller.prioritize).
+PRIORITY_HOLD = 60.0
 
 log = logging.getLogger("exporter.polling.poller")
 
@@ -104,6 +116,9 @@ class Poller:
         self.registered: dict[str, dict[str, _Labels]] = {}
         self.waited: dict[tuple[str, str], int] = {}
         self.on_task: Callable[[str, str], None] | None = None
+        # False: no predicted polls, least recently polled first only (bench.completion
+        # compares both; waited-for tasks still go first).
+        self.predictive = True
         self.scheduler = Scheduler(
             self._lock,
             self.clock,
@@ -278,6 +293,7 @@ class Poller:
             deadline = now + timeout
             waiting: list[tuple[Store, Watched, int]] = []
             for store in self.stores.values():
+                store.interest = now
                 if store.active and store.next_due <= now + _EPSILON:
                     waiting.extend(self._due(store, now))
             while waiting:
@@ -444,15 +460,79 @@ class Poller:
             interval = poll_interval(store.config.min_poll_interval, task.failures)
             store.next_due = min(store.next_due, task.last_attempt + interval)
         state = self._record(task.record, result)
+        if result.snapshot is not None:
+            eta = self._estimate(task, state)
+            if eta != state.estimated_completion:
+                state = dataclasses.replace(state, estimated_completion=eta)
         if state != task.record:
             task.record = state
         task_id = state.task_id
         if store.tasks.get(task_id) is task and state.completed:
             store.active.pop(task_id, None)
+        elif store.tasks.get(task_id) is task:
+            self._plan(store, task, result.ok)
         self._touch(store)
         self._release_if_idle(store, self.clock.monotonic())
         self.cond.notify_all()
         self._tell_waiters(store.name, task_id)
+
+    def _estimate(self, task: Watched, state: TaskRecord) -> float | None:
+        """Add a successful poll to the task's progress; its completion estimate (Unix time)."""
+        snap = state.snapshot
+        assert snap is not None and state.last_success is not None
+        task.progress.observe(state.last_success, snap.finished, snap.total)
+        return None if snap.completed else task.progress.estimate()
+
+    def _plan(self, store: Store, task: Watched, ok: bool) -> None:
+        """Arm the task's next timed poll: at its predicted completion, or when it is due
+        again if someone waits for it (docs/design.md, "Predictive polling")."""
+        if task.by_prediction:
+            task.predicted += 1
+        else:
+            task.predicted = 0  # a regular poll: predictions may start over
+        task.by_prediction = False
+        task.timed = None  # planned afresh from this result (a failure backs off first)
+        now = self.clock.monotonic()
+        last = task.last_attempt if task.last_attempt is not None else now
+        when: float | None = None
+        predicted = False
+        eta = task.record.estimated_completion
+        if (
+            self.predictive
+            and ok
+            and eta is not None
+            and task.predicted < MAX_PREDICTED
+            and (now - store.interest <= INTEREST or task.priority_until > now)
+        ):
+            at = now + (eta - self.clock.time()) + PREDICT_LAG
+            at = max(at, now + RETRY_BASE * 2.0 ** max(task.predicted - 1, 0))
+            # Beyond a round of the queue the next regular poll refines the estimate first.
+            horizon = max(store.config.min_poll_interval, len(store.active) / store.bucket.rate)
+            if at - now <= horizon:
+                when, predicted = at, True
+        if task.priority_until > now:
+            due = last + poll_interval(store.config.min_poll_interval, task.failures)
+            if when is None or due < when:
+                when, predicted = due, False
+        if when is not None:
+            store.arm(task, when, next(self._seq), predicted)
+            self.scheduler.kick(store, now)
+
+    def prioritize(self, store_name: str, task_id: str, seconds: float = PRIORITY_HOLD) -> bool:
+        """Poll the task before the others, whenever it is due, for ``seconds``.
+
+        For the task API's ``?wait=`` and a task's own page: the task is polled as soon as
+        its interval (``min_poll_interval``, backoff after failures) allows, ahead of the
+        store's queue and even without scrapes, within the store's budget, plus at its
+        predicted completion. False when the task is not watched or already completed.
+        """
+        with self._lock:
+            store = self.stores.get(store_name)
+            task = store.active.get(task_id) if store is not None else None
+            if store is None or task is None:
+                return False
+            self._prioritize(store, task, self.clock.monotonic(), seconds)
+            return True
 
     def _release_if_idle(self, store: Store, now: float) -> None:
         """Close the store's connections when nothing of it is due for ``IDLE_RELEASE`` s.
@@ -462,7 +542,7 @@ class Poller:
         often one the server closed long ago (docs/design.md, "HTTP client"). A store that
         polls often keeps its connection.
         """
-        if store.in_flight or store.head() is not None:
+        if store.in_flight or store.head() is not None or store.next_timed() is not None:
             return
         min_interval = store.config.min_poll_interval
         for task in store.active.values():
@@ -659,22 +739,22 @@ class Poller:
             else:
                 self.waited.pop(key, None)
 
-    def _prioritize(self, store: Store, task: Watched, now: float) -> None:
-        """Queue a waited-for task ahead of every other of its store, when it is due.
-
-        It still waits for the store's budget (token bucket, 429 pause, max_concurrency):
-        only its place in the queue changes (lock held).
+    def _prioritize(
+        self, store: Store, task: Watched, now: float, seconds: float = PRIORITY_HOLD
+    ) -> None:
+        """Arm the task's poll at the moment it is due, ahead of its store's queue (lock
+        held). It still waits for the store's budget (token bucket, 429 pause,
+        ``max_concurrency``); only its place changes (docs/design.md, "Predictive polling").
         """
+        task.priority_until = max(task.priority_until, now + seconds)
         if task.in_flight or self._stopped:
-            return
+            return  # its result arms the next one
         last = task.last_attempt
-        if last is not None and now - last < poll_interval(
-            store.config.min_poll_interval, task.failures
-        ):
-            return
-        task.queued = True  # an older queue entry of it pops nothing once this one ran
-        task.rank = (float("-inf"), -next(self._seq))
-        store.push(task)
+        due = now
+        if last is not None:
+            due = max(now, last + poll_interval(store.config.min_poll_interval, task.failures))
+        if task.timed is None or task.timed[0] > due:
+            store.arm(task, due, next(self._seq), False)
         self.scheduler.kick(store, now)
 
     def _poll_waited(self) -> None:

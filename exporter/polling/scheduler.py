@@ -73,9 +73,17 @@ class Scheduler:
 
     def kick(self, store: Store, now: float) -> None:
         """Make ``store`` start what it may now, or wake it when its budget allows."""
-        if store.removed or store.ready or self.stopped or not self._may_start(store):
+        if store.removed or store.ready or self.stopped:
+            return
+        if store.in_flight >= min(store.config.max_concurrency, self.store_cap):
             return  # a finishing request of the store kicks it again
+        queued = store.head() is not None
+        timed = store.next_timed()
+        if not queued and timed is None:
+            return
         start = store.bucket.next_start(now)
+        if not queued:
+            start = max(start, timed or now)  # a timed poll waits for its time
         if start > now:
             self._set_timer(store, start)
             return
@@ -91,10 +99,10 @@ class Scheduler:
             self.workers.append(worker)
             worker.start()
 
-    def _may_start(self, store: Store) -> bool:
-        """A task of ``store`` is queued, and neither its ``max_concurrency`` nor its share
-        of the workers is taken."""
-        return store.in_flight < self.store_cap and store.can_start_more()
+    def _may_start(self, store: Store, now: float) -> bool:
+        """A task of ``store`` is queued (or a timed poll is due), and neither its
+        ``max_concurrency`` nor its share of the workers is taken."""
+        return store.in_flight < self.store_cap and store.can_start_more(now)
 
     def _set_timer(self, store: Store, when: float) -> None:
         if store.timer is not None and store.timer <= when:
@@ -147,14 +155,15 @@ class Scheduler:
                 continue
             store = self._ready.popleft()
             store.ready = False
-            if store.removed or not self._may_start(store):
-                continue
             now = self.clock.monotonic()
+            if store.removed or not self._may_start(store, now):
+                self.kick(store, now)  # a timed poll not due yet: its timer
+                continue
             start = store.bucket.next_start(now)
             if start > now:  # another store's request took the time: wait for the budget
                 self._set_timer(store, start)
                 continue
-            _, _, task = heapq.heappop(store.queue)
+            task = store.take(now)
             store.bucket.take()
             store.in_flight += 1
             task.queued = False

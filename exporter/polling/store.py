@@ -16,6 +16,7 @@ from exporter.config import StoreConfig
 from exporter.config.watch import TaskFiles
 from exporter.model import DURATION_BUCKETS, ERROR_CODES, SKIP_REASONS, StoreView, TaskRecord
 from exporter.polling.client import StoreClient
+from exporter.polling.estimate import Progress
 
 #: Longest interval a failing task backs off to, unless ``min_poll_interval`` is longer.
 MAX_BACKOFF = 300.0
@@ -134,12 +135,17 @@ class Watched:
 
     __slots__ = (
         "attempts",
+        "by_prediction",
         "failures",
         "in_flight",
         "last_attempt",
+        "predicted",
+        "priority_until",
+        "progress",
         "queued",
         "rank",
         "record",
+        "timed",
     )
 
     def __init__(self, record: TaskRecord) -> None:
@@ -151,6 +157,20 @@ class Watched:
         self.attempts = 0  # finished attempts
         self.failures = 0  # consecutive failed polls
         self.rank: tuple[float, int] = (0.0, 0)  # queue order: last attempt, then arrival
+        # Predictive polling (docs/design.md, "Predictive polling"): the progress history
+        # (rebuilt from the record after a restart), the live entry on the store's timed
+        # heap (when, seq, predicted?), predicted polls since the last regular one, whether
+        # the request in flight is a predicted one, and until when someone waits for it.
+        snap = record.snapshot
+        self.progress = (
+            Progress.seeded(record.last_progress, snap.finished, snap.total)
+            if snap is not None and not record.completed
+            else Progress()
+        )
+        self.timed: tuple[float, int, bool] | None = None
+        self.predicted = 0
+        self.by_prediction = False
+        self.priority_until = float("-inf")
 
     @property
     def pending(self) -> bool:
@@ -168,12 +188,14 @@ class Store:
         "config",
         "files",
         "in_flight",
+        "interest",
         "next_due",
         "queue",
         "ready",
         "removed",
         "stats",
         "tasks",
+        "timed",
         "timer",
         "view",
     )
@@ -185,6 +207,10 @@ class Store:
         self.active: dict[str, Watched] = {}  # not completed: the ones a scrape may fetch
         self.stats = StoreStats()
         self.queue: list[tuple[float, int, Watched]] = []
+        # Polls at a set time, ahead of the queue: predicted completions and waited-for
+        # tasks (when, seq, task); an entry is live while it is its task's ``timed``.
+        self.timed: list[tuple[float, int, Watched]] = []
+        self.interest = float("-inf")  # monotonic time of the last scrape that looked
         self.bucket = TokenBucket(config.requests_per_second, config.burst, now)
         self.in_flight = 0
         self.removed = False
@@ -206,12 +232,50 @@ class Store:
         heapq.heappush(self.queue, (*task.rank, task))
 
     def head(self) -> Watched | None:
-        """The next queued task, dropping entries of tasks no longer watched."""
+        """The next queued task, dropping entries of tasks no longer queued at that rank."""
         queue = self.queue
-        while queue and not queue[0][2].queued:
+        while queue and not (queue[0][2].queued and queue[0][:2] == queue[0][2].rank):
             heapq.heappop(queue)
         return queue[0][2] if queue else None
 
-    def can_start_more(self) -> bool:
-        """A task is queued and ``max_concurrency`` is not reached."""
-        return self.in_flight < self.config.max_concurrency and self.head() is not None
+    def arm(self, task: Watched, when: float, seq: int, predicted: bool) -> None:
+        """Poll ``task`` at ``when`` ahead of the queue; replaces its earlier timed poll."""
+        task.timed = (when, seq, predicted)
+        heapq.heappush(self.timed, (when, seq, task))
+
+    def next_timed(self) -> float | None:
+        """When the earliest live timed poll is due, dropping dead entries; None: none."""
+        timed = self.timed
+        while timed:
+            when, seq, task = timed[0]
+            live = task.timed is not None and task.timed[:2] == (when, seq)
+            if live and not task.in_flight and self.active.get(task.record.task_id) is task:
+                return when
+            heapq.heappop(timed)  # replaced, in flight (it is being polled), completed, gone
+            if live:
+                task.timed = None
+        return None
+
+    def can_start_more(self, now: float) -> bool:
+        """A task is queued or a timed poll is due, and ``max_concurrency`` is not reached."""
+        if self.in_flight >= self.config.max_concurrency:
+            return False
+        if self.head() is not None:
+            return True
+        when = self.next_timed()
+        return when is not None and when <= now
+
+    def take(self, now: float) -> Watched:
+        """The task to poll next (after :meth:`can_start_more`): a due timed poll first."""
+        when = self.next_timed()
+        if when is not None and when <= now:
+            _, _, task = heapq.heappop(self.timed)
+            assert task.timed is not None
+            task.by_prediction = task.timed[2]
+            task.timed = None
+            task.queued = False  # its queue entry, if any, is dropped at the head
+            return task
+        self.head()
+        _, _, task = heapq.heappop(self.queue)
+        task.by_prediction = False
+        return task

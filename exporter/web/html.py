@@ -21,7 +21,7 @@ from exporter.web.states import (
     UNKNOWN_STATUS,
     age_seconds,
 )
-from exporter.web.text import format_age, int_text, progress, ratio, visible
+from exporter.web.text import eta, format_age, int_text, progress, ratio, visible
 
 PAGE_REFRESH_SECONDS = 30
 #: Failed files a row shows; the task's own page shows every kept one.
@@ -198,7 +198,7 @@ def task_row(row: Row, now: float) -> str:
         last_error += f'<br><span class="muted">{esc(task.last_error[:200])}</span>'
     return (
         f'<tr class="r-{state}"><td>{esc(store)}</td><td class="id">{ident}</td>'
-        f"<td>{badge(state, task)}</td>{cells}"
+        f"<td>{badge(state, task)}{eta(task.estimated_completion, now)}</td>{cells}"
         f"<td>{ago(age_seconds(task.last_progress, now))}</td>"
         f"<td>{ago(age_seconds(task.last_success, now))}</td>"
         f'<td class="wrap">{last_error}{failures}</td></tr>'

@@ -19,7 +19,7 @@ from exporter.web.html import (
     status_text,
 )
 from exporter.web.states import age_seconds, finite
-from exporter.web.text import format_age, int_text, progress
+from exporter.web.text import eta, format_age, int_text, progress
 
 #: Links from the task page back to the others (it is two levels below the base).
 ROOT = "../../"
@@ -50,7 +50,7 @@ def task_page(
     facts = [
         ("Store", f"<a href='{store_link}'>{esc(store.name)}</a>"),
         ("Task id", f"<code>{esc(task.task_id)}</code>"),
-        ("State", badge(state, task)),
+        ("State", badge(state, task) + eta(task.estimated_completion, now)),
         ("Watched through", esc(task.source)),
     ]
     if task.labels:

@@ -77,3 +77,12 @@ def format_age(seconds: float | None) -> str:
     if minutes:
         return f"{minutes}m {secs}s" if secs else f"{minutes}m"
     return f"{secs}s"
+
+
+def eta(when: float | None, now: float) -> str:
+    """The estimated completion as a line under the state ("" without an estimate)."""
+    if when is None or not math.isfinite(when):
+        return ""
+    left = when - now
+    text = f"in {format_age(left)}" if left >= 0 else f"{format_age(-left)} overdue"
+    return f'<br><span class="muted">ETA {text}</span>'

@@ -398,3 +398,18 @@ def test_summary_lists_at_most_fifty_troubled_stores() -> None:
 def test_one_store_without_problems_has_no_rest_row() -> None:
     found = summary_rows(render_html(view(EXAMPLES[COMPLETED])))
     assert len(found) == 2 and "All 1 store<" in found[1]
+
+
+def test_the_page_and_the_json_show_the_eta() -> None:
+    """A task with an estimate shows "ETA in ..." (or overdue) under its status, and its
+    JSON carries estimated_completion_timestamp; without one, neither."""
+    ahead = replace(polled("t-ahead", snap(10, 4, 1)), estimated_completion=NOW + 150)
+    late = replace(polled("t-late", snap(10, 9, 1)), estimated_completion=NOW - 30)
+    plain = polled("t-plain", snap(10, 4, 1))
+    page = rows(render_html(view(ahead, late, plain)))
+    assert "ETA in 2m 30s" in page["t-ahead"]
+    assert "ETA 30s overdue" in page["t-late"]
+    assert "ETA" not in page["t-plain"]
+    tasks = json_tasks(render_json(view(ahead, plain)))
+    assert tasks["t-ahead"]["estimated_completion_timestamp"] == NOW + 150
+    assert tasks["t-plain"]["estimated_completion_timestamp"] is None

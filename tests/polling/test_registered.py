@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from exporter.polling.statefile import read_state
 from tests.helpers import FakeClock, config_yaml, make_exporter, wait_until, write
 
@@ -147,5 +149,33 @@ def test_registrations_of_a_store_that_left_follow_its_grace(tmp_path: Path, sim
         clock.advance(DEPARTED_GRACE)
         exporter.poller.housekeeping()
         assert registered() == set()
+    finally:
+        exporter.close()
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/stores/shop/tasks/t9", "/tasks/shop/t9"], ids=["api", "page"]
+)
+def test_a_viewed_task_is_polled_before_the_others(tmp_path: Path, sim: Any, path: str) -> None:
+    """A GET of one task, or its page, puts it at the head of its store's queue when due,
+    still within the store's budget (here one request a second)."""
+    from exporter.web.routes import App
+    from tests.helpers import wsgi
+
+    clock = FakeClock()
+    ids = [f"t{i}" for i in range(10)]
+    for task_id in ids:
+        sim.add_task(task_id, total=3, finished=1)
+    text = config_yaml(sim.url, ids, requests_per_second=1, burst=1, max_concurrency=1)
+    exporter = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
+    try:
+        exporter.poller.refresh(0)  # queues all ten; the budget starts one
+        wait_until(lambda: sim.count() == 1)
+        status, _, _ = wsgi(App(exporter), path)
+        assert status == 200
+        assert sim.count() == 1  # no token: the view waits for the budget like any poll
+        clock.advance(1.0)  # one more token
+        wait_until(lambda: sim.count() == 2)
+        assert [r.task_id for r in sim.requests] == ["t0", "t9"]
     finally:
         exporter.close()

@@ -251,6 +251,10 @@ class Exporter:
         """Someone waits for the task."""
         self.poller.add_waiter(store, task_id)
 
+    def view_task(self, store: str, task_id: str) -> None:
+        """Someone looks at the task: polled before the others when due."""
+        self.poller.view_task(store, task_id)
+
     def remove_waiter(self, store: str, task_id: str) -> None:
         """A wait ended."""
         self.poller.remove_waiter(store, task_id)

@@ -16,16 +16,21 @@ password, a URL's credentials) is printed.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
+import ssl
 import sys
 import time
 import urllib.parse
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
-import requests
+import certifi
+import urllib3
+from urllib3.util import create_urllib3_context
 
 from exporter import __version__
 from exporter.config import parse_duration
@@ -58,20 +63,57 @@ def _shown(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+@dataclass(frozen=True)
+class Answer:
+    """An exporter's answer: status, reason phrase and body."""
+
+    status: int
+    reason: str
+    body: bytes
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext:
+    """Verification against --ca-file (else certifi's bundle), the client certificate."""
+    context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+    try:
+        context.load_verify_locations(cafile=args.ca_file or certifi.where())
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise Failure(f"cannot load --ca-file {args.ca_file}: {exc.__class__.__name__}") from None
+    if args.cert_file:
+        try:
+            context.load_cert_chain(args.cert_file, args.key_file)
+        except (OSError, ValueError) as exc:
+            raise Failure(
+                f"cannot load --cert-file/--key-file {args.cert_file}: {exc.__class__.__name__}"
+            ) from None
+    return context
+
+
 class Client:
-    """Requests to the exporter serving each store (``{shard}`` URLs, one 421 followed)."""
+    """Requests to the exporter serving each store (``{shard}`` URLs, one 421 followed).
+
+    urllib3 only (a runtime dependency of the exporter): no redirect is followed and no
+    request retried; the only second request is the 421 hop to the owner shard.
+    """
 
     def __init__(self, args: argparse.Namespace) -> None:
-        self.url: str = args.url.rstrip("/")
-        self.total: int = args.total_shards or 1
-        self.session = requests.Session()
-        if args.basic_auth_user is not None:
+        parts = urllib.parse.urlsplit(args.url)
+        self.headers: dict[str, str] = {"User-Agent": f"{PROGRAM}/{__version__}"}
+        user: str | None = args.basic_auth_user
+        password = ""
+        if user is not None:
             password = _read_password(args.basic_auth_password_file)
-            self.session.auth = (args.basic_auth_user, password)
-        if args.ca_file:
-            self.session.verify = args.ca_file
-        if args.cert_file:
-            self.session.cert = (args.cert_file, args.key_file)
+        elif parts.username is not None:  # http://user:password@host: basic auth too
+            user = urllib.parse.unquote(parts.username)
+            password = urllib.parse.unquote(parts.password or "")
+        if user is not None:
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            self.headers["Authorization"] = f"Basic {token}"
+        netloc = parts.netloc.rpartition("@")[2]  # credentials go in the header only
+        self.url: str = urllib.parse.urlunsplit(parts._replace(netloc=netloc)).rstrip("/")
+        self.total: int = args.total_shards or 1
+        context = _tls_context(args) if parts.scheme == "https" else None
+        self.pool = urllib3.PoolManager(num_pools=4, ssl_context=context)
 
     def base(self, store: str, shard: int | None = None) -> str:
         """The exporter URL serving ``store`` (``shard``: the one a 421 named)."""
@@ -89,24 +131,31 @@ class Client:
         *,
         body: object | None = None,
         timeout: float = 30.0,
-    ) -> requests.Response:
+    ) -> Answer:
         """One request; a 421 is followed once when the URL has ``{shard}``."""
         shard: int | None = None
+        headers = dict(self.headers)
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(body).encode("utf-8")
         for _ in range(2):
             quoted = urllib.parse.quote(store, safe="")
             url = self.base(store, shard) + f"/api/v1/stores/{quoted}/tasks{path}"
             try:
-                answer = self.session.request(
+                response = self.pool.request(
                     method,
                     url,
-                    data=None if body is None else json.dumps(body),
-                    headers={"Content-Type": "application/json"} if body is not None else None,
-                    timeout=timeout,
-                    allow_redirects=False,
+                    body=data,
+                    headers=headers,
+                    timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
+                    retries=False,
+                    redirect=False,
                 )
-            except requests.RequestException as exc:
+            except urllib3.exceptions.HTTPError as exc:
                 raise Failure(f"cannot reach {_shown(url)}: {_reason(exc)}") from None
-            if answer.status_code != 421 or "{shard}" not in self.url or shard is not None:
+            answer = Answer(response.status, response.reason or "", response.data)
+            if answer.status != 421 or "{shard}" not in self.url or shard is not None:
                 return answer
             shard = _json(answer).get("shard")
             if not isinstance(shard, int) or isinstance(shard, bool):
@@ -118,12 +167,15 @@ def _q(task_id: str) -> str:
     return urllib.parse.quote(task_id, safe="")
 
 
-def _reason(exc: requests.RequestException) -> str:
-    if isinstance(exc, requests.exceptions.SSLError):
+def _reason(exc: urllib3.exceptions.HTTPError) -> str:
+    errors = urllib3.exceptions
+    if isinstance(exc, errors.SSLError):
         return "TLS error (check --ca-file, --cert-file, --key-file)"
-    if isinstance(exc, requests.exceptions.Timeout):
+    if isinstance(exc, errors.NewConnectionError | errors.NameResolutionError):
+        return "connection failed"  # a subclass of ConnectTimeoutError, looked at first
+    if isinstance(exc, errors.TimeoutError):
         return "timed out"
-    if isinstance(exc, requests.exceptions.ConnectionError):
+    if isinstance(exc, errors.ProtocolError):
         return "connection failed"
     return type(exc).__name__
 
@@ -138,20 +190,20 @@ def _read_password(path: str | None) -> str:
         raise Failure(f"cannot read the password file {path}: {exc.__class__.__name__}") from None
 
 
-def _json(answer: requests.Response) -> dict[str, Any]:
+def _json(answer: Answer) -> dict[str, Any]:
     try:
-        data = answer.json()
-    except ValueError:
+        data = json.loads(answer.body)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def _refused(answer: requests.Response, what: str) -> Failure:
+def _refused(answer: Answer, what: str) -> Failure:
     error = _json(answer).get("error")
     detail = error if isinstance(error, str) else answer.reason or "no reason given"
-    if answer.status_code == 401:
+    if answer.status == 401:
         detail = "unauthorized (check --basic-auth-user and --basic-auth-password-file)"
-    return Failure(f"{what}: {answer.status_code} {detail[:300]}")
+    return Failure(f"{what}: {answer.status} {detail[:300]}")
 
 
 def _labels(pairs: Sequence[str]) -> dict[str, str]:
@@ -172,15 +224,15 @@ def add(client: Client, store: str, ids: Sequence[str], labels: dict[str, str]) 
     created = 0
     if len(ids) == 1:
         answer = client.call("PUT", store, "/" + _q(ids[0]), body={"labels": labels})
-        if answer.status_code not in (200, 201):
+        if answer.status not in (200, 201):
             raise _refused(answer, f"add {store}/{ids[0]}")
-        created = answer.status_code == 201
+        created = answer.status == 201
     else:
         for start in range(0, len(ids), MAX_BATCH):
             chunk = ids[start : start + MAX_BATCH]
             body = {"tasks": [{"id": task_id, "labels": labels} for task_id in chunk]}
             answer = client.call("POST", store, "", body=body)
-            if answer.status_code != 200:
+            if answer.status != 200:
                 raise _refused(answer, f"add to {store}")
             results = _json(answer).get("tasks", [])
             created += sum(1 for r in results if isinstance(r, dict) and r.get("status") == 201)
@@ -192,7 +244,7 @@ def remove(client: Client, store: str, ids: Sequence[str]) -> int:
     """Stop watching registered tasks."""
     for task_id in ids:
         answer = client.call("DELETE", store, "/" + _q(task_id))
-        if answer.status_code != 204:
+        if answer.status != 204:
             raise _refused(answer, f"remove {store}/{task_id}")
     print(f"removed {len(ids)} tasks from store {store}")
     return EXIT_OK
@@ -201,7 +253,7 @@ def remove(client: Client, store: str, ids: Sequence[str]) -> int:
 def get(client: Client, store: str, task_id: str) -> int:
     """Print the task as JSON."""
     answer = client.call("GET", store, "/" + _q(task_id))
-    if answer.status_code != 200:
+    if answer.status != 200:
         raise _refused(answer, f"get {store}/{task_id}")
     print(json.dumps(_json(answer), indent=1))
     return EXIT_OK
@@ -217,7 +269,7 @@ def wait(client: Client, store: str, ids: Sequence[str], timeout: float) -> int:
     def fetch(task_id: str, seconds: float) -> dict[str, Any]:
         query = f"?wait={max(int(seconds * 1000), 1)}ms" if seconds > 0 else ""
         answer = client.call("GET", store, "/" + _q(task_id) + query, timeout=seconds + 30)
-        if answer.status_code != 200:
+        if answer.status != 200:
             raise _refused(answer, f"wait {store}/{task_id}")
         return _json(answer)
 

@@ -4,7 +4,8 @@
     python -m scripts.mixin --check  # exit 1, with a diff, when a committed file differs
 
 The mixin is the only source: deploy/prometheus/alerts.yml, the PrometheusRules of
-deploy/kubernetes/ and deploy/kubernetes-sharded/ and deploy/grafana/upload-tasks.json are
+deploy/kubernetes/ and deploy/kubernetes-sharded/ and deploy/kubernetes-central/, and
+deploy/grafana/upload-tasks.json are
 its output and are never edited by hand (docs/mixin.md). Needs the `jsonnet` package (the
 test extras install it).
 """
@@ -27,6 +28,7 @@ ALERTS = Path("deploy/prometheus/alerts.yml")
 RULES = (
     Path("deploy/kubernetes/prometheusrule.yaml"),
     Path("deploy/kubernetes-sharded/prometheusrule.yaml"),
+    Path("deploy/kubernetes-central/prometheusrule.yaml"),
 )
 GRAFANA = Path("deploy/grafana")
 
@@ -64,8 +66,9 @@ ALERTS_HEADER = """\
 #   promtool check rules deploy/prometheus/alerts.yml
 #   promtool test rules deploy/prometheus/alerts_test.yml
 #
-# The same groups are in the PrometheusRules of deploy/kubernetes/ and
-# deploy/kubernetes-sharded/; kube-prometheus users import deploy/mixin/mixin.libsonnet.
+# The same groups are in the PrometheusRules of deploy/kubernetes/,
+# deploy/kubernetes-sharded/ and deploy/kubernetes-central/; kube-prometheus users import
+# deploy/mixin/mixin.libsonnet.
 # Thresholds, the job selector and the links are _config of the mixin
 # (deploy/mixin/config.libsonnet; docs/mixin.md). The job selector,
 #   {selector}
@@ -104,6 +107,16 @@ RULE_HEADERS = {
 # rule are there), the same rules as the sidecar's deploy/kubernetes/prometheusrule.yaml:
 # they aggregate by store and task_id, never by instance, so they hold across shards
 # unchanged, and the shard alerts watch the shards themselves.
+# {generated}
+# Your Prometheus resource selects rules by label (ruleSelector); add e.g.
+# `release: <helm release name>` if needed. The runbook_url and dashboard_url bases are
+# replaced by runbook_base_url and dashboard_base_url of runbook-url.yaml when kustomize
+# renders this directory.
+""",
+    "deploy/kubernetes-central/prometheusrule.yaml": """\
+# Prometheus Operator form of deploy/prometheus/alerts.yml (the comments that explain each
+# rule are there), the same rules as the sidecar's deploy/kubernetes/prometheusrule.yaml:
+# a registered task is watched, exported and alerted on like a configured one.
 # {generated}
 # Your Prometheus resource selects rules by label (ruleSelector); add e.g.
 # `release: <helm release name>` if needed. The runbook_url and dashboard_url bases are

@@ -843,7 +843,9 @@ def test_apply_never_writes_a_token() -> None:
     assert "shoplazza-upload-exporter-runbook" not in names
 
 
-@pytest.mark.parametrize("kustomization", ["kubernetes", "kubernetes-sharded"])
+@pytest.mark.parametrize(
+    "kustomization", ["kubernetes", "kubernetes-sharded", "kubernetes-central"]
+)
 def test_runbook_base_url_is_set_once_for_every_rule(tmp_path: Path, kustomization: str) -> None:
     copy = tmp_path / kustomization
     shutil.copytree(K8S_DIR.parent / kustomization, copy)

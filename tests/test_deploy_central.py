@@ -15,6 +15,7 @@ import yaml
 
 from exporter.cli import build_parser
 from exporter.taskclient import build_parser as client_parser
+from scripts import mixin
 from tests.test_deploy import (
     ALERTS,
     K8S_VERSIONS,
@@ -24,6 +25,7 @@ from tests.test_deploy import (
     run,
     validate_core_objects,
 )
+from tests.test_deploy_sharded import PROMETHEUS_PEER, selects
 
 CENTRAL = REPO / "deploy" / "kubernetes-central"
 
@@ -67,6 +69,8 @@ def test_renders_the_central_objects_and_no_secret(objects: dict[str, dict[str, 
             "Service",
             "ServiceMonitor",
             "PrometheusRule",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
         ]
     )
 
@@ -87,6 +91,35 @@ def test_the_rules_are_alerts_yml(objects: dict[str, dict[str, Any]]) -> None:
     assert (CENTRAL / "prometheusrule.yaml").read_text().split("apiVersion:", 1)[1] == (
         REPO / "deploy" / "kubernetes" / "prometheusrule.yaml"
     ).read_text().split("apiVersion:", 1)[1]
+    assert Path("deploy/kubernetes-central/prometheusrule.yaml") in mixin.RULES  # generated
+
+
+def test_disruption_budget_and_network_policy(
+    objects: dict[str, dict[str, Any]], jobs: list[dict[str, Any]]
+) -> None:
+    """The Components of deploy/components/ select the exporter's pod; the policy admits
+    Prometheus, and the importers' Jobs to the task API (the metrics port), nothing else."""
+    labels = pod_labels(objects["Deployment"])
+    budget = objects["PodDisruptionBudget"]
+    assert selects(budget["spec"]["selector"], labels)
+    assert budget["spec"]["maxUnavailable"] == 1 and "minAvailable" not in budget["spec"]
+    policy = objects["NetworkPolicy"]["spec"]
+    assert selects(policy["podSelector"], labels)
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    prometheus, importers = policy["ingress"]
+    assert prometheus["from"] == [PROMETHEUS_PEER]
+    for rule in (prometheus, importers):
+        assert rule["ports"] == [{"protocol": "TCP", "port": "metrics"}]
+    (peer,) = importers["from"]
+    assert set(peer) == {"podSelector"}  # the exporter's namespace only
+    for job in jobs:
+        assert selects(peer["podSelector"], job["spec"]["template"]["metadata"]["labels"])
+    assert not selects(peer["podSelector"], labels)
+    allowed = set()
+    for rule in policy["egress"]:
+        assert "to" not in rule, rule
+        allowed |= {(p["protocol"], p["port"]) for p in rule["ports"]}
+    assert allowed == {("UDP", 53), ("TCP", 53), ("TCP", 443)}
 
 
 def test_the_exporter_serves_the_task_api_with_its_state_on_the_claim(

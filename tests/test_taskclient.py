@@ -241,3 +241,88 @@ def test_the_readme_quick_start_registers_a_task(tmp_path: Path) -> None:
         assert "demo-import-42" in demo.get("/").text
     finally:
         demo.stop()
+
+
+def test_tls_client_certificate_and_basic_auth(
+    tmp_path: Path, sim: Any, tls_dir: Path, ca: Any
+) -> None:
+    """--ca-file, --cert-file/--key-file and basic auth against a real TLS exporter that
+    requires all of them; credentials in the URL are basic auth too, never printed."""
+    import bcrypt
+
+    client = ca.issue_cert("importer@example.com")
+    client.cert_chain_pems[0].write_to_path(str(tls_dir / "client.pem"))
+    client.private_key_pem.write_to_path(str(tls_dir / "client-key.pem"))
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
+    web = write(
+        tmp_path / "web.yml",
+        "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n"
+        f"basic_auth_users:\n  importer: {hashed}\n",
+    )
+    sim.add_task("t1", total=2, finished=2, status=0)
+    config = write(tmp_path / "config.yaml", "stores:\n" + store_yaml("shop", sim.url, ["c1"]))
+    proc = ExporterProcess(
+        ["--config.file", config, "--web.enable-task-api", "--web.config.file", web], tmp_path
+    )
+    try:
+        url = f"https://127.0.0.1:{proc.port}"
+        password = write(tmp_path / "password", "s3cret\n")
+        certs = ["--ca-file", str(tls_dir / "ca.pem")]
+        certs += ["--cert-file", str(tls_dir / "client.pem")]
+        certs += ["--key-file", str(tls_dir / "client-key.pem")]
+        auth = ["--basic-auth-user", "importer", "--basic-auth-password-file", password]
+
+        def served() -> bool:
+            assert proc.proc.poll() is None, proc.log()
+            return run("--url", url, *certs, *auth, "get", "shop", "c1").returncode == 0
+
+        from tests.helpers import wait_until
+
+        wait_until(served, 15)
+        added = run("--url", url, *certs, *auth, "add", "shop", "t1")
+        assert added.returncode == 0, added.stderr
+        inline = f"https://importer:s3cret@127.0.0.1:{proc.port}"
+        got = run("--url", inline, *certs, "get", "shop", "t1")
+        assert got.returncode == 0, got.stderr
+        assert json.loads(got.stdout)["source"] == "api"
+        untrusted = run("--url", url, *auth, "get", "shop", "t1")  # certifi's bundle
+        assert untrusted.returncode == 3 and "TLS error" in untrusted.stderr
+        no_cert = run("--url", url, *certs[:2], *auth, "get", "shop", "t1")
+        assert no_cert.returncode == 3, no_cert.stderr
+        no_password = run("--url", url, *certs, "get", "shop", "t1")
+        assert no_password.returncode == 3 and "unauthorized" in no_password.stderr
+        wrong = run("--url", inline.replace("s3cret", "wrong"), *certs, "get", "shop", "t1")
+        assert wrong.returncode == 3 and "wrong" not in wrong.stderr + wrong.stdout
+    finally:
+        proc.stop()
+
+
+def test_a_redirect_is_not_followed(tmp_path: Path) -> None:
+    """Only a 421 leads to a second request (the owner shard); a 3xx is an answer."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Redirects(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(302)
+            self.send_header("Location", "/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirects)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        answer = run("--url", url, "get", "shop", "t1")
+        assert answer.returncode == 3 and "302" in answer.stderr
+        assert seen == ["/api/v1/stores/shop/tasks/t1"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -114,6 +114,10 @@ class Poller:
         # kept while their store is away; (store, task_id) -> requests waiting for it, and
         # the callback told (lock held) when a waited-for task was polled or dropped.
         self.registered: dict[str, dict[str, _Labels]] = {}
+        # Stores with registrations that this process does not serve (they left the
+        # configuration, or were in the state file only): since when; the registrations
+        # are dropped DEPARTED_GRACE s later, as the store's state is.
+        self._registrations_left: dict[str, float] = {}
         self.waited: dict[tuple[str, str], int] = {}
         self.on_task: Callable[[str, str], None] | None = None
         # False: no predicted polls, least recently polled first only (bench.completion
@@ -201,6 +205,11 @@ class Poller:
             targets[name] = self._sync_tasks(store)
             self.scheduler.kick(store, now)  # max_concurrency may have grown
         self._drop_forgotten(targets)
+        for name in self.registered:
+            if name in wanted:
+                self._registrations_left.pop(name, None)
+            else:
+                self._registrations_left.setdefault(name, now)
         self._watches_files = any(store.files is not None for store in self.stores.values())
         self.cond.notify_all()
 
@@ -380,7 +389,8 @@ class Poller:
             self._changed()
 
     def _expire_departed(self) -> bool:
-        """Drop the stores that left more than DEPARTED_GRACE s ago; keep their saved state.
+        """Drop the stores that left more than DEPARTED_GRACE s ago, and their registered
+        tasks; keep their saved state.
 
         Their tasks' data goes back to the saved state (as if read from the state file), so
         the state file keeps it for the retention of unconfigured tasks, completed and
@@ -396,7 +406,21 @@ class Poller:
                 if task.record.snapshot is not None:
                     self.restored[(name, task_id)] = task.record
             log.info("forgetting a store that left the configuration", extra={"store": name})
-        return bool(expired)
+        # Its registrations too (and those of a store the state file alone named): the
+        # tasks' saved data stays for the state file's retention of unconfigured tasks.
+        ended = [
+            name
+            for name, left in self._registrations_left.items()
+            if now - left >= DEPARTED_GRACE and name not in self.stores
+        ]
+        for name in ended:
+            del self._registrations_left[name]
+            dropped = self.registered.pop(name, {})
+            log.info(
+                "dropping the registered tasks of a store that left the configuration",
+                extra={"store": name, "tasks": len(dropped)},
+            )
+        return bool(expired or ended)
 
     def _discover(self) -> None:
         with self._discovery:
@@ -727,6 +751,15 @@ class Poller:
             store = self.stores.get(store_name)
             task = store.tasks.get(task_id) if store is not None else None
             if store is not None and task is not None and not task.record.completed:
+                self._prioritize(store, task, self.clock.monotonic())
+
+    def view_task(self, store_name: str, task_id: str) -> None:
+        """Someone looks at the task (its page, a GET of it): polled before the others when
+        due, once (a waiter's task is queued so each time it is due)."""
+        with self._lock:
+            store = self.stores.get(store_name)
+            task = store.active.get(task_id) if store is not None else None
+            if store is not None and task is not None:
                 self._prioritize(store, task, self.clock.monotonic())
 
     def remove_waiter(self, store_name: str, task_id: str) -> None:

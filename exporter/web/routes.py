@@ -261,6 +261,8 @@ class App:
         if match is None:
             return _text("404 Not Found", "404 page not found\n")
         store_name, task_id = match.groups()
+        if isinstance(self.exporter, TaskApiPort):
+            self.exporter.view_task(store_name, task_id)  # ahead of the others when due
         self.exporter.refresh(PAGE_REFRESH_DEADLINE)
         fleet = self.listing.fleet(self.exporter.view)
         index = fleet.store(store_name)

@@ -92,6 +92,9 @@ class TaskApiPort(Protocol):
     def remove_waiter(self, store: str, task_id: str) -> None:
         """A wait ended."""
 
+    def view_task(self, store: str, task_id: str) -> None:
+        """Someone looks at the task (it is polled before the others when due)."""
+
     def wall_time(self) -> float:
         """Unix time now."""
 
@@ -382,6 +385,8 @@ class TaskApi:
         if wait > 0 and classify(record, stuck_after, self.exporter.wall_time()) not in _DONE:
             method = str(environ.get("REQUEST_METHOD", "GET")).upper()
             environ[ANSWER_LATER] = lambda: self._wait(method, store, task_id, wait)
+        else:
+            self.exporter.view_task(store, task_id)  # the next look finds it fresh
         return _answer(200, self._task_payload(store, task_id, record, stuck_after))
 
     async def _wait(

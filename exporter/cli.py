@@ -411,6 +411,7 @@ def _make_server(args: argparse.Namespace, exporter: Exporter) -> ExporterServer
         enable_task_api=args.enable_task_api,
         dashboard_url=args.dashboard_url,
     )
+    app.keep_pages_warm()
     sockets = systemd_sockets() if args.systemd_socket else []
     return ExporterServer(
         RoutePrefix(app, prefixes),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from html import escape
@@ -25,6 +26,8 @@ from exporter.web.taskpage import not_found_page, task_page
 # A person opening a page sees fresh data at once: the pages refresh due tasks first, like
 # a scrape with this deadline (docs/design.md, "Status pages").
 PAGE_REFRESH_DEADLINE = 2.0
+# Seconds between two updates of the pages' indexes in the background.
+PAGE_WARM_PERIOD = 5.0
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -181,6 +184,29 @@ class App:
             "/-/ready": (frozenset({"GET", "HEAD"}), self.ready),
             "/-/reload": (frozenset({"POST", "PUT"}), self.reload),
         }
+
+    def keep_pages_warm(self, period: float = PAGE_WARM_PERIOD) -> threading.Thread:
+        """Bring the pages' indexes up to date every ``period`` seconds, off the requests.
+
+        The first page of a fleet builds an index of every task (classified and sorted);
+        later ones only apply what changed. Doing that here keeps a person's first page as
+        fast as the next (docs/design.md, "Status pages"); an unchanged view costs one
+        identity check per store. A daemon thread, for the process's life.
+        """
+
+        def run() -> None:
+            while True:
+                time.sleep(period)
+                if not self.exporter.ready:
+                    continue
+                try:
+                    self.listing.fleet(self.exporter.view)
+                except Exception as exc:  # keep warming; the pages report their own errors
+                    log.error("building the pages' indexes failed", extra={"err": repr(exc)})
+
+        thread = threading.Thread(target=run, name="pages-warm", daemon=True)
+        thread.start()
+        return thread
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """WSGI entry point."""

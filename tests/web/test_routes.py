@@ -243,3 +243,15 @@ def test_empty_filter_values_count_as_absent(app: App) -> None:
     empty = json.loads(wsgi(app, "/api/v1/tasks?store=&q=&label=&state=&after=")[2])
     assert [t["task_id"] for t in empty["tasks"]] == [t["task_id"] for t in plain["tasks"]]
     assert wsgi(app, "/?store=&q=&label=&state=")[0] == 200
+
+
+def test_the_pages_indexes_are_kept_warm_off_the_requests(app: App) -> None:
+    """A person's first page finds the indexes built: the background keeps them up to date."""
+    from tests.helpers import wait_until
+
+    scrape(app)  # the tasks have data
+    view = app.exporter.view()
+    assert app.listing._fleet is None  # nothing built yet: no page was asked for
+    app.keep_pages_warm(period=0.01)
+    wait_until(lambda: bool(app.listing._indexes), timeout=5)
+    assert {s.name for s in view.stores} <= set(app.listing._indexes)

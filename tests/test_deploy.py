@@ -36,6 +36,7 @@ K8S_DIR = REPO / "deploy" / "kubernetes"
 RUNBOOK = REPO / "docs" / "runbook.md"
 RUNBOOK_URL_CONFIG = K8S_DIR / "runbook-url.yaml"
 README = REPO / "README.md"
+KUBERNETES_MD = REPO / "docs" / "kubernetes.md"  # the sidecar, as the README links it
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 LOCK = REPO / "requirements.lock"
@@ -927,9 +928,10 @@ def test_task_id_directory_is_an_emptydir_shared_by_both_containers() -> None:
     assert exporter_mounts["upload-tasks"]["mountPath"] == "/var/run/upload-tasks"
 
 
-def readme_section(heading: str) -> str:
-    """The text of a README section (up to the next heading of the same or a higher level)."""
-    text = README.read_text(encoding="utf-8")
+def readme_section(heading: str, document: Path = README) -> str:
+    """The text of a section of the README (or ``document``), up to the next heading of the
+    same or a higher level."""
+    text = document.read_text(encoding="utf-8")
     level = heading.split(" ", 1)[0]
     start = text.index(heading + "\n")
     end = re.search(rf"^#{{1,{len(level)}}} ", text[start + len(heading) :], re.MULTILINE)
@@ -940,7 +942,7 @@ def readme_secret_command() -> tuple[str, dict[str, str]]:
     """The Secret name and {key: file} of the README's `kubectl create secret` line."""
     match = re.search(
         r"kubectl create secret generic (\S+)((?: --from-file=\S+)+)",
-        readme_section("### Kubernetes sidecar"),
+        readme_section("## Kubernetes sidecar", KUBERNETES_MD),
     )
     assert match is not None, "the README shows how to create the token Secret"
     keys = dict(item.split("=", 1) for item in re.findall(r"--from-file=(\S+)", match.group(2)))
@@ -949,7 +951,7 @@ def readme_secret_command() -> tuple[str, dict[str, str]]:
 
 def readme_sidecar() -> dict[str, Any]:
     """The README's short version of the sidecar (containers and volumes)."""
-    section = readme_section("### Kubernetes sidecar")
+    section = readme_section("## Kubernetes sidecar", KUBERNETES_MD)
     block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     data: dict[str, Any] = yaml.safe_load(block)
     return data
@@ -1010,7 +1012,7 @@ def test_readme_sidecar_matches_the_manifests() -> None:
     secret_name, _ = readme_secret_command()
     (token,) = [v for v in snippet["volumes"] if "secret" in v]
     assert token["secret"]["secretName"] == secret_name
-    section = readme_section("### Kubernetes sidecar")
+    section = readme_section("## Kubernetes sidecar", KUBERNETES_MD)
     assert "kubectl apply -k deploy/kubernetes" in section
     assert str(RUNBOOK_URL_CONFIG.relative_to(REPO)) in readme_section("## Alerts")
 

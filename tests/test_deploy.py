@@ -54,7 +54,11 @@ K8S_VERSIONS = sorted({"1.28.0", kubernetes_validate.latest_version()})
 
 # The per-task families of the amended metrics table (exported beside TASK_METRICS).
 NEW_TASK_METRICS = frozenset(
-    {"shoplazza_upload_task_completed_timestamp_seconds", "shoplazza_upload_task_info"}
+    {
+        "shoplazza_upload_task_completed_timestamp_seconds",
+        "shoplazza_upload_task_info",
+        "shoplazza_upload_task_estimated_completion_timestamp_seconds",
+    }
 )
 # Sharding (README "Many stores"): which shard a process is; the shard alerts and the
 # dashboard's job and instance variables read it.
@@ -66,6 +70,7 @@ KNOWN_METRICS = (
 # The alerts the deployment promises, with the labels their annotations must name.
 REQUIRED_ALERTS: dict[str, tuple[str, ...]] = {
     "ShoplazzaUploadTaskStuck": ("store", "task_id"),
+    "ShoplazzaUploadTaskBehindSchedule": ("store", "task_id"),
     "ShoplazzaUploadTaskFailedFiles": ("store", "task_id"),
     "ShoplazzaUploadTaskFailureRatioHigh": ("store", "task_id"),
     "ShoplazzaUploadTaskStale": ("store", "task_id"),
@@ -729,7 +734,10 @@ def test_dashboard_task_table_has_states_labels_mappings_and_eta() -> None:
     assert any(expr.startswith("shoplazza_upload_task_info{") for expr in exprs.values())
     assert table["transformations"][0]["id"] == "merge"
     (eta,) = [ref for ref, name in renamed.items() if name == "Time to completion"]
-    assert "deriv(shoplazza_upload_task_files_finished" in exprs[eta.split("#")[1].strip()]
+    # The exporter's own estimate, not a rate Grafana guesses.
+    eta_expr = exprs[eta.split("#")[1].strip()]
+    assert "shoplazza_upload_task_estimated_completion_timestamp_seconds{" in eta_expr
+    assert "deriv(" not in eta_expr and "rate(" not in eta_expr
     assert overrides["Time to completion"]["unit"] == "s"
 
 

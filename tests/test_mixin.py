@@ -96,6 +96,9 @@ def test_config_reaches_every_rule_and_panel(tmp_path: Path) -> None:
       _config+:: {
         exporterSelector: 'job="uploads", env="prod"',
         stuckThreshold: '1h30m',
+        behindScheduleMargin: '20m',
+        behindScheduleOffset: '1h',
+        behindScheduleFor: '25m',
         failedFilesWindow: '2h',
         taskFailureRatio: 0.25,
         apiErrorRatio: 0.05,
@@ -121,6 +124,11 @@ def test_config_reaches_every_rule_and_panel(tmp_path: Path) -> None:
         assert rule["annotations"]["runbook_url"].startswith("https://wiki.example/runbook.md#")
         assert rule["annotations"]["dashboard_url"].startswith("https://grafana.example/d/uploads")
     assert "> 5400" in rules["ShoplazzaUploadTaskStuck"]["expr"]
+    behind = rules["ShoplazzaUploadTaskBehindSchedule"]
+    assert "offset 1h)" in behind["expr"] and ") > 1200" in behind["expr"]
+    assert ") < 5400" in behind["expr"]  # still moving: not yet stuck
+    assert behind["for"] == "25m"
+    assert "estimated 1 hour ago" in behind["annotations"]["description"]
     assert "offset 2h" in rules["ShoplazzaUploadTaskFailedFiles"]["expr"]
     assert "2 hours" in rules["ShoplazzaUploadTaskFailedFiles"]["annotations"]["description"]
     assert "> 0.25" in rules["ShoplazzaUploadTaskFailureRatioHigh"]["expr"]

@@ -59,6 +59,49 @@ local duration = import 'lib/duration.libsonnet';
             } + taskLinks(self.alert),
           },
           {
+            alert: 'ShoplazzaUploadTaskBehindSchedule',
+            notes:: |||
+              A task in progress whose polls work, still moving (progress within the last
+              %(stuck)s, else it is ShoplazzaUploadTaskStuck), that is more than %(margin)s
+              past the completion the exporter estimated %(offset)s ago (its estimate now may
+              have moved on with the slower rate), for %(for)s. Tasks without an estimate
+              (completed, not progressing, too little data) have no estimate series: never.
+              MARGIN: _config.behindScheduleMargin, behindScheduleOffset and
+              behindScheduleFor of the mixin; bench/completion.py saw estimates off by about
+              1 minute at p95 and at most about 10 minutes, for a task that paused mid-way
+              (docs/performance.md, "Completion seen: predictive polling"), so a task that is
+              merely a little late never fires. The "still moving" part is the complement of
+              ShoplazzaUploadTaskStuck (_config.stuckThreshold).
+            ||| % {
+              stuck: duration.words(c.stuckThreshold),
+              margin: duration.words(c.behindScheduleMargin),
+              offset: duration.words(c.behindScheduleOffset),
+              'for': duration.words(c.behindScheduleFor),
+            },
+            expr: |||
+              (
+                time() - (shoplazza_upload_task_estimated_completion_timestamp_seconds{%(sel)s} offset %(offset)s)
+              ) > %(margin)d
+              and on (store, task_id)
+              shoplazza_upload_task_status{%(sel)s} == 1
+              and on (store, task_id)
+              (time() - shoplazza_upload_task_last_progress_timestamp_seconds{%(sel)s}) < %(stuck)d
+              and on (store, task_id)
+              shoplazza_upload_task_poll_success{%(sel)s} == 1
+            ||| % {
+              sel: sel,
+              offset: c.behindScheduleOffset,
+              margin: duration.seconds(c.behindScheduleMargin),
+              stuck: duration.seconds(c.stuckThreshold),
+            },
+            'for': c.behindScheduleFor,
+            labels: { severity: 'warning' },
+            annotations: {
+              summary: 'Upload task {{ $labels.task_id }} of store {{ $labels.store }} is behind schedule',
+              description: 'Upload task {{ $labels.task_id }} of store {{ $labels.store }} is still in progress {{ $value | humanizeDuration }} after the completion estimated %s ago, and still moving slowly.' % duration.words(c.behindScheduleOffset),
+            } + taskLinks(self.alert),
+          },
+          {
             alert: 'ShoplazzaUploadTaskFailedFiles',
             notes:: |||
               New failed files: more than %(window)s ago (or before the task's series began).

@@ -22,6 +22,13 @@
     // stuck (keep it equal to the stores' `stuck_after`, default 15m, so the status page
     // and the alert agree).
     stuckThreshold: '15m',
+    // ShoplazzaUploadTaskBehindSchedule: a task still moving that is more than
+    // behindScheduleMargin past the completion the exporter estimated behindScheduleOffset
+    // ago, for behindScheduleFor. bench/completion.py saw estimates off by at most about
+    // 10 minutes (docs/performance.md, "Completion seen: predictive polling").
+    behindScheduleMargin: '15m',
+    behindScheduleOffset: '30m',
+    behindScheduleFor: '10m',
     // New failed files are counted over this window (ShoplazzaUploadTaskFailedFiles).
     failedFilesWindow: '30m',
     // Share of the finished files of a task in progress that may fail.

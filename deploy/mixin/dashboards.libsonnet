@@ -273,7 +273,7 @@ local duration = import 'lib/duration.libsonnet';
           title: 'Tasks',
           id: 9,
           datasource: ds,
-          description: "One row per task: its state (as on the exporter's status page; a task never polled successfully shows as failing polls), its context labels from shoplazza_upload_task_info, the last known counts, and for tasks in progress an estimated time to completion from the rate of the last 15 minutes. A task's id links to its page on the exporter (the exporter_url variable).",
+          description: "One row per task: its state (as on the exporter's status page; a task never polled successfully shows as failing polls), its context labels from shoplazza_upload_task_info, the last known counts, and for tasks in progress the exporter's estimated time to completion (from the task's recent progress; negative: overdue). A task's id links to its page on the exporter (the exporter_url variable).",
           gridPos: { h: 10, w: 24, x: 0, y: 15 },
           // State codes: the mappings of the State column below.
           local state = std.join(' or ', [
@@ -295,7 +295,9 @@ local duration = import 'lib/duration.libsonnet';
             table('E', 'shoplazza_upload_task_status{%s}' % task),
             table('K', 'shoplazza_upload_task_completed{%s}' % task),
             table('F', 'shoplazza_upload_task_poll_success{%s}' % task),
-            table('T', '(shoplazza_upload_task_files{%(t)s} - shoplazza_upload_task_files_finished{%(t)s}) / (deriv(shoplazza_upload_task_files_finished{%(t)s}[15m]) > 0) and on (store, task_id) shoplazza_upload_task_status{%(t)s} == 1' % { t: task }),
+            // The exporter's own estimate (absent when it has none: completed, not
+            // progressing, too little data); negative once the task is past it.
+            table('T', '(shoplazza_upload_task_estimated_completion_timestamp_seconds{%(t)s} - time()) and on (store, task_id) shoplazza_upload_task_status{%(t)s} == 1' % { t: task }),
           ],
           transformations: [
             { id: 'merge', options: {} },

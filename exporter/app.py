@@ -79,7 +79,10 @@ class Exporter:
         self._last_watched = saved.last_watched
         self.store_files = StoreFiles(config, environ=self._environ, clock=self.clock.monotonic)
         self.store_files.refresh(force=True)
-        self._apply(config)
+        # Task id files are read after the start, by the poller's discovery thread: the
+        # server listens and is ready once the configuration is valid, whatever their size
+        # (docs/design.md, "Rules for files"); files_read() waits for that first reading.
+        self._apply(config, read_files=False)
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
         # Store files are looked at each second and on scrapes, on a thread of their own.
         self._store_files_job = OnDemand(self._check_store_files, "store-files", period=1.0)
@@ -110,10 +113,10 @@ class Exporter:
             log.info("configuration reloaded", extra={"stores": len(config.stores)})
             return True, "configuration reloaded"
 
-    def _apply(self, config: Config) -> None:
+    def _apply(self, config: Config, read_files: bool = True) -> None:
         for warning in config.warnings:
             log.warning("configuration warning", extra={"err": warning})
-        self._watch(self._with_store_files(config))
+        self._watch(self._with_store_files(config), read_files)
         previous = self.config.state_file if self.config else None
         if config.state_file != previous:
             if self.state_writer is not None:
@@ -157,7 +160,7 @@ class Exporter:
                 release_free_memory()
                 last_trim = self.clock.monotonic()
 
-    def _watch(self, config: Config) -> None:
+    def _watch(self, config: Config, read_files: bool = True) -> None:
         """Hand the poller the stores of ``config`` that this shard owns, only those.
 
         Every path that changes the watched stores goes through here (docs/design.md,
@@ -166,7 +169,7 @@ class Exporter:
         owned = tuple(store for store in config.stores if self.shard.owns(store.name))
         # Every configured token, other shards' included: never a task id from a file.
         self.poller.secrets = frozenset(store.token.value for store in config.stores)
-        self.poller.apply_config(dataclasses.replace(config, stores=owned))
+        self.poller.apply_config(dataclasses.replace(config, stores=owned), read_files=read_files)
         self._stores_owned = len(owned)
         self._stores_other = len(config.stores) - len(owned)
         self._other_stores = frozenset(s.name for s in config.stores) - {s.name for s in owned}
@@ -188,6 +191,10 @@ class Exporter:
             job.run_within(timeout * STORE_FILES_SHARE)
             timeout = max(timeout - (self.clock.monotonic() - started), 0.0)
         self.poller.refresh(timeout)
+
+    def files_read(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` s for the first reading of the task id files."""
+        return self.poller.files_read(timeout)
 
     def view(self) -> ExporterView:
         """A consistent copy of what the exporter knows, for metrics and pages."""

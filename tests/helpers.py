@@ -127,6 +127,8 @@ def make_exporter(
     env = {TOKEN_ENV: TOKEN} if environ is None else dict(environ)
     exporter = Exporter(config_path, environ=env, clock=clock, client_factory=client_factory)
     exporter.start()
+    # The start leaves task id files to the discovery thread; tests see them read.
+    assert exporter.files_read(30)
     return exporter
 
 

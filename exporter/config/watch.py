@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -298,6 +298,15 @@ class TaskFiles:
         changed = ids != self.ids or labels != self.labels
         self.ids, self.labels, self.added = ids, labels, None
         return changed
+
+    def in_order(self, among: AbstractSet[str] | None = None) -> Iterator[str]:
+        """The listed ids (those in ``among`` when given) in file order, files in sorted
+        path order; an id listed twice comes twice. A generator: never one long C call over
+        a million ids (the poller adds them a chunk at a time)."""
+        for _, listing in list(self._files.values()):
+            for task_id in listing.all_ids():
+                if among is None or task_id in among:
+                    yield task_id
 
     def _report(self, matches: Matches) -> None:
         """Log skipped paths and a cut-short walk once, when that starts."""

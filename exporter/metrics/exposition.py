@@ -25,6 +25,7 @@ import functools
 import itertools
 import struct
 import threading
+import time
 import weakref
 import zlib
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
@@ -57,6 +58,11 @@ Render = Callable[[], tuple[bytes, ...]]  # a unit's lines, one chunk per family
 
 #: Units (a store's counters, or a segment of a store's tasks) per compressed block.
 BLOCK_UNITS = 32
+#: Seconds to render one task not rendered before, until renders measured it (about what
+#: a first render of 1,000,000 tasks took on the benchmark machine, docs/performance.md).
+FIRST_TASK_COST = 10e-6
+#: Renders of fewer new tasks than this are too small to measure the cost per task.
+_MEASURED_FROM = 1000
 
 _FAST_ESCAPINGS = frozenset({om_format.UNDERSCORES, om_format.ALLOWUTF8})
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no mtime, unknown OS
@@ -299,6 +305,8 @@ class Exposition:
         self._tasks = _Section(len(TASK_NAMES))  # units: (store, segment number)
         self._stats = _Section(len(STORE_FAMILIES))  # units: store names
         self.generation = 0  # grows whenever a cached section changes
+        self._tasks_rendered = 0  # tasks of the view last brought into the cache
+        self.task_cost = FIRST_TASK_COST  # seconds per new task, learned from renders
         self._prefix_crc: dict[str, tuple[int, int, int]] = {}  # fmt: (generation, crc, size)
         # (fmt, gzipped): (generation, the cached part while a body holds it)
         self._shared: dict[tuple[str, bool], tuple[int, weakref.ref[_Shared]]] = {}
@@ -323,7 +331,7 @@ class Exposition:
             self._view = view
             try:
                 if names is None and fmt is not None:
-                    self._update(view)
+                    self._timed_update(view)
                     return content_type, self._assemble(view, fmt, gzipped)
                 # A filter builds only the families it shows (one collector per family): no
                 # cache to bring up to date, nothing worth caching (docs/design.md).
@@ -332,6 +340,36 @@ class Exposition:
                 self._view = None
 
     # ---- cache ---------------------------------------------------------------------------
+
+    def unrendered(self, view: ExporterView) -> int:
+        """About how many of ``view``'s tasks are not in the cache (added since the last
+        render): what a render of it would cost beyond the usual, in tasks."""
+        return max(sum(len(store.tasks) for store in view.stores) - self._tasks_rendered, 0)
+
+    def estimate(self, view: ExporterView) -> float:
+        """Seconds that rendering the tasks of ``view`` not yet cached would take."""
+        return self.unrendered(view) * self.task_cost
+
+    def warm(self, view: ExporterView) -> None:
+        """Bring the cache up to date with ``view`` without answering anyone: the first
+        render of many new tasks happens here, off the scrape's path (docs/design.md,
+        "Exposition")."""
+        with self._lock:
+            self._view = view
+            try:
+                self._timed_update(view)
+            finally:
+                self._view = None
+
+    def _timed_update(self, view: ExporterView) -> None:
+        """:meth:`_update`, learning the cost of a new task from the larger renders."""
+        new = self.unrendered(view)
+        started = time.monotonic()
+        self._update(view)
+        if new >= _MEASURED_FROM:
+            took = (time.monotonic() - started) / new
+            self.task_cost = 0.5 * self.task_cost + 0.5 * took
+        self._tasks_rendered = sum(len(store.tasks) for store in view.stores)
 
     def _update(self, view: ExporterView) -> None:
         """Bring the cached sections up to date with ``view``."""

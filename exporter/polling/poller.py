@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import heapq
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from exporter.clock import Clock, SystemClock
 from exporter.config import Config, StoreConfig
@@ -43,6 +44,11 @@ DEPARTED_GRACE = 600.0
 DISCOVERY_SHARE = 0.5
 # New ids from appended lines watched per hold of the lock: scrapes get it in between.
 ADD_CHUNK = 2000
+# Appended ids sorted in one call at most; more are added in file order (a sort of a
+# million ids holds the GIL, and so the probes, for seconds).
+SORT_AT_ONCE = 10_000
+# Due tasks a store queues beyond its token balance at a time; more as the queue drains.
+QUEUE_AHEAD = 256
 # Predictive polling (docs/design.md, "Predictive polling"). A predicted poll lands this
 # long after the estimated completion (an estimate is as often early as late)...
 PREDICT_LAG = 0.5
@@ -135,11 +141,18 @@ class Poller:
         # Task files are read on a thread of their own: a scrape waits for them only so long.
         self._discoverer = OnDemand(self._discover, "discovery")
         self._watches_files = False
+        self._first_read = 0  # the discovery run that reads the task files first (start)
 
     # ---- configuration -------------------------------------------------------------
 
-    def apply_config(self, config: Config) -> None:
-        """Watch what ``config`` lists; stores and tasks that stay keep their state."""
+    def apply_config(self, config: Config, *, read_files: bool = True) -> None:
+        """Watch what ``config`` lists; stores and tasks that stay keep their state.
+
+        ``read_files`` False (the start): task id files are not read here but by the
+        discovery thread, which adds their ids a chunk at a time, so the exporter answers
+        while a huge file is read (docs/design.md, "Rules for files"); see
+        :meth:`files_read`.
+        """
         with self._discovery:
             with self._lock:
                 known = {name: store.files for name, store in self.stores.items()}
@@ -157,11 +170,18 @@ class Poller:
                         clock=self.clock.monotonic,
                         secrets=lambda: self.secrets,
                     )
-                found.refresh(force=True)
+                if read_files:
+                    found.refresh(force=True)
                 files[store_config.name] = found
             with self._lock:
                 self._apply(config, files)
+        if not read_files and self._watches_files:
+            self._first_read = self._discoverer.request()
         self._changed()
+
+    def files_read(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` s for the first reading of the task files; True if done."""
+        return self._discoverer.wait(self._first_read, timeout)
 
     def _apply(self, config: Config, files: dict[str, TaskFiles | None]) -> None:
         self.forget_after = config.forget_completed_after
@@ -226,7 +246,10 @@ class Poller:
             store.tasks.pop(task_id).queued = False  # its queue entry is dropped at the head
             store.active.pop(task_id, None)
             changed = True
-        for task_id in sorted(target):
+        # Known ids in any order, new ones sorted: a million ids are never sorted at once
+        # (one C call that would hold the GIL, and the probes, for seconds).
+        new = [task_id for task_id in target if task_id not in store.tasks]
+        for task_id in itertools.chain((t for t in target if t in store.tasks), sorted(new)):
             labels = _labels(configured_labels.get(task_id), listed_labels.get(task_id))
             if task_id in registered:
                 labels = _labels(labels, registered[task_id])
@@ -241,7 +264,7 @@ class Poller:
         listed_labels: dict[str, _Labels] = getattr(store.files, "labels", None) or {}
         configured_labels = dict(store.config.task_labels)
         changed = False
-        for task_id in sorted(added):
+        for task_id in added:
             if task_id not in store.tasks:
                 labels = _labels(configured_labels.get(task_id), listed_labels.get(task_id))
                 changed = self._watch_task(store, task_id, labels, "file") or changed
@@ -329,9 +352,36 @@ class Poller:
 
         The scrape waits for the due tasks in flight and for as many queued ones, in queue
         order, as the store's token balance allows now; none while a 429 pause lasts.
+        Only that balance plus QUEUE_AHEAD tasks are queued at once: the queue is filled
+        again as it drains (:meth:`_refill`), so a million due tasks cost a scrape a scan,
+        not a million queue entries (docs/design.md, "The scheduler").
         """
+        allowance = store.bucket.allowance(now)
+        queued, waiting, left = self._queue_due(store, now, allowance + QUEUE_AHEAD)
+        if not queued:
+            return waiting
+        due = len(queued) + left
+        if due > allowance:
+            queued.sort(key=lambda t: t.rank)
+            reason = "backoff" if store.bucket.paused(now) else "rate_limited"
+            store.stats.skipped[reason] += due - allowance
+            self._touch(store)
+            del queued[allowance:]
+        waiting.extend((store, task, task.attempts) for task in queued)
+        self.scheduler.kick(store, now)
+        return waiting
+
+    def _queue_due(
+        self, store: Store, now: float, limit: int
+    ) -> tuple[list[Watched], list[tuple[Store, Watched, int]], int]:
+        """Queue up to ``limit`` more due tasks of the store, never attempted first (in
+        watch order), then least recently attempted (lock held). Returns the queued due
+        tasks (earlier ones included), the due tasks in flight, and how many due tasks
+        were left unqueued (the store then has a backlog)."""
         waiting: list[tuple[Store, Watched, int]] = []
         queued: list[Watched] = []
+        fresh: list[Watched] = []  # due, never attempted: in watch order
+        again: list[Watched] = []  # due, attempted before
         min_interval = store.config.min_poll_interval
         next_due = float("inf")
         for task in store.active.values():
@@ -347,24 +397,33 @@ class Poller:
             if task.in_flight:
                 waiting.append((store, task, task.attempts))
                 continue
+            (fresh if last is None else again).append(task)
+        room = max(limit - len(queued), 0)
+        chosen = fresh[:room]
+        if len(chosen) < room:
+            rest = room - len(chosen)
+            if len(again) > rest:
+                chosen += heapq.nsmallest(rest, again, key=lambda t: t.last_attempt or 0.0)
+            else:
+                chosen += again
+        left = len(fresh) + len(again) - len(chosen)
+        store.backlog = left > 0
+        for task in chosen:
+            last = task.last_attempt
             task.queued = True
             task.rank = (float("-inf") if last is None else last, next(self._seq))
             store.push(task)
             queued.append(task)
         # Until then no scrape needs to look at this store's tasks (see Store.next_due).
-        store.next_due = float("-inf") if queued or waiting else next_due
-        if not queued:
-            return waiting
-        allowance = store.bucket.allowance(now)
-        if len(queued) > allowance:
-            queued.sort(key=lambda t: t.rank)
-            reason = "backoff" if store.bucket.paused(now) else "rate_limited"
-            store.stats.skipped[reason] += len(queued) - allowance
-            self._touch(store)
-            del queued[allowance:]
-        waiting.extend((store, task, task.attempts) for task in queued)
-        self.scheduler.kick(store, now)
-        return waiting
+        store.next_due = float("-inf") if queued or waiting or left else next_due
+        return queued, waiting, left
+
+    def _refill(self, store: Store, now: float) -> None:
+        """Queue more of a store's backlog once its queue runs low (lock held): what the
+        scrapes left unqueued is still fetched in the background, within the budget."""
+        if store.backlog and not store.removed and len(store.queue) < QUEUE_AHEAD // 2:
+            self._queue_due(store, now, QUEUE_AHEAD)
+            self.scheduler.kick(store, now)
 
     def _hopeless(
         self, waiting: list[tuple[Store, Watched, int]], deadline: float, now: float
@@ -429,20 +488,65 @@ class Poller:
             changed = [(s, files) for s, files in watched if files.refresh()]  # without the lock
             if not changed:
                 return
+            first: list[tuple[Store, TaskFiles]] = []
             with self._lock:
                 targets: dict[str, set[str]] = {}
                 for store, files in changed:
                     if store.removed or store.files is not files or files.added is not None:
                         continue
+                    if self._first_listing(store, files):
+                        first.append((store, files))
+                        continue
                     targets[store.name] = self._sync_tasks(store)
                 self._drop_forgotten(targets)
             for store, files in changed:  # lines appended: only those, a chunk per lock hold
-                added = sorted(files.added or ())
-                for start in range(0, len(added), ADD_CHUNK):
-                    with self._lock:
-                        if store.removed or store.files is not files:
-                            break
-                        self._add_listed(store, added[start : start + ADD_CHUNK])
+                if files.added is not None and len(files.added) <= SORT_AT_ONCE:
+                    self._add_chunks(store, files, iter(sorted(files.added)))
+                elif files.added is not None:  # many: in file order, never sorted at once
+                    self._add_chunks(store, files, files.in_order(files.added))
+            for store, files in first:  # the file's first reading: in file order, a chunk at a time
+                self._add_chunks(store, files, files.in_order())
+                with self._lock:
+                    if not store.removed and store.files is files:
+                        self._settle_first(store, files)
+
+    def _first_listing(self, store: Store, files: TaskFiles) -> bool:
+        """True when the store watches no task from its files yet and they list many
+        (lock held): the start, or files that listed nothing. Their ids are then added a
+        chunk per lock hold, in file order, like appended lines (docs/design.md, "Rules
+        for files"), instead of in one hold of the lock for the whole file.
+        """
+        if len(files.ids) <= ADD_CHUNK:
+            return False
+        others = len(store.config.task_ids) + len(self.registered.get(store.name, ()))
+        return len(store.tasks) <= others and all(
+            task.record.source != "file" for task in store.tasks.values()
+        )
+
+    def _add_chunks(self, store: Store, files: TaskFiles, ids: Iterator[str]) -> None:
+        """Watch ``ids`` from the store's files, ADD_CHUNK per hold of the lock."""
+        while chunk := list(itertools.islice(ids, ADD_CHUNK)):
+            with self._lock:
+                if store.removed or store.files is not files:
+                    return
+                self._add_listed(store, chunk)
+
+    def _settle_first(self, store: Store, files: TaskFiles) -> None:
+        """After a first listing: the labels and source of ids also configured or
+        registered, and forgotten tasks no longer listed (lock held; cost: those alone)."""
+        registered = self.registered.get(store.name, {})
+        changed = False
+        for task_id in {*store.config.task_ids, *registered} & files.ids:
+            labels, source = self._sources(store, task_id)
+            changed = self._watch_task(store, task_id, labels, source) or changed
+        if changed:
+            self._touch(store)
+        listed = files.ids
+        for key in [k for k in self.forgotten if k[0] == store.name]:
+            task_id = key[1]
+            kept = (listed, store.tasks, registered, store.config.task_ids)
+            if all(task_id not in ids for ids in kept):
+                del self.forgotten[key]
 
     def _forget(self) -> bool:
         if self.forget_after <= 0:
@@ -496,6 +600,7 @@ class Poller:
         elif store.tasks.get(task_id) is task:
             self._plan(store, task, result.ok)
         self._touch(store)
+        self._refill(store, self.clock.monotonic())
         self._release_if_idle(store, self.clock.monotonic())
         self.cond.notify_all()
         self._tell_waiters(store.name, task_id)

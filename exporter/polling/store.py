@@ -183,6 +183,7 @@ class Store:
 
     __slots__ = (
         "active",
+        "backlog",
         "bucket",
         "client",
         "config",
@@ -213,6 +214,7 @@ class Store:
         self.interest = float("-inf")  # monotonic time of the last scrape that looked
         self.bucket = TokenBucket(config.requests_per_second, config.burst, now)
         self.in_flight = 0
+        self.backlog = False  # due tasks left unqueued (Poller._refill queues them later)
         self.removed = False
         self.files: TaskFiles | None = None
         self.ready = False  # on the scheduler's ready queue

@@ -13,6 +13,7 @@ from html import escape
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs
 
+from exporter.jobs import OnDemand
 from exporter.metrics.exposition import Body, Exposition
 from exporter.model import ExporterView
 from exporter.web.listing import CursorExpired, Listing
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("exporter.web.routes")
 
 DEFAULT_SCRAPE_TIMEOUT = 10.0
+# The background render (App._warm) looks every WARM_EVERY s and renders when the tasks
+# not rendered yet would cost a scrape at least WARM_FROM s.
+WARM_EVERY = 1.0
+WARM_FROM = 0.2
 MAX_SCRAPE_TIMEOUT = 120.0
 DEADLINE_MARGIN = 0.5
 MIN_DEADLINE = 0.1
@@ -175,6 +180,9 @@ class App:
         if isinstance(exporter, TaskApiPort):
             self.task_api = TaskApi(exporter, writes=enable_task_api)
         self._render_seconds = 0.0
+        # Renders many new tasks in the background (see _warm); started by the first scrape.
+        self._warmer: OnDemand | None = None
+        self._warmer_lock = threading.Lock()
         self.telemetry_path = check_telemetry_path(telemetry_path)
         self.routes: dict[str, tuple[frozenset[str], Handler]] = {
             telemetry_path: (frozenset({"GET", "HEAD"}), self.metrics),
@@ -236,8 +244,12 @@ class App:
     def metrics(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes | Body]:
         """Refresh due tasks within the scrape deadline, then render memory."""
         deadline = scrape_deadline(environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"))
-        # Waiting for the API leaves room for rendering, which is slow with many tasks.
-        self.exporter.refresh(max(deadline - self._render_seconds, MIN_DEADLINE / 2))
+        self._start_warmer()
+        # Waiting for the API leaves room for rendering, which is slow with many tasks: the
+        # last renders' time, and the estimated cost of tasks never rendered yet (the first
+        # render of a huge store), so even a first scrape answers by its deadline.
+        render = self._render_seconds + self.exposition.estimate(self.exporter.view())
+        self.exporter.refresh(max(deadline - render, MIN_DEADLINE / 2))
         started = time.monotonic()
         params = parse_qs(environ.get("QUERY_STRING", ""))
         names = frozenset(params["name[]"]) if "name[]" in params else None
@@ -254,6 +266,19 @@ class App:
         took = time.monotonic() - started
         self._render_seconds = max(took, 0.8 * self._render_seconds + 0.2 * took)
         return "200 OK", headers, body
+
+    def _start_warmer(self) -> None:
+        with self._warmer_lock:
+            if self._warmer is None:
+                self._warmer = OnDemand(self._warm, "render-warmup", period=WARM_EVERY)
+
+    def _warm(self) -> None:
+        """Render in the background when many tasks were added since the last render (a
+        task file's first reading): a scrape then finds them cached (docs/design.md,
+        "Exposition")."""
+        view = self.exporter.view()
+        if self.exposition.estimate(view) >= WARM_FROM:
+            self.exposition.warm(view)
 
     def index(self, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
         """The status page, after refreshing due tasks like a scrape (2 s deadline)."""

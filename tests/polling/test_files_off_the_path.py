@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from exporter.app import Exporter
 from exporter.config.watch import StoreFiles, TaskFiles
 from exporter.demo.simulator import Simulator
-from exporter.polling.poller import DEPARTED_GRACE
+from exporter.polling.poller import ADD_CHUNK, DEPARTED_GRACE, Poller
 from exporter.polling.statefile import load_state
-from tests.helpers import FakeClock, make_exporter, store_yaml, wait_until, write
+from tests.helpers import TOKEN, TOKEN_ENV, FakeClock, make_exporter, store_yaml, wait_until, write
 
 
 def _blocked(monkeypatch: pytest.MonkeyPatch, cls: type, release: threading.Event) -> None:
@@ -142,5 +143,59 @@ def test_a_store_file_being_rewritten_is_not_applied_half_written(
             )
         )
         assert len(exporter.view().stores) == 20
+    finally:
+        exporter.close()
+
+
+def test_the_start_does_not_wait_for_task_files(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim.add_task("t1", total=3, finished=1)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "ids.txt").write_text("t1\n")
+    cfg = write(
+        tmp_path / "c.yaml",
+        "stores:\n" + store_yaml("shop", sim.url, task_id_files="['tasks/*.txt']"),
+    )
+    release = threading.Event()
+    _blocked(monkeypatch, TaskFiles, release)
+    exporter = Exporter(cfg, environ={TOKEN_ENV: TOKEN})
+    try:
+        starting = threading.Thread(target=exporter.start, daemon=True)
+        starting.start()
+        starting.join(10)
+        assert not starting.is_alive()  # started, configuration loaded: ready
+        assert exporter.ready
+        assert not exporter.files_read(0)  # the reader still hangs
+        release.set()
+        assert exporter.files_read(10)
+        assert [t.task_id for s in exporter.view().stores for t in s.tasks] == ["t1"]
+    finally:
+        release.set()
+        exporter.close()
+
+
+def test_a_first_listing_is_added_in_file_order_a_chunk_at_a_time(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [f"id-{n:05d}" for n in range(3 * ADD_CHUNK + 5)][::-1]  # file order: descending
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
+    cfg = write(
+        tmp_path / "c.yaml",
+        "stores:\n" + store_yaml("shop", sim.url, task_id_files="['tasks/*.txt']"),
+    )
+    chunks: list[int] = []
+    real = Poller._add_listed
+
+    def add(self: Poller, store: object, added: list[str]) -> None:
+        chunks.append(len(added))
+        real(self, store, added)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Poller, "_add_listed", add)
+    exporter = make_exporter(cfg)
+    try:
+        assert max(chunks) <= ADD_CHUNK and len(chunks) >= 4
+        assert [t.task_id for s in exporter.view().stores for t in s.tasks] == ids
     finally:
         exporter.close()

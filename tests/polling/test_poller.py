@@ -17,6 +17,7 @@ import pytest
 from exporter.app import Exporter
 from exporter.clock import ScaledClock
 from exporter.demo.simulator import Reply, Simulator
+from exporter.polling.poller import QUEUE_AHEAD
 from exporter.web.routes import App
 from tests.helpers import (
     TOKEN,
@@ -552,5 +553,35 @@ def test_forgotten_tasks_of_served_stores_count_as_watched(sim: Simulator, tmp_p
     exporter.start()
     try:
         assert exporter.poller.watched_keys() == {("shop", "live"), ("shop", "old")}
+    finally:
+        exporter.close()
+
+
+def test_a_scrape_queues_what_the_budget_covers_plus_a_bounded_amount(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Many due tasks: a scrape queues its balance plus QUEUE_AHEAD, counts the rest as
+    skipped, and the queue is filled again as it drains (docs/design.md, "The scheduler")."""
+    ids = [f"t{n:04d}" for n in range(QUEUE_AHEAD * 3)]
+    for task_id in ids:
+        sim.add_task(task_id, total=2, finished=1)
+    text = config_yaml(sim.url, ids, min_poll_interval=3600, requests_per_second=1, burst=4)
+    clock = FakeClock()
+    exporter = make_exporter(write(tmp_path / "c.yaml", text), clock=clock)
+    try:
+        poller = exporter.poller
+        poller.refresh(0.0)
+        with poller.cond:
+            store = poller.stores["shop"]
+            queued = sum(1 for task in store.active.values() if task.pending)
+            assert queued <= 4 + QUEUE_AHEAD
+            assert store.backlog
+        assert skipped(exporter, "rate_limited") == len(ids) - 4
+        for _ in range(QUEUE_AHEAD * 3):  # the budget refills: the backlog is fetched too
+            clock.advance(1.0)
+            if sum(sim.count(t) for t in ids) == len(ids):
+                break
+            wait_until(lambda: scheduler_quiet(poller))
+        assert all(sim.count(task_id) == 1 for task_id in ids)
     finally:
         exporter.close()

@@ -12,8 +12,18 @@ import pytest
 from exporter import __version__
 from exporter.app import Exporter
 from exporter.demo.simulator import Simulator
+from exporter.web import routes
 from exporter.web.routes import App, scrape_deadline
-from tests.helpers import TOKEN, TOKEN_ENV, config_yaml, make_exporter, scrape, write, wsgi
+from tests.helpers import (
+    TOKEN,
+    TOKEN_ENV,
+    config_yaml,
+    make_exporter,
+    scrape,
+    wait_until,
+    write,
+    wsgi,
+)
 
 HOSTILE = '<script>alert("x")</script>'
 
@@ -255,3 +265,23 @@ def test_the_pages_indexes_are_kept_warm_off_the_requests(app: App) -> None:
     app.keep_pages_warm(period=0.01)
     wait_until(lambda: bool(app.listing._indexes), timeout=5)
     assert {s.name for s in view.stores} <= set(app.listing._indexes)
+
+
+def test_many_new_tasks_are_rendered_off_the_scrape_path(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks added since the last render are rendered in the background (App._warm): the
+    next scrape finds them cached, and until then its refresh leaves room for them."""
+    monkeypatch.setattr(routes, "WARM_FROM", 0.0)
+    monkeypatch.setattr(routes, "WARM_EVERY", 0.05)
+    ids = [f"t{n}" for n in range(500)]
+    exporter = make_exporter(write(tmp_path / "c.yaml", config_yaml(sim.url, ids)))
+    try:
+        app = App(exporter)
+        view = exporter.view()
+        assert app.exposition.estimate(view) > 0  # never rendered: a first render costs
+        app._start_warmer()  # as the first scrape does
+        wait_until(lambda: app.exposition.unrendered(exporter.view()) == 0)
+        assert app.exposition.estimate(exporter.view()) == 0
+    finally:
+        exporter.close()

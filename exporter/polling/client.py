@@ -42,7 +42,7 @@ from exporter.model import (
     FailedFile,
     TaskSnapshot,
 )
-from exporter.polling.redaction import Redactor
+from exporter.polling.redaction import redactor_for
 from exporter.polling.transport import CAFileError, Deadline, Transport, origin_of
 
 log = logging.getLogger("exporter.polling.client")
@@ -315,7 +315,6 @@ class StoreClient:
         "_origin",
         "_owns_transport",
         "_proxy",
-        "_redactor",
         "_token",
         "_token_lock",
         "_token_reader",
@@ -338,7 +337,6 @@ class StoreClient:
         # clock, whatever clock schedules the polls.
         self._clock = time.monotonic
         self._token = store.token.value
-        self._redactor: Redactor | None = None
         self._token_lock = threading.Lock()
         self._token_unreadable = False
         # A client made alone (tests, benchmarks) gets a transport of its own.
@@ -403,16 +401,7 @@ class StoreClient:
         logged and shown on pages; an API that echoes the token must not publish it.
         """
         token = self.token()
-        return _redact(self._fetch(task_id, token), self._redactor_for(token))
-
-    def _redactor_for(self, token: str) -> Redactor | None:
-        """The token's redactor, made once per token (a rotation makes a new one)."""
-        redactor = self._redactor
-        if redactor is None or redactor.token != token:
-            if len(token) < MIN_TOKEN_LENGTH:
-                return None
-            redactor = self._redactor = Redactor(token)
-        return redactor
+        return _redact(self._fetch(task_id, token), token)
 
     def _fetch(self, task_id: str, token: str) -> FetchResult:
         url = self.url(task_id)
@@ -543,12 +532,16 @@ def _check_declared_length(value: str | None) -> None:
         raise _BodyTooLarge(f"body of {int(digits)} bytes exceeds {MAX_BODY_BYTES}")
 
 
-def _redact(result: FetchResult, redactor: Redactor | None) -> FetchResult:
+def _redact(result: FetchResult, token: str) -> FetchResult:
     """``result`` with every run of 12 or more of the token's characters in API text replaced."""
-    if redactor is None:
-        return result  # config rejects such tokens (docs/design.md, "Configuration")
-    clean, spans = redactor.clean, redactor.spans
     snapshot = result.snapshot
+    if not result.detail and (snapshot is None or not snapshot.failures):
+        return result  # no API text: the usual answer, and no redactor needed
+    if len(token) < MIN_TOKEN_LENGTH:
+        return result  # config rejects such tokens (docs/design.md, "Configuration")
+    # Shared and bounded, not one per store (docs/design.md, "Values from outside")
+    redactor = redactor_for(token)
+    clean, spans = redactor.clean, redactor.spans
     if snapshot is not None and any(
         spans(f.origin_link) or spans(f.reason) for f in snapshot.failures
     ):

@@ -31,6 +31,7 @@ from exporter.config.watch import TaskFiles
 from exporter.jobs import OnDemand
 from exporter.model import StoreView, TaskRecord
 from exporter.polling.client import FetchResult, StoreClient
+from exporter.polling.estimate import Progress
 from exporter.polling.scheduler import FETCH_WORKERS, HOUSEKEEPING_PERIOD, Scheduler
 from exporter.polling.store import Store, Watched, pause_after_429, poll_interval
 from exporter.polling.transport import Transport
@@ -609,8 +610,14 @@ class Poller:
         """Add a successful poll to the task's progress; its completion estimate (Unix time)."""
         snap = state.snapshot
         assert snap is not None and state.last_success is not None
-        task.progress.observe(state.last_success, snap.finished, snap.total)
-        return None if snap.completed else task.progress.estimate()
+        if snap.completed:
+            task.progress = None  # no estimate to make: the history goes (memory per task)
+            return None
+        progress = task.progress
+        if progress is None:
+            progress = task.progress = Progress()
+        progress.observe(state.last_success, snap.finished, snap.total)
+        return progress.estimate()
 
     def _plan(self, store: Store, task: Watched, ok: bool) -> None:
         """Arm the task's next timed poll: at its predicted completion, or when it is due

@@ -158,14 +158,16 @@ class Watched:
         self.failures = 0  # consecutive failed polls
         self.rank: tuple[float, int] = (0.0, 0)  # queue order: last attempt, then arrival
         # Predictive polling (docs/design.md, "Predictive polling"): the progress history
-        # (rebuilt from the record after a restart), the live entry on the store's timed
-        # heap (when, seq, predicted?), predicted polls since the last regular one, whether
-        # the request in flight is a predicted one, and until when someone waits for it.
+        # (rebuilt from the record after a restart; None until a poll sees the task in
+        # progress, and again once it is completed: a fleet's tasks are mostly completed),
+        # the live entry on the store's timed heap (when, seq, predicted?), predicted polls
+        # since the last regular one, whether the request in flight is a predicted one, and
+        # until when someone waits for it.
         snap = record.snapshot
-        self.progress = (
+        self.progress: Progress | None = (
             Progress.seeded(record.last_progress, snap.finished, snap.total)
             if snap is not None and not record.completed
-            else Progress()
+            else None
         )
         self.timed: tuple[float, int, bool] | None = None
         self.predicted = 0

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import email.utils
+import gc
 import gzip
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter import __version__
-from exporter.config import parse_config
+from exporter.config import TokenSource, parse_config
 from exporter.demo.simulator import Reply, Simulator
 from exporter.model import INVALID_RESPONSE, FailedFile
 from exporter.polling.client import (
@@ -26,6 +27,8 @@ from exporter.polling.client import (
     parse_retry_after,
     parse_task,
 )
+from exporter.polling.redaction import KEPT, Redactor
+from exporter.polling.transport import Transport
 from tests.helpers import TOKEN, TOKEN_ENV, config_yaml, free_port, make_exporter
 
 
@@ -583,6 +586,38 @@ def test_api_text_echoing_the_token_is_redacted(sim: Simulator, client: StoreCli
     assert result.snapshot is not None
     shown = " ".join(f"{f.origin_link} {f.reason}" for f in result.snapshot.failures)
     assert TOKEN not in shown and "<redacted>" in shown
+
+
+def test_a_fleet_holds_a_bounded_number_of_redactors(sim: Simulator) -> None:
+    """A redactor (about 5 KB) is made only for an answer with API text, shared by token,
+    and at most KEPT are kept: one per store held 25 MB for 5,000 stores (bench.fleet)."""
+    sim.add_task("t1", total=3, finished=3, status=0)
+    store = client_for(sim.url).store
+    transport = Transport(pool_size=4)
+
+    def reader(token: str) -> Callable[[TokenSource], str]:
+        return lambda _: token
+
+    def redactors() -> int:
+        gc.collect()
+        return sum(isinstance(o, Redactor) for o in gc.get_objects())
+
+    try:
+        before = redactors()
+        clients = [StoreClient(store, transport=transport) for _ in range(20)]
+        assert all(c.fetch("t1").ok for c in clients)
+        assert redactors() == before  # answers without text: none made
+        # distinct tokens the simulator refuses: each answer has a text to redact
+        clients = [
+            StoreClient(store, transport=transport, token_reader=reader(f"{TOKEN}-{i:04d}"))
+            for i in range(KEPT + 20)
+        ]
+        for c in clients:
+            result = c.fetch("t1")
+            assert result.code == "401" and result.detail
+        assert redactors() <= KEPT
+    finally:
+        transport.close()
 
 
 def test_dripping_body_times_out_at_the_request_timeout(

@@ -137,40 +137,10 @@ def wsgi(
     path: str,
     method: str = "GET",
     headers: Mapping[str, str] | None = None,
-) -> tuple[int, dict[str, str], bytes]:
-    """Call the WSGI app directly; returns (status code, headers, body)."""
-    path, _, query = path.partition("?")
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path,
-        "QUERY_STRING": query,
-        "SERVER_NAME": "test",
-        "SERVER_PORT": "80",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.url_scheme": "http",
-    }
-    for key, value in (headers or {}).items():
-        environ["HTTP_" + key.upper().replace("-", "_")] = value
-    seen: dict[str, Any] = {}
-
-    def start_response(status: str, hdrs: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        seen["status"] = int(status.split()[0])
-        seen["headers"] = dict(hdrs)
-        return lambda data: None
-
-    body = b"".join(app(environ, start_response))
-    return seen["status"], seen["headers"], body
-
-
-def wsgi_body(
-    app: App,
-    path: str,
-    method: str = "GET",
     *,
     body: bytes = b"",
-    headers: Mapping[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    """Call the WSGI app with a request body; returns (status code, headers, body)."""
+    """Call the WSGI app directly (with a request ``body``); returns (status, headers, body)."""
     path, _, query = path.partition("?")
     environ: dict[str, Any] = {
         "REQUEST_METHOD": method,

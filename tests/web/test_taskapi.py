@@ -294,7 +294,7 @@ def test_hostile_input_through_the_wsgi_app_never_answers_500(tmp_path: Path, si
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from tests.helpers import wsgi_body
+    from tests.helpers import wsgi
 
     with serve(tmp_path, sim) as s:
         app = s.app
@@ -319,7 +319,7 @@ def test_hostile_input_through_the_wsgi_app_never_answers_500(tmp_path: Path, si
         def check(method: str, tail: str, body: bytes, json_type: bool) -> None:
             before = {k: dict(v) for k, v in s.exporter.poller.registered.items()}
             headers = {"Content-Type": "application/json"} if json_type else {}
-            status, hdrs, _ = wsgi_body(
+            status, hdrs, _ = wsgi(
                 app, "/api/v1/stores/" + tail, method, body=body, headers=headers
             )
             assert status < 500

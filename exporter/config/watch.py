@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -29,6 +31,10 @@ log = logging.getLogger("exporter.config.watch")
 _Stamp = tuple[int, int, int] | None
 _MAX_LINE_WARNINGS = 20
 _BOM = b"\xef\xbb\xbf"
+# Bytes of a task id file split, and ids copied, per C call: a split or a set of a million
+# holds the GIL, and so the probes, for tenths of a second (docs/design.md, "Rules for files").
+_BLOCK_BYTES = 1 << 20
+_BLOCK_IDS = 20_000
 
 
 def _stamp(path: str) -> _Stamp:
@@ -91,6 +97,24 @@ class _Listing:
         return found
 
 
+def _pause() -> None:
+    """Between two blocks: let the server's threads have the GIL at once."""
+    time.sleep(0)
+
+
+def _split_lines(data: bytes) -> Iterator[bytes]:
+    """``data.split(b"\\n")`` a block of at most about _BLOCK_BYTES at a time."""
+    start = 0
+    while len(data) - start > _BLOCK_BYTES:
+        end = data.find(b"\n", start + _BLOCK_BYTES)
+        if end < 0:
+            break
+        yield from data[start:end].split(b"\n")
+        start = end + 1
+        _pause()
+    yield from data[start:].split(b"\n")
+
+
 def _parse_lines(
     listing: _Listing,
     data: bytes,
@@ -101,11 +125,10 @@ def _parse_lines(
     """Add the lines of ``data`` (from ``listing.offset``) to ``listing``; the new ids."""
     if listing.size == len(data) and data.startswith(_BOM):  # read from the start
         data = data[len(_BOM) :]
-    raws = data.split(b"\n")
     new: list[str] = []
     listing.tail = None
-    last = len(raws) - 1
-    for position, raw in enumerate(raws):
+    last = data.count(b"\n")
+    for position, raw in enumerate(_split_lines(data)):
         number = listing.lines + position + 1
         problem: str | None = None
         parsed: tuple[str, Labels] | None = None
@@ -210,6 +233,18 @@ def expand_task_id_files(patterns: Sequence[str]) -> list[str]:
     return list(expand(tuple(patterns)).files)
 
 
+def _same_ids(ids: set[str], other: set[str]) -> bool:
+    """``ids == other``, compared a block per C call."""
+    if len(ids) != len(other):
+        return False
+    each = iter(ids)
+    while block := list(itertools.islice(each, _BLOCK_IDS)):
+        if not other.issuperset(block):
+            return False
+        _pause()
+    return True
+
+
 class TaskFiles:
     """The ids (and labels) listed in one store's ``task_id_files``, re-read on change.
 
@@ -290,12 +325,15 @@ class TaskFiles:
         for _, listing in files.values():  # sorted paths: the first file naming a task wins
             for task_id, task_labels in listing.labels.items():
                 labels.setdefault(task_id, task_labels)
-            ids.update(listing.ids)
+            listed = iter(listing.ids)
+            while block := list(itertools.islice(listed, _BLOCK_IDS)):
+                ids.update(block)  # a block per C call
+                _pause()
             if listing.tail is not None:
                 ids.add(listing.tail[0])
                 if listing.tail[1] and listing.tail[0] not in listing.ids:
                     labels.setdefault(listing.tail[0], listing.tail[1])
-        changed = ids != self.ids or labels != self.labels
+        changed = not _same_ids(ids, self.ids) or labels != self.labels
         self.ids, self.labels, self.added = ids, labels, None
         return changed
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exporter.config import watch
 from exporter.config.labels import LineProblem, parse_task_line
 from exporter.config.watch import TaskFiles, read_task_file, read_task_id_file
 
@@ -114,3 +115,28 @@ def test_any_line_gives_an_entry_or_a_line_problem(line: str) -> None:
         assert "\n" not in str(exc)
     else:
         assert parsed is None or (parsed[0] and len(parsed[1]) <= 8)
+
+
+def test_a_big_file_is_split_and_gathered_a_block_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never one split or set of the whole file: each holds the GIL, and the probes."""
+    path = tmp_path / "ids.txt"
+    lines = [f"id-{n:04d}" if n % 7 else f"id-{n:04d} k=v{n}  # c" for n in range(1000)]
+    lines[10], lines[500] = "bad id", "# a comment"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\nid-0003\nlast")
+    whole = read_task_file(str(path))
+    files = TaskFiles("shop", [str(path)], clock=lambda: 0.0)
+    files.refresh(force=True)
+    pauses: list[None] = []
+    monkeypatch.setattr(watch, "_pause", lambda: pauses.append(None))
+    monkeypatch.setattr(watch, "_BLOCK_BYTES", 64)
+    monkeypatch.setattr(watch, "_BLOCK_IDS", 7)
+    assert read_task_file(str(path)) == whole
+    assert len(pauses) >= len(path.read_bytes()) // 80
+    pauses.clear()
+    blocks = TaskFiles("shop", [str(path)], clock=lambda: 0.0)
+    blocks.refresh(force=True)
+    assert (blocks.ids, blocks.labels) == (files.ids, files.labels)
+    assert len(blocks.ids) == 998 + 1  # the bad line and the comment skipped, "last" added
+    assert len(pauses) >= len(path.read_bytes()) // 80 + 1000 // 7

@@ -169,9 +169,14 @@ class App:
         exporter_metrics: bool = True,
         enable_task_api: bool = False,
         dashboard_url: str | None = None,
+        warm_pages: bool = False,
     ) -> None:
         self.exporter = exporter
         self.dashboard_url = dashboard_url
+        # Pages in use are kept warm in the background (cli sets it; tests ask directly).
+        self._warm_pages = warm_pages
+        self._warming = False
+        self._warm_lock = threading.Lock()
         # Indexes of the last view and the journal the page cursors rely on.
         self.listing = Listing()
         self.exposition = Exposition(extra=None if exporter_metrics else ())
@@ -193,13 +198,23 @@ class App:
             "/-/reload": (frozenset({"POST", "PUT"}), self.reload),
         }
 
+    def warm_pages_once_used(self) -> None:
+        """From the first page asked for on, keep the pages' indexes warm (``--web``'s
+        pages are then in use); an exporter only scraped never pays for them."""
+        if self._warm_pages and not self._warming:
+            with self._warm_lock:
+                if not self._warming:
+                    self._warming = True
+                    self.keep_pages_warm()
+
     def keep_pages_warm(self, period: float = PAGE_WARM_PERIOD) -> threading.Thread:
         """Bring the pages' indexes up to date every ``period`` seconds, off the requests.
 
         The first page of a fleet builds an index of every task (classified and sorted);
-        later ones only apply what changed. Doing that here keeps a person's first page as
-        fast as the next (docs/design.md, "Status pages"); an unchanged view costs one
-        identity check per store. A daemon thread, for the process's life.
+        later ones only apply what changed. Doing that here keeps a person's next page as
+        fast as a steady one, however much changed meanwhile (docs/design.md, "Status
+        pages"); an unchanged view costs one identity check per store. A daemon thread, for
+        the process's life.
         """
 
         def run() -> None:
@@ -286,6 +301,7 @@ class App:
             query = parse_query(environ.get("QUERY_STRING", ""), DEFAULT_HTML_LIMIT)
         except QueryError as exc:
             return _error_html("400 Bad Request", str(exc))
+        self.warm_pages_once_used()
         self.exporter.refresh(PAGE_REFRESH_DEADLINE)
         try:
             page = self.listing.page(self.exporter.view, query)
@@ -298,6 +314,7 @@ class App:
         """The status page's data as JSON, after the same refresh."""
         try:
             query = parse_query(environ.get("QUERY_STRING", ""), DEFAULT_JSON_LIMIT)
+            self.warm_pages_once_used()
             self.exporter.refresh(PAGE_REFRESH_DEADLINE)
             page = self.listing.page(self.exporter.view, query)
         except QueryError as exc:

@@ -285,3 +285,23 @@ def test_many_new_tasks_are_rendered_off_the_scrape_path(
         assert app.exposition.estimate(exporter.view()) == 0
     finally:
         exporter.close()
+
+
+def test_pages_are_kept_warm_only_once_someone_uses_them(sim: Simulator, tmp_path: Path) -> None:
+    """An exporter only scraped builds no page index; the first page starts the warming."""
+    from tests.helpers import wait_until
+
+    sim.add_task("t1", total=2, finished=1)
+    exporter = make_exporter(write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"])))
+    try:
+        app = App(exporter, warm_pages=True)
+        scrape(app)
+        warming_before = app._warming
+        assert not warming_before and not app.listing._indexes
+        assert wsgi(app, "/")[0] == 200
+        assert app._warming
+        app.listing._indexes.clear()  # the background brings them back by itself
+        app.keep_pages_warm(period=0.01)
+        wait_until(lambda: bool(app.listing._indexes), timeout=5)
+    finally:
+        exporter.close()

@@ -410,8 +410,8 @@ def _make_server(args: argparse.Namespace, exporter: Exporter) -> ExporterServer
         exporter_metrics=not args.disable_exporter_metrics,
         enable_task_api=args.enable_task_api,
         dashboard_url=args.dashboard_url,
-        warm_pages=True,
     )
+    app.keep_pages_warm()
     sockets = systemd_sockets() if args.systemd_socket else []
     return ExporterServer(
         RoutePrefix(app, prefixes),

@@ -29,6 +29,9 @@ from exporter.web.taskpage import not_found_page, task_page
 PAGE_REFRESH_DEADLINE = 2.0
 # Seconds between two updates of the pages' indexes in the background.
 PAGE_WARM_PERIOD = 5.0
+# From this many watched tasks the pages' indexes are kept warm even before a page is asked
+# for: a cold first page would take over a tenth of a second (docs/performance.md#pages).
+WARM_FROM_TASKS = 20_000
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -169,14 +172,11 @@ class App:
         exporter_metrics: bool = True,
         enable_task_api: bool = False,
         dashboard_url: str | None = None,
-        warm_pages: bool = False,
     ) -> None:
         self.exporter = exporter
         self.dashboard_url = dashboard_url
-        # Pages in use are kept warm in the background (cli sets it; tests ask directly).
-        self._warm_pages = warm_pages
-        self._warming = False
-        self._warm_lock = threading.Lock()
+        # The pages were asked for (their indexes are then kept warm, see keep_pages_warm).
+        self._pages_used = False
         # Indexes of the last view and the journal the page cursors rely on.
         self.listing = Listing()
         self.exposition = Exposition(extra=None if exporter_metrics else ())
@@ -199,31 +199,36 @@ class App:
         }
 
     def warm_pages_once_used(self) -> None:
-        """From the first page asked for on, keep the pages' indexes warm (``--web``'s
-        pages are then in use); an exporter only scraped never pays for them."""
-        if self._warm_pages and not self._warming:
-            with self._warm_lock:
-                if not self._warming:
-                    self._warming = True
-                    self.keep_pages_warm()
+        """A page was asked for: the pages are in use, so keep their indexes warm."""
+        self._pages_used = True
+
+    def warm_pages_step(self) -> bool:
+        """Bring the pages' indexes up to date if they are worth keeping warm: the pages
+        are in use, or the tasks are so many that a cold first page would be slow. True
+        when it did."""
+        if not self.exporter.ready:
+            return False
+        view = self.exporter.view()
+        if not self._pages_used and sum(len(s.tasks) for s in view.stores) < WARM_FROM_TASKS:
+            return False
+        self.listing.fleet(lambda: view)
+        return True
 
     def keep_pages_warm(self, period: float = PAGE_WARM_PERIOD) -> threading.Thread:
-        """Bring the pages' indexes up to date every ``period`` seconds, off the requests.
+        """Call :meth:`warm_pages_step` every ``period`` seconds, off the requests.
 
         The first page of a fleet builds an index of every task (classified and sorted);
-        later ones only apply what changed. Doing that here keeps a person's next page as
-        fast as a steady one, however much changed meanwhile (docs/design.md, "Status
-        pages"); an unchanged view costs one identity check per store. A daemon thread, for
-        the process's life.
+        later ones only apply what changed. Doing that here keeps a person's page as fast
+        as a steady one, however much changed meanwhile (docs/design.md, "Status pages");
+        an unchanged view costs one identity check per store. A daemon thread, for the
+        process's life.
         """
 
         def run() -> None:
             while True:
                 time.sleep(period)
-                if not self.exporter.ready:
-                    continue
                 try:
-                    self.listing.fleet(self.exporter.view)
+                    self.warm_pages_step()
                 except Exception as exc:  # keep warming; the pages report their own errors
                     log.error("building the pages' indexes failed", extra={"err": repr(exc)})
 

@@ -262,6 +262,7 @@ def test_the_pages_indexes_are_kept_warm_off_the_requests(app: App) -> None:
     scrape(app)  # the tasks have data
     view = app.exporter.view()
     assert app.listing._fleet is None  # nothing built yet: no page was asked for
+    app.warm_pages_once_used()  # as a first page does
     app.keep_pages_warm(period=0.01)
     wait_until(lambda: bool(app.listing._indexes), timeout=5)
     assert {s.name for s in view.stores} <= set(app.listing._indexes)
@@ -287,21 +288,25 @@ def test_many_new_tasks_are_rendered_off_the_scrape_path(
         exporter.close()
 
 
-def test_pages_are_kept_warm_only_once_someone_uses_them(sim: Simulator, tmp_path: Path) -> None:
-    """An exporter only scraped builds no page index; the first page starts the warming."""
-    from tests.helpers import wait_until
+def test_pages_are_kept_warm_once_used_or_when_the_tasks_are_many(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exporter only scraped builds no page index, unless a cold page would be slow."""
+    import exporter.web.routes as routes
 
     sim.add_task("t1", total=2, finished=1)
     exporter = make_exporter(write(tmp_path / "c.yaml", config_yaml(sim.url, ["t1"])))
     try:
-        app = App(exporter, warm_pages=True)
+        app = App(exporter)
         scrape(app)
-        warming_before = app._warming
-        assert not warming_before and not app.listing._indexes
-        assert wsgi(app, "/")[0] == 200
-        assert app._warming
-        app.listing._indexes.clear()  # the background brings them back by itself
-        app.keep_pages_warm(period=0.01)
-        wait_until(lambda: bool(app.listing._indexes), timeout=5)
+        assert app.warm_pages_step() is False and not app.listing._indexes
+        monkeypatch.setattr(routes, "WARM_FROM_TASKS", 1)  # as with a large fleet
+        assert app.warm_pages_step() is True and app.listing._indexes
+        monkeypatch.undo()
+        used = App(exporter)
+        assert used.warm_pages_step() is False
+        assert wsgi(used, "/")[0] == 200  # a page asked for: warm from now on
+        used.listing._indexes.clear()
+        assert used.warm_pages_step() is True and used.listing._indexes
     finally:
         exporter.close()

@@ -332,8 +332,7 @@ def _serve(args: argparse.Namespace, config_file: str, stack: ExitStack, signals
         print(f"Demo running: open {base}/ (metrics at {args.telemetry_path})", flush=True)
     reloading = threading.Lock()  # one SIGHUP reload at a time, off the main thread
     while True:
-        signals.wake.wait()
-        signals.wake.clear()
+        signals.wait()
         if signals.stopping():
             break
         if signals.reload and reloading.acquire(blocking=False):
@@ -379,8 +378,7 @@ def _in_background(work: Callable[[], object], name: str, signals: _Signals) -> 
 
     threading.Thread(target=run, name=name, daemon=True).start()
     while not finished.is_set() and not signals.terminate:
-        signals.wake.wait()
-        signals.wake.clear()
+        signals.wait()
     if signals.reload and not signals.terminate:
         signals.reload = False  # the configuration just read is the current one
     return outcome[0] if outcome else None
@@ -422,24 +420,38 @@ def _make_server(args: argparse.Namespace, exporter: Exporter) -> ExporterServer
     )
 
 
+#: Seconds between two looks of the main thread at the signal flags.
+SIGNAL_POLL = 0.1
+
+
 class _Signals:
-    """SIGTERM/SIGINT ask to stop, SIGHUP to reload; the main thread does the work."""
+    """SIGTERM/SIGINT ask to stop, SIGHUP to reload; the main thread does the work.
+
+    The handlers only set flags. Python runs a handler in the main thread between two
+    bytecodes, possibly while that thread holds the lock inside ``wake.wait()``: a handler
+    that called ``wake.set()`` there would wait for that lock forever and the process would
+    ignore SIGTERM. So the main thread looks at the flags every :data:`SIGNAL_POLL`
+    seconds; other threads still wake it at once with ``wake.set()``.
+    """
 
     def __init__(self) -> None:
         self.wake = threading.Event()
         self.terminate = False
         self.reload = False
 
+    def wait(self) -> None:
+        """Sleep until woken by a thread or for at most :data:`SIGNAL_POLL` seconds."""
+        self.wake.wait(SIGNAL_POLL)
+        self.wake.clear()
+
     def stopping(self) -> bool:
         """A stop signal came (a call: the flag changes under the reader's feet)."""
         return self.terminate
 
     def on_stop(self, signum: int, frame: FrameType | None) -> None:
-        """Signal handler: stop."""
+        """Signal handler: stop (a flag only, see the class)."""
         self.terminate = True
-        self.wake.set()
 
     def on_hup(self, signum: int, frame: FrameType | None) -> None:
-        """Signal handler: reload."""
+        """Signal handler: reload (a flag only, see the class)."""
         self.reload = True
-        self.wake.set()

@@ -8,7 +8,9 @@ import platform
 import resource
 import signal
 import subprocess
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -189,3 +191,25 @@ def test_dashboard_url_must_be_a_web_url(url: str, capsys: pytest.CaptureFixture
         main(["--web.dashboard-url", url, "--config.check"])
     assert exc.value.code == 2
     assert "--web.dashboard-url" in capsys.readouterr().err
+
+
+def test_a_signal_handler_takes_no_lock_the_main_thread_may_hold() -> None:
+    """Python runs a handler in the main thread, possibly inside ``wake.wait()`` with that
+    event's lock held: a handler that needed the lock would wait for it forever, and the
+    process would ignore SIGTERM. Here the handlers run while their thread holds it."""
+    from exporter.cli import _Signals
+
+    signals = _Signals()
+    done = threading.Event()
+
+    def interrupted_inside_wait() -> None:
+        lock: Any = signals.wake._cond  # type: ignore[attr-defined]  # Event.wait's lock
+        with lock:
+            signals.on_hup(signal.SIGHUP, None)
+            signals.on_stop(signal.SIGTERM, None)
+        done.set()
+
+    threading.Thread(target=interrupted_inside_wait, daemon=True).start()
+    assert done.wait(timeout=5), "a signal handler waited for a lock its thread holds"
+    assert signals.stopping() and signals.reload
+    signals.wait()  # the main loop sees the flags within SIGNAL_POLL, woken or not

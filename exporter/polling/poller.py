@@ -868,11 +868,7 @@ class Poller:
     def view_task(self, store_name: str, task_id: str) -> None:
         """Someone looks at the task (its page, a GET of it): polled before the others when
         due, once (a waiter's task is queued so each time it is due)."""
-        with self._lock:
-            store = self.stores.get(store_name)
-            task = store.active.get(task_id) if store is not None else None
-            if store is not None and task is not None:
-                self._prioritize(store, task, self.clock.monotonic())
+        self.prioritize(store_name, task_id)
 
     def remove_waiter(self, store_name: str, task_id: str) -> None:
         """A wait ended."""
